@@ -1,0 +1,23 @@
+"""jaxguide: classifier-guided diffusion in JAX/Flax.
+
+The functional core: a VP-SDE, Flax Linen networks used through pure `apply`, classifier
+guidance from `jax.grad`, and reverse samplers that are each one `lax.scan` under `jit`.
+"""
+
+from jaxguide.checkpoint import CheckpointError, load_model, save_model
+from jaxguide.data import DataError, load_mnist
+from jaxguide.guidance import (add_scores, classifier_grad, classifier_guidance, density_grad,
+                               guidance_term, label_log_prob)
+from jaxguide.nets import (Evaluator, NoisyClassifier, SeedUNet, UNet, apply_fn,
+                           load_torch_state_dict, make_model)
+from jaxguide.samplers import sample, score_from_eps, time_grid
+from jaxguide.sde import VPSDE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "DataError", "Evaluator", "NoisyClassifier", "SeedUNet", "UNet", "VPSDE",
+    "add_scores", "apply_fn", "classifier_grad", "classifier_guidance", "density_grad",
+    "guidance_term", "label_log_prob", "load_model", "load_mnist", "load_torch_state_dict",
+    "make_model", "sample", "save_model", "score_from_eps", "time_grid",
+]

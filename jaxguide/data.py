@@ -1,0 +1,402 @@
+"""MNIST loading and stateless batching.
+
+Two sources, same output:
+
+* **IDX files** (offline, numpy only): the four standard MNIST files
+  (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each raw or ``.gz``)
+  in a directory given as ``data_dir`` (``--data-dir`` on the command line) or
+  through the ``JAXGUIDE_DATA_DIR`` environment variable.
+* **tensorflow-datasets** (optional extra ``jaxguide[tfds]``), used when no data
+  directory is given. It is imported lazily, read through ``tfds.data_source``
+  with ``download=False``: this module never touches the network.
+
+Batching is stateless: the batch of global training step ``s`` is
+``images[batch_indices(seed, s, n, batch_size)]``, a pure function of
+``(seed, s)``, so a run resumed from a checkpoint at step ``s`` sees exactly the
+batches an uninterrupted run would have seen.
+
+Only numpy is imported at module import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import operator
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DataError",
+    "ENV_DATA_DIR",
+    "IMAGE_SHAPE",
+    "NUM_CLASSES",
+    "SPLITS",
+    "batch_indices",
+    "epoch_permutation",
+    "load_mnist",
+    "read_idx",
+    "steps_per_epoch",
+]
+
+ENV_DATA_DIR = "JAXGUIDE_DATA_DIR"
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+SPLITS = ("train", "test")
+
+# split -> (images file, labels file), without the optional ".gz".
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+# magic -> (number of dimensions, description). Both are uint8 (type code 0x08).
+_MAGIC_IMAGES = 0x00000803
+_MAGIC_LABELS = 0x00000801
+_IDX_KINDS = {
+    _MAGIC_IMAGES: (3, "uint8 images"),
+    _MAGIC_LABELS: (1, "uint8 labels"),
+}
+
+
+def _tfds_prepare_cmd(tfds_data_dir: str | os.PathLike | None) -> str:
+    """The one-off shell command that prepares MNIST for ``tfds.data_source``."""
+    dd = "" if tfds_data_dir is None else f", data_dir={os.fspath(tfds_data_dir)!r}"
+    return (
+        "python -c \"import tensorflow_datasets as tfds; "
+        f"tfds.builder('mnist', file_format='array_record'{dd}).download_and_prepare()\""
+    )
+
+
+class DataError(ValueError):
+    """A data file (or data source) is missing, malformed or inconsistent.
+
+    The message names the file (or source) and the problem, on one line.
+    """
+
+
+# --------------------------------------------------------------------------- IDX
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (gzip-compressed when the name ends in ``.gz``).
+
+    Supported: magic ``0x00000803`` -> uint8 images of shape ``(n, rows, cols)``;
+    magic ``0x00000801`` -> uint8 labels of shape ``(n,)``.
+
+    Returns:
+      A writable ``np.uint8`` array with the shape given by the header.
+
+    Raises:
+      DataError: the file is missing or unreadable, is not valid gzip, has an
+        unknown magic number, is shorter than its header implies (truncated), or
+        has bytes after the data (trailing garbage).
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise DataError(f"IDX file {path} {what}")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"IDX file {path}: cannot read ({e.strerror or e})") from e
+    if path.name.endswith(".gz"):
+        try:
+            data = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"IDX file {path}: corrupt gzip data ({e})") from e
+    else:
+        data = raw
+
+    if len(data) < 4:
+        raise DataError(
+            f"IDX file {path}: too short for an IDX header ({len(data)} bytes)"
+        )
+    magic = int.from_bytes(data[:4], "big")
+    if magic not in _IDX_KINDS:
+        expected = ", ".join(f"0x{m:08x} ({d})" for m, (_, d) in _IDX_KINDS.items())
+        hint = " (is it gzip data without a .gz name?)" if data[:2] == b"\x1f\x8b" else ""
+        raise DataError(
+            f"IDX file {path}: bad magic number 0x{magic:08x}; expected {expected}{hint}"
+        )
+    ndim, _ = _IDX_KINDS[magic]
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise DataError(
+            f"IDX file {path}: truncated header ({len(data)} bytes, need {header_len} "
+            f"for {ndim} dimension(s))"
+        )
+    dims = tuple(
+        int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
+    )
+    expected_len = int(np.prod(dims, dtype=np.int64))
+    body_len = len(data) - header_len
+    dims_str = "x".join(map(str, dims))
+    if body_len < expected_len:
+        raise DataError(
+            f"IDX file {path}: truncated: header says {dims_str} = {expected_len} bytes "
+            f"of data, file has {body_len}"
+        )
+    if body_len > expected_len:
+        raise DataError(
+            f"IDX file {path}: trailing garbage: {body_len - expected_len} bytes after "
+            f"the {dims_str} = {expected_len} bytes of data the header announces"
+        )
+    arr = np.frombuffer(data, dtype=np.uint8, count=expected_len, offset=header_len)
+    return arr.reshape(dims).copy()
+
+
+def _find_idx(data_dir: Path, base: str) -> Path:
+    """Return ``data_dir/base`` or ``data_dir/base.gz`` (raw preferred)."""
+    for name in (base, base + ".gz"):
+        p = data_dir / name
+        if p.is_file():
+            return p
+    raise DataError(f"MNIST file {base} (or {base}.gz) not found in {data_dir}")
+
+
+def _load_idx_split(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, 28, 28) and labels (N,) of one split from IDX files."""
+    if not data_dir.is_dir():
+        what = "is not a directory" if data_dir.exists() else "not found"
+        raise DataError(f"MNIST data dir {data_dir} {what}")
+    images_base, labels_base = _IDX_FILES[split]
+    images_path = _find_idx(data_dir, images_base)
+    labels_path = _find_idx(data_dir, labels_base)
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.ndim != 3:
+        raise DataError(
+            f"MNIST file {images_path}: expected images (magic 0x{_MAGIC_IMAGES:08x}), "
+            f"found an array of shape {images.shape}"
+        )
+    if labels.ndim != 1:
+        raise DataError(
+            f"MNIST file {labels_path}: expected labels (magic 0x{_MAGIC_LABELS:08x}), "
+            f"found an array of shape {labels.shape}"
+        )
+    if images.shape[1:] != IMAGE_SHAPE[:2]:
+        raise DataError(
+            f"MNIST file {images_path}: images are {images.shape[1]}x{images.shape[2]}, "
+            f"expected {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}"
+        )
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"MNIST count mismatch: {images_path} has {images.shape[0]} images but "
+            f"{labels_path} has {labels.shape[0]} labels"
+        )
+    _check_labels(labels, str(labels_path))
+    return images, labels
+
+
+def _check_labels(labels: np.ndarray, where: str) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+        raise DataError(
+            f"MNIST labels in {where}: {bad.size} label(s) outside 0..{NUM_CLASSES - 1} "
+            f"(first: {int(bad[0])})"
+        )
+
+
+# -------------------------------------------------------------------------- tfds
+
+
+def _load_tfds_split(
+    split: str, tfds_data_dir: str | os.PathLike | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, 28, 28) and labels (N,) through ``tfds.data_source``."""
+    try:
+        import tensorflow_datasets as tfds  # lazy: optional extra
+    except ImportError as e:
+        if e.name == "tensorflow_datasets":
+            raise DataError(
+                "MNIST: no --data-dir given (nor JAXGUIDE_DATA_DIR) and "
+                "tensorflow-datasets is not installed; pass --data-dir PATH to the "
+                "IDX files or `pip install 'jaxguide[tfds]'`"
+            ) from None
+        raise DataError(
+            f"MNIST: no --data-dir given and tensorflow-datasets failed to import ({e}); "
+            "pass --data-dir PATH to the IDX files or reinstall `jaxguide[tfds]`"
+        ) from e
+
+    where = str(tfds_data_dir) if tfds_data_dir is not None else "the default TFDS data dir"
+    try:
+        # download=False: never the network. array_record: random access without
+        # TensorFlow (tfds' default file format for a given data_dir is tfrecord,
+        # which data_source cannot read).
+        ds = tfds.data_source(
+            "mnist",
+            split=split,
+            download=False,
+            data_dir=None if tfds_data_dir is None else os.fspath(tfds_data_dir),
+            builder_kwargs={"file_format": "array_record"},
+        )
+        n = len(ds)
+    except Exception as e:  # tfds raises KeyError/NotImplementedError/ValueError/...
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(
+            f"MNIST: tensorflow-datasets has no prepared 'mnist' {split} split "
+            f"(array_record) in {where} ({type(e).__name__}: {reason}); prepare it once "
+            f"with {_tfds_prepare_cmd(tfds_data_dir)} (needs the jaxguide[tfds] extra, "
+            "which includes TensorFlow) or pass --data-dir PATH to the IDX files"
+        ) from e
+
+    images = np.empty((n, *IMAGE_SHAPE[:2]), dtype=np.uint8)
+    labels = np.empty((n,), dtype=np.int64)
+    # Record by record: tfds' mock data source breaks __getitems__, and decoding
+    # (one PNG per record) dominates anyway.
+    for i in range(n):
+        rec = ds[i]
+        img = np.asarray(rec["image"])
+        if img.shape not in (IMAGE_SHAPE, IMAGE_SHAPE[:2]):
+            raise DataError(
+                f"MNIST (tfds {split}) record {i}: image shape {img.shape}, "
+                f"expected {IMAGE_SHAPE}"
+            )
+        images[i] = img.reshape(IMAGE_SHAPE[:2])
+        labels[i] = int(rec["label"])
+    _check_labels(labels, f"tfds mnist {split}")
+    return images, labels
+
+
+# ------------------------------------------------------------------------ public
+
+
+def load_mnist(
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    tfds_data_dir: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load one MNIST split into memory.
+
+    Args:
+      split: ``"train"`` (60,000 digits) or ``"test"`` (10,000 digits).
+      data_dir: directory holding the four IDX files (raw or ``.gz``). If None,
+        the ``JAXGUIDE_DATA_DIR`` environment variable is used when set and
+        non-empty; otherwise MNIST is read through tensorflow-datasets (never
+        downloading).
+      tfds_data_dir: TFDS data directory for the tensorflow-datasets path
+        (None: TFDS' default, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+
+    Returns:
+      ``(images, labels)``: images ``float32 (N, 28, 28, 1)`` in ``[-1, 1]``
+      (``x / 127.5 - 1`` of the uint8 pixels), labels ``int32 (N,)`` in ``0..9``.
+
+    Raises:
+      ValueError: ``split`` is not ``"train"`` or ``"test"``.
+      DataError: a file is missing or malformed, the counts disagree, or the
+        tensorflow-datasets source is unavailable (one-line message saying
+        what to do).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS!r}, got {split!r}")
+    if data_dir is None:
+        env = os.environ.get(ENV_DATA_DIR, "")
+        data_dir = env or None
+    if data_dir is not None:
+        images, labels = _load_idx_split(split, Path(data_dir))
+    else:
+        images, labels = _load_tfds_split(split, tfds_data_dir)
+    return _to_model_arrays(images, labels)
+
+
+def _to_model_arrays(
+    images: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [-1, 1]; labels -> int32 (N,)."""
+    x = images.astype(np.float32)
+    x /= np.float32(127.5)
+    x -= np.float32(1.0)
+    return x[..., None], labels.astype(np.int32)
+
+
+# ---------------------------------------------------------------------- batching
+
+
+def _as_int(value, name: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+
+
+def _nonneg_int(value, name: str) -> int:
+    v = _as_int(value, name)
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Number of full batches per epoch (remainder dropped): ``n // batch_size``.
+
+    Raises:
+      ValueError: ``n <= 0``, ``batch_size <= 0`` or ``batch_size > n``.
+      TypeError: ``n`` or ``batch_size`` is not an int.
+    """
+    n = _as_int(n, "n")
+    if n <= 0:
+        raise ValueError(f"n (number of examples) must be > 0, got {n}")
+    batch_size = _as_int(batch_size, "batch_size")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size ({batch_size}) must be <= n, the number of examples ({n})"
+        )
+    return n // batch_size
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    perm.setflags(write=False)
+    return perm
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The example order of one epoch: a permutation of ``0..n-1``.
+
+    A pure function of ``(seed, epoch, n)``, drawn from
+    ``np.random.default_rng([seed, epoch])`` (reproducible for a given NumPy
+    version).
+
+    Returns:
+      ``int64 (n,)`` array holding each of ``0..n-1`` exactly once.
+    """
+    seed = _nonneg_int(seed, "seed")
+    epoch = _nonneg_int(epoch, "epoch")
+    n = _nonneg_int(n, "n")
+    return _cached_permutation(seed, epoch, n).copy()
+
+
+def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
+    """Example indices of the batch for global training step ``step``.
+
+    ``epoch = step // steps_per_epoch(n, batch_size)``; the batch is the
+    ``(step % steps_per_epoch)``-th slice of ``batch_size`` entries of
+    ``epoch_permutation(seed, epoch, n)``. The last ``n % batch_size`` entries of
+    each epoch's permutation are dropped (a different subset each epoch). Use as
+    ``images[batch_indices(seed, s, len(images), B)]``; being stateless, it makes
+    resuming at any step exact.
+
+    Returns:
+      ``int64 (batch_size,)`` array of distinct indices in ``0..n-1``.
+
+    Raises:
+      ValueError: bad ``batch_size`` (``<= 0`` or ``> n``), ``n``, ``seed`` or
+        ``step`` (negative).
+    """
+    spe = steps_per_epoch(n, batch_size)
+    step = _nonneg_int(step, "step")
+    seed = _nonneg_int(seed, "seed")
+    epoch, pos = divmod(step, spe)
+    perm = _cached_permutation(seed, epoch, int(n))
+    return perm[pos * batch_size : (pos + 1) * batch_size].copy()

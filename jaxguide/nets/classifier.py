@@ -1,0 +1,77 @@
+"""The noise-conditioned classifier q(y | x_t, t) and a clean-image evaluator CNN."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxguide.nets.unet import fourier_features
+
+
+class NoisyClassifier(nn.Module):
+    """The tutorial's classifier q(y | x_t, t): x (B, 28, 28, 1), t (B,) → log-probs (B, K).
+
+    conv(1→c₁, k5) → max-pool → ReLU → conv(c₁→c₂, k5) → dropout2d → max-pool → ReLU →
+    flatten(16·c₂) → ReLU(h + time) → fc(→hidden) → ReLU → dropout → fc(→K) → log_softmax.
+
+    Attributes:
+      time_embed: "add" adds t itself to every unit (the tutorial); "fourier" adds a learned
+        projection of sinusoidal features of t, which lets the net reweight its features
+        by noise level.
+      width: channel multiplier (1 = the tutorial's 10 and 20 channels, 50 hidden units).
+    """
+
+    num_classes: int = 10
+    time_embed: str = "add"
+    width: int = 1
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, t, train: bool = False):
+        c1, c2, hidden = 10 * self.width, 20 * self.width, 50 * self.width
+        h = nn.Conv(c1, (5, 5), padding="VALID")(x)
+        h = nn.relu(nn.max_pool(h, (2, 2), (2, 2)))
+        h = nn.Conv(c2, (5, 5), padding="VALID")(h)
+        h = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(h)
+        h = nn.relu(nn.max_pool(h, (2, 2), (2, 2)))
+        h = h.reshape(h.shape[0], -1)
+        if self.time_embed == "add":
+            h = nn.relu(h + jnp.reshape(t, (-1, 1)))
+        elif self.time_embed == "fourier":
+            emb = nn.Dense(h.shape[-1])(fourier_features(jnp.broadcast_to(t, h.shape[:1]), 64))
+            h = nn.relu(h + emb)
+        else:
+            raise ValueError(f"time_embed: got {self.time_embed!r}, accepted 'add' or 'fourier'")
+        h = nn.relu(nn.Dense(hidden)(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        return jax.nn.log_softmax(nn.Dense(self.num_classes)(h))
+
+
+class Evaluator(nn.Module):
+    """A clean-MNIST CNN for measuring samples: x (B, 28, 28, 1) → log-probs (B, K).
+
+    `features(x)` gives the penultimate activations (B, 128) used for Fréchet distances.
+    Independent of the guidance classifier by construction: trained on clean digits only.
+    """
+
+    num_classes: int = 10
+
+    def setup(self):
+        self.conv1 = nn.Conv(32, (3, 3))
+        self.conv2 = nn.Conv(64, (3, 3))
+        self.conv3 = nn.Conv(128, (3, 3))
+        self.fc = nn.Dense(128)
+        self.head = nn.Dense(self.num_classes)
+        self.drop = nn.Dropout(0.3)
+
+    def features(self, x, train: bool = False):
+        h = nn.max_pool(nn.relu(self.conv1(x)), (2, 2), (2, 2))
+        h = nn.max_pool(nn.relu(self.conv2(h)), (2, 2), (2, 2))
+        h = nn.relu(self.conv3(h)).mean(axis=(1, 2))
+        return nn.relu(self.fc(self.drop(h, deterministic=not train)))
+
+    def __call__(self, x, t=None, train: bool = False):
+        del t  # Clean images only; accepts t to share the training code.
+        h = self.drop(self.features(x, train), deterministic=not train)
+        return jax.nn.log_softmax(self.head(h))

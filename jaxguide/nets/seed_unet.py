@@ -1,0 +1,297 @@
+"""Flax port of the PyTorch tutorial's MNIST noise-prediction UNet (ShuffleNet-style units).
+
+Layout is NHWC. Submodule names mirror the PyTorch `state_dict` names with `.<i>` written as
+`_<i>` (`encoder_blocks.0.conv0.1.branch2.3.module.0.weight` is
+`encoder_blocks_0/conv0_1/branch2_3/module_0/kernel`), so `load_torch_state_dict` can map
+the tutorial's weights one to one.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+
+def _batch_norm(name: str, train: bool) -> nn.BatchNorm:
+    """BatchNorm2d with PyTorch's defaults (momentum 0.1, eps 1e-5)."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _depthwise(x: jax.Array, stride: int, train: bool, conv_name: str, bn_name: str) -> jax.Array:
+    """3x3 depthwise conv (PyTorch padding=1) -> BatchNorm, no activation.
+
+    (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), C). Padding is explicit: for stride 2
+    'SAME' would pad (0, 1) instead of PyTorch's (1, 1) and shift the sampling grid.
+    """
+    c = x.shape[-1]
+    x = nn.Conv(c, (3, 3), strides=stride, padding=((1, 1), (1, 1)), feature_group_count=c,
+                name=conv_name)(x)
+    return _batch_norm(bn_name, train)(x)
+
+
+def channel_shuffle(x: jax.Array, groups: int = 2) -> jax.Array:
+    """PyTorch's NCHW channel shuffle on the last axis: (..., C) with channel g*C/groups + j
+    moved to j*groups + g."""
+    *batch, c = x.shape
+    x = x.reshape(*batch, groups, c // groups)
+    return jnp.swapaxes(x, -1, -2).reshape(*batch, c)
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+    """Bilinear x2 upsampling (half-pixel centres, edge-clamped), equal to PyTorch's
+    Upsample(scale_factor=2, mode="bilinear", align_corners=False).
+
+    (B, H, W, C) -> (B, 2H, 2W, C).
+    """
+    b, h, w, c = x.shape
+    return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear")
+
+
+class ConvBnSiLU(nn.Module):
+    """Conv (with bias, stride 1, padding k // 2) -> BatchNorm -> SiLU.
+
+    (B, H, W, C_in) -> (B, H, W, features).
+    """
+
+    features: int
+    kernel_size: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        p = self.kernel_size // 2
+        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding=((p, p), (p, p)),
+                    name="module_0")(x)
+        return nn.silu(_batch_norm("module_1", train)(x))
+
+
+class ResidualBottleneck(nn.Module):
+    """Stride-1 shuffle unit: split channels in halves a, b; branch1(a) and branch2(b);
+    concatenate and shuffle. No identity path.
+
+    (B, H, W, C_in) -> (B, H, W, out_channels); C_in and out_channels even.
+    """
+
+    out_channels: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        a, b = jnp.split(x, 2, axis=-1)
+        a = _depthwise(a, 1, train, "branch1_0", "branch1_1")
+        a = ConvBnSiLU(self.out_channels // 2, name="branch1_2")(a, train)
+        b = ConvBnSiLU(b.shape[-1], name="branch2_0")(b, train)
+        b = _depthwise(b, 1, train, "branch2_1", "branch2_2")
+        b = ConvBnSiLU(self.out_channels // 2, name="branch2_3")(b, train)
+        return channel_shuffle(jnp.concatenate([a, b], axis=-1))
+
+
+class ResidualDownsample(nn.Module):
+    """Stride-2 shuffle unit: both branches see the whole input; concatenate and shuffle.
+
+    (B, H, W, C_in) -> (B, ceil(H / 2), ceil(W / 2), out_channels); out_channels even.
+    """
+
+    out_channels: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        a = _depthwise(x, 2, train, "branch1_0", "branch1_1")
+        a = ConvBnSiLU(self.out_channels // 2, name="branch1_2")(a, train)
+        b = ConvBnSiLU(self.out_channels // 2, name="branch2_0")(x, train)
+        b = _depthwise(b, 2, train, "branch2_1", "branch2_2")
+        b = ConvBnSiLU(self.out_channels // 2, name="branch2_3")(b, train)
+        return channel_shuffle(jnp.concatenate([a, b], axis=-1))
+
+
+def _stack(x: jax.Array, out_channels: int, n: int, name: str, train: bool) -> jax.Array:
+    """n x ResidualBottleneck(C, C), then ResidualBottleneck(C, out_channels); named
+    name_0 .. name_n like the PyTorch nn.Sequential."""
+    for i in range(n):
+        x = ResidualBottleneck(x.shape[-1], name=f"{name}_{i}")(x, train)
+    return ResidualBottleneck(out_channels, name=f"{name}_{n}")(x, train)
+
+
+class TimeMLP(nn.Module):
+    """SiLU(x + MLP(t_emb)) with MLP = Dense(hidden) -> SiLU -> Dense(out).
+
+    x (B, H, W, out_dim), t_emb (B, E) -> (B, H, W, out_dim).
+    """
+
+    hidden_dim: int
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t_emb: jax.Array) -> jax.Array:
+        h = nn.silu(nn.Dense(self.hidden_dim, name="mlp_0")(t_emb))
+        h = nn.Dense(self.out_dim, name="mlp_2")(h)
+        return nn.silu(x + h[:, None, None, :])
+
+
+class EncoderBlock(nn.Module):
+    """skip = conv0(x); out = conv1(time_mlp(skip, t_emb)).
+
+    x (B, H, W, C_in), t_emb (B, E) -> out (B, H/2, W/2, out_channels),
+    skip (B, H, W, out_channels / 2). The skip is taken before the time MLP.
+    """
+
+    out_channels: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t_emb: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        skip = _stack(x, self.out_channels // 2, 3, "conv0", train)
+        h = TimeMLP(self.out_channels, self.out_channels // 2, name="time_mlp")(skip, t_emb)
+        return ResidualDownsample(self.out_channels, name="conv1")(h, train), skip
+
+
+class DecoderBlock(nn.Module):
+    """Upsample x2, concatenate [x, skip] (C_in channels), conv0, time_mlp, conv1.
+
+    x (B, H, W, C_x), skip (B, 2H, 2W, C_in - C_x), t_emb (B, E)
+    -> (B, 2H, 2W, out_channels / 2).
+    """
+
+    out_channels: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, skip: jax.Array, t_emb: jax.Array, train: bool) -> jax.Array:
+        x = jnp.concatenate([upsample2x(x), skip], axis=-1)
+        c_in = x.shape[-1]
+        x = _stack(x, c_in // 2, 3, "conv0", train)
+        x = TimeMLP(c_in, c_in // 2, name="time_mlp")(x, t_emb)
+        return ResidualBottleneck(self.out_channels // 2, name="conv1")(x, train)
+
+
+class SeedUNet(nn.Module):
+    """The tutorial's noise-prediction UNet (248k parameters with the defaults).
+
+    x (B, 28, 28, in_channels) float32, t (B,) or scalar in [0, 1]
+    -> eps_hat (B, 28, 28, out_channels). BatchNorm uses its running statistics unless
+    train=True, in which case apply with mutable=["batch_stats"].
+    """
+
+    base_dim: int = 28
+    in_channels: int = 1
+    out_channels: int = 1
+    time_embedding_dim: int = 256
+    timesteps: int = 100
+    dim_mults: tuple[int, ...] = (2, 4)
+    temp: float = 100.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(f"SeedUNet: expected {self.in_channels} input channels (NHWC), "
+                             f"got x of shape {x.shape}")
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
+        centers = (jnp.arange(self.timesteps, dtype=jnp.float32) + 0.5) / self.timesteps
+        weights = nn.softmax(-self.temp * jnp.abs(t[:, None] - centers), axis=-1)
+        t_emb = nn.Dense(self.time_embedding_dim, name="time_embedding")(weights)
+
+        dims = [self.base_dim] + [self.base_dim * m for m in self.dim_mults]
+        x = ConvBnSiLU(self.base_dim, kernel_size=3, name="init_conv")(x, train)
+        skips = []
+        for i, c_out in enumerate(dims[1:]):
+            x, skip = EncoderBlock(c_out, name=f"encoder_blocks_{i}")(x, t_emb, train)
+            skips.append(skip)
+        x = _stack(x, dims[-1] // 2, 2, "mid_block", train)
+        for i, c_out in enumerate(reversed(dims[:-1])):
+            x = DecoderBlock(c_out, name=f"decoder_blocks_{i}")(x, skips.pop(), t_emb, train)
+        return nn.Conv(self.out_channels, (1, 1), name="final_conv")(x)
+
+
+# Flax leaf name -> PyTorch leaf name, per variable collection.
+_TORCH_LEAF = {
+    ("params", "kernel"): "weight",
+    ("params", "bias"): "bias",
+    ("params", "scale"): "weight",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+
+
+def _torch_name(path: tuple[str, ...]) -> str:
+    """('params', 'encoder_blocks_0', 'conv0_1', 'branch1_0', 'kernel')
+    -> 'encoder_blocks.0.conv0.1.branch1.0.weight'."""
+    collection, *modules, leaf = path
+    modules = [re.sub(r"_(\d+)$", r".\1", m) for m in modules]
+    return ".".join(modules + [_TORCH_LEAF[collection, leaf]])
+
+
+def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Flax HWIO conv / (in, out) dense shape -> PyTorch OIHW / (out, in) shape."""
+    if len(shape) == 4:
+        h, w, i, o = shape
+        return (o, i, h, w)
+    return tuple(reversed(shape))
+
+
+def _from_torch(array: np.ndarray) -> np.ndarray:
+    """PyTorch OIHW conv / (out, in) linear weight -> Flax HWIO / (in, out)."""
+    if array.ndim == 4:
+        return array.transpose(2, 3, 1, 0)
+    return array.T
+
+
+def _preview(names: list[str], n: int = 5) -> str:
+    more = f", ... ({len(names) - n} more)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+@functools.cache
+def _expected_variables() -> dict:
+    """Flattened abstract variables of SeedUNet(): {(collection, ..., leaf): ShapeDtypeStruct}."""
+    model = SeedUNet()
+    abstract = jax.eval_shape(
+        model.init, jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 28, 28, model.in_channels), jnp.float32),
+        jax.ShapeDtypeStruct((1,), jnp.float32))
+    return traverse_util.flatten_dict(abstract)
+
+
+def load_torch_state_dict(arrays: Mapping[str, np.ndarray]) -> dict:
+    """Converts the tutorial's PyTorch `state_dict` (name -> numpy array, e.g.
+    `dict(np.load(path))`) into `{"params": ..., "batch_stats": ...}` for `SeedUNet()`.
+
+    `num_batches_tracked` entries are ignored and `centers`, if present, must equal
+    (k + 0.5) / 100. Raises ValueError naming every missing, unexpected or mis-shaped entry.
+    """
+    flat, missing, bad_shapes, known = {}, [], [], {"centers"}
+    for path, leaf in _expected_variables().items():
+        name = _torch_name(path)
+        if name.endswith(".running_mean"):
+            known.add(name.removesuffix("running_mean") + "num_batches_tracked")
+        if name not in arrays:
+            missing.append(name)
+            continue
+        known.add(name)
+        value = np.asarray(arrays[name], np.float32)
+        want = _torch_shape(leaf.shape)
+        if value.shape != want:
+            bad_shapes.append(f"{name}: got {value.shape}, expected {want}")
+            continue
+        flat[path] = jnp.asarray(_from_torch(value))
+
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_preview(sorted(missing))}")
+    unexpected = sorted(set(arrays) - known)
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
+    if bad_shapes:
+        problems.append(f"shape mismatches ({len(bad_shapes)}): {_preview(bad_shapes)}")
+    if "centers" in arrays:
+        timesteps = SeedUNet().timesteps
+        centers = (np.arange(timesteps) + 0.5) / timesteps
+        got = np.asarray(arrays["centers"])
+        if got.shape != centers.shape or not np.allclose(got, centers, atol=1e-6):
+            problems.append(f"centers: expected (k + 0.5) / {timesteps} for k < {timesteps}, "
+                            f"got an array of shape {got.shape} with other values")
+    if problems:
+        raise ValueError("state dict does not match SeedUNet(): " + "; ".join(problems))
+    return traverse_util.unflatten_dict(flat)

@@ -1,0 +1,74 @@
+"""The variance-preserving SDE (Song et al., 2021) with a linear β schedule.
+
+    dx = -½ β(t) x dt + √β(t) dw,      β(t) = β_min + t (β_max − β_min),  t ∈ [0, T].
+
+Its marginal is x_t = m(t) x₀ + σ(t) ε with m(t) = exp(−½∫₀ᵗβ) and σ(t)² = 1 − m(t)².
+Times `t` have shape (B,) (or are scalars) and broadcast over the trailing dims of `x`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+def _expand(v: jax.Array, x: jax.Array) -> jax.Array:
+    """Reshapes per-example values (B,) (or a scalar) to broadcast against x (B, ...)."""
+    v = jnp.asarray(v, x.dtype)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+@struct.dataclass
+class VPSDE:
+    """Linear-schedule VP-SDE. Hashable and static: its fields are compile-time constants."""
+
+    beta_min: float = struct.field(pytree_node=False, default=0.01)
+    beta_max: float = struct.field(pytree_node=False, default=10.0)
+    T: float = struct.field(pytree_node=False, default=1.0)
+
+    def __post_init__(self):
+        for name in ("beta_min", "beta_max", "T"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"VPSDE: {name} must be a finite number > 0, got {value!r}")
+        if self.beta_max < self.beta_min:
+            raise ValueError(
+                f"VPSDE: beta_max must be >= beta_min, got beta_min={self.beta_min}, "
+                f"beta_max={self.beta_max}")
+
+    def beta(self, t):
+        """β(t), same shape as t."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integral_beta(self, t):
+        """∫₀ᵗ β(s) ds, same shape as t."""
+        return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
+
+    def mean_coeff(self, t):
+        """m(t) = exp(−½∫₀ᵗβ), same shape as t."""
+        return jnp.exp(-0.5 * self.integral_beta(t))
+
+    def std(self, t):
+        """σ(t) = √(1 − m(t)²), same shape as t (accurate for small t via expm1)."""
+        return jnp.sqrt(-jnp.expm1(-self.integral_beta(t)))
+
+    def drift(self, x, t):
+        """f(x, t) = −½ β(t) x; x (B, ...), t (B,) → (B, ...)."""
+        return -0.5 * _expand(self.beta(t), x) * x
+
+    def diffusion(self, t):
+        """g(t) = √β(t), same shape as t."""
+        return jnp.sqrt(self.beta(t))
+
+    def marginal(self, key: jax.Array, x0: jax.Array, t):
+        """Samples x_t ~ p(x_t | x₀). x0 (B, ...), t (B,) → (x_t, ε), both (B, ...)."""
+        noise = jax.random.normal(key, x0.shape, x0.dtype)
+        x_t = _expand(self.mean_coeff(t), x0) * x0 + _expand(self.std(t), x0) * noise
+        return x_t, noise
+
+    def prior(self, key: jax.Array, shape, dtype=jnp.float32):
+        """A sample of the terminal distribution N(0, I) (exact up to m(T)² ≈ 0)."""
+        return jax.random.normal(key, shape, dtype)

@@ -1,0 +1,289 @@
+"""Training: a TrainState with EMA, one generic jitted train step, and a resumable loop.
+
+Everything a step does is a pure function of (state, step): the batch is
+`batch_indices(seed, step, ...)` and the key is `fold_in(key(seed), step)`, so a run resumed
+from its checkpoint at step s continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from tqdm.auto import tqdm
+
+from jaxguide import checkpoint, data, losses
+from jaxguide.configs import TrainConfig
+from jaxguide.nets import make_model
+from jaxguide.sde import VPSDE
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or cannot go on (diverged, unwritable work dir, bad resume)."""
+
+
+@struct.dataclass
+class TrainState:
+    """step (), params, batch_stats ({} without BatchNorm), opt_state, ema_params."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    ema_params: Any
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """AdamW on a one-cycle cosine schedule (warm-up `warmup_frac`), optional clipping."""
+    schedule = optax.cosine_onecycle_schedule(cfg.steps, cfg.lr, pct_start=max(cfg.warmup_frac, 1e-6))
+    tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx) if cfg.grad_clip else tx
+
+
+def sde_of(cfg: TrainConfig) -> VPSDE:
+    return VPSDE(beta_min=cfg.beta_min, beta_max=cfg.beta_max, T=cfg.T)
+
+
+def create_state(cfg: TrainConfig, model: nn.Module, tx, image_shape=data.IMAGE_SHAPE) -> TrainState:
+    """A fresh TrainState from `key(seed)`."""
+    variables = model.init(jax.random.key(cfg.seed), jnp.zeros((1,) + tuple(image_shape)),
+                           jnp.zeros((1,)))
+    params = variables["params"]
+    return TrainState(step=jnp.array(0, jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      ema_params=jax.tree.map(jnp.copy, params) if cfg.ema_decay else {})
+
+
+def eval_variables(state: TrainState) -> dict:
+    """The variables to evaluate and export: EMA parameters when kept."""
+    variables = {"params": state.ema_params if state.ema_params else state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def _train_apply(model, params, batch_stats):
+    """apply(x, t, key) -> (outputs, new batch_stats) in train mode."""
+
+    def apply(x, t, key):
+        variables = {"params": params}
+        if not batch_stats:
+            return model.apply(variables, x, t, train=True, rngs={"dropout": key}), batch_stats
+        variables["batch_stats"] = batch_stats
+        out, updates = model.apply(variables, x, t, train=True, rngs={"dropout": key},
+                                   mutable=["batch_stats"])
+        return out, updates["batch_stats"]
+
+    return apply
+
+
+def task_loss(cfg: TrainConfig, apply, sde: VPSDE, key, images, labels):
+    """The loss of cfg.task for a batch: (loss, new batch_stats)."""
+    if cfg.task == "denoiser":
+        return losses.dsm_loss(apply, sde, key, images, cfg.t_min)
+    if cfg.task == "classifier":
+        return losses.noisy_classifier_loss(apply, sde, key, images, labels, cfg.t_min)
+    return losses.clean_classifier_loss(apply, key, images, labels)
+
+
+def make_train_step(cfg: TrainConfig, model: nn.Module, tx):
+    """Returns jit(train_step)(state, images (B,H,W,C), labels (B,)) -> (state, loss).
+
+    The state's buffers are donated; the step's key is fold_in(key(seed), step).
+    """
+    sde = sde_of(cfg)
+    base_key = jax.random.key(cfg.seed)
+
+    def train_step(state: TrainState, images, labels):
+        key = jax.random.fold_in(base_key, state.step)
+
+        def loss_fn(params):
+            return task_loss(cfg, _train_apply(model, params, state.batch_stats), sde, key,
+                             images, labels)
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if cfg.ema_decay:
+            # Warm-up of the EMA: the average starts short and grows to 1 / (1 - decay).
+            decay = jnp.minimum(cfg.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+            ema = optax.incremental_update(params, ema, 1.0 - decay)
+        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, ema_params=ema)
+        return new, loss
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_evaluate(cfg: TrainConfig, model: nn.Module, images, labels, n: int = 1000):
+    """Returns evaluate(state) -> dict of held-out metrics on the first n test examples.
+
+    denoiser: DSM loss (fixed noise); classifier: accuracy on x_t for t in each quartile
+    of [0, T] and at t = 0; evaluator: clean accuracy.
+    """
+    sde = sde_of(cfg)
+    images, labels = jnp.asarray(images[:n]), jnp.asarray(labels[:n])
+    key = jax.random.key(10_000 + cfg.seed)
+
+    @jax.jit
+    def denoiser_loss(variables):
+        apply = lambda x, t, k: (model.apply(variables, x, t), None)
+        return losses.dsm_loss(apply, sde, key, images, cfg.t_min)[0]
+
+    @jax.jit
+    def accuracy(variables, t):
+        x = sde.marginal(key, images, t)[0] if cfg.task == "classifier" else images
+        return jnp.mean(jnp.argmax(model.apply(variables, x, t), -1) == labels)
+
+    def evaluate(state: TrainState) -> dict[str, float]:
+        variables = eval_variables(state)
+        if cfg.task == "denoiser":
+            return {"eval/dsm_loss": float(denoiser_loss(variables))}
+        out = {"eval/acc_clean": float(accuracy(variables, jnp.zeros(len(images))))}
+        if cfg.task == "classifier":
+            u = jax.random.uniform(jax.random.fold_in(key, 1), (len(images),))
+            for q in range(4):
+                t = (q + u) / 4 * sde.T
+                out[f"eval/acc_t{q / 4:.2f}-{(q + 1) / 4:.2f}"] = float(accuracy(variables, t))
+        return out
+
+    return evaluate
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag that the loop checks between steps."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _check_workdir(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_probe"
+        probe.write_bytes(b"\0" * (1 << 20))
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"workdir {workdir}: not writable ({e.strerror or e})") from e
+
+
+def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
+          progress: bool = True) -> TrainState:
+    """Trains cfg.task in `workdir`, resuming from its latest checkpoint.
+
+    Args:
+      cfg: the configuration (a resumed run must match it, operational fields aside).
+      workdir: holds checkpoints/, metrics.jsonl, loss.png and the exported model/.
+      data_dir: MNIST IDX files (else $JAXGUIDE_DATA_DIR, else tensorflow-datasets).
+      dataset: ((train_images, train_labels), (test_images, test_labels)) to use instead.
+      progress: show a progress bar.
+
+    Returns:
+      The final TrainState. The eval-mode variables are exported to `workdir/model`.
+    """
+    workdir = Path(workdir)
+    _check_workdir(workdir)
+    (x_train, y_train), (x_test, y_test) = dataset or (
+        data.load_mnist("train", data_dir), data.load_mnist("test", data_dir))
+    data.steps_per_epoch(len(x_train), cfg.batch_size)  # Validates batch_size against n.
+    model = make_model(cfg.model, cfg.kwargs)
+    tx = make_optimizer(cfg)
+    state = create_state(cfg, model, tx, x_train.shape[1:])
+    mgr = checkpoint.manager(workdir, cfg.keep)
+    state = _maybe_resume(mgr, cfg, state)
+    train_step = make_train_step(cfg, model, tx)
+    evaluate = make_evaluate(cfg, model, x_test, y_test)
+    meta = {"task": cfg.task, "model": cfg.model, "model_kwargs": cfg.to_dict()["model_kwargs"],
+            "config": cfg.to_dict(), "image_shape": list(x_train.shape[1:]),
+            "sde": {"beta_min": cfg.beta_min, "beta_max": cfg.beta_max, "T": cfg.T}}
+    log = _Log(workdir / "metrics.jsonl")
+    start = int(state.step)
+    last_eval: dict[str, float] = {}
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.task,
+               dynamic_ncols=True)
+    t0, s0 = time.perf_counter(), start
+    with _StopRequest() as stop:
+        for step in range(start, cfg.steps):
+            idx = data.batch_indices(cfg.seed, step, len(x_train), cfg.batch_size)
+            state, loss = train_step(state, x_train[idx], y_train[idx])
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss} at step {done}; stopped. The last good checkpoint is "
+                        f"step {mgr.latest_step()} in {mgr.directory} (try a lower --lr)")
+                rate = (done - s0) / (time.perf_counter() - t0)
+                log.write({"step": done, "loss": loss, "steps_per_s": rate,
+                           "images_per_s": rate * cfg.batch_size})
+                bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{rate:.2f}")
+            bar.update(1)
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                last_eval = evaluate(state)
+                log.write({"step": done, **last_eval})
+                bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or stop.signal:
+                checkpoint.save_train(mgr, done, state, {**meta, "step": done, "metrics": last_eval})
+            if stop.signal:
+                bar.close()
+                print(f"{stop.signal}: saved checkpoint at step {done} in {mgr.directory}; "
+                      "run the same command to resume")
+                raise KeyboardInterrupt
+    bar.close()
+    checkpoint.save_model(workdir / "model", eval_variables(state),
+                          {**meta, "step": int(state.step), "metrics": last_eval})
+    _plot_losses(workdir)
+    return state
+
+
+def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> TrainState:
+    step = mgr.latest_step()
+    if step is None:
+        return state
+    saved = checkpoint.read_train_metadata(mgr, step)
+    diffs = cfg.differences(TrainConfig.from_dict(saved["config"]))
+    if diffs:
+        raise TrainingError(f"{mgr.directory}/{step} was written with another config; "
+                            f"differs in {'; '.join(diffs)} (requested vs saved). "
+                            "Use another --workdir or the same settings")
+    return checkpoint.restore_train(mgr, step, checkpoint.abstract(state))
+
+
+class _Log:
+    """Appends JSON lines to a file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _plot_losses(workdir: Path) -> None:
+    from jaxguide import viz
+
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    viz.plot_losses(records, workdir / "loss.png")

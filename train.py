@@ -1,0 +1,61 @@
+"""Train the denoiser, the noisy classifier or the evaluator.
+
+    python train.py denoiser   --workdir runs/denoiser   --data-dir ../shared/data/mnist
+    python train.py classifier --workdir runs/classifier --data-dir ../shared/data/mnist
+    python train.py evaluator  --workdir runs/evaluator  --data-dir ../shared/data/mnist
+
+A run resumes from the latest checkpoint in its work dir; Ctrl-C saves one and exits.
+The trained eval-mode model is written to <workdir>/model (what sample.py loads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxguide import cli, configs
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=configs.TASKS)
+    p.add_argument("--workdir", required=True, help="checkpoints, logs and the exported model")
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: "
+                   "$JAXGUIDE_DATA_DIR, else tensorflow-datasets)")
+    p.add_argument("--model", help="denoiser: unet (default) or seed (the tutorial's UNet)")
+    p.add_argument("--config", default="default", choices=configs.PRESETS)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--epochs", type=float, help="alternative to --steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p.parse_args(argv)
+
+
+def main(argv):
+    args = parse_args(argv)
+    from jaxguide import data, training
+
+    cfg = configs.get_config(args.task, args.model, args.config)
+    overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                       steps=args.steps, ckpt_every=args.ckpt_every,
+                                       eval_every=args.eval_every).items() if v is not None}
+    cfg = cfg.replace(**overrides)
+    train_set, test_set = data.load_mnist("train", args.data_dir), data.load_mnist("test", args.data_dir)
+    if args.epochs is not None:
+        if args.steps is not None:
+            raise ValueError("--epochs: give either --steps or --epochs, not both")
+        if not args.epochs > 0:
+            raise ValueError(f"--epochs: got {args.epochs}, accepted a number > 0")
+        per_epoch = data.steps_per_epoch(len(train_set[0]), cfg.batch_size)
+        cfg = cfg.replace(steps=max(1, round(args.epochs * per_epoch)))
+    training.train(cfg, args.workdir, dataset=(train_set, test_set), progress=not args.no_progress)
+    print(f"model: {args.workdir}/model")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
