@@ -32,3 +32,97 @@ def plot_losses(records: list[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def to_uint8(images) -> np.ndarray:
+    """Images in [−1, 1], (..., H, W, 1) → uint8 (..., H, W)."""
+    return np.round((np.clip(np.asarray(images)[..., 0], -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+def tile(images, ncol: int, pad: int = 2) -> np.ndarray:
+    """(N, H, W, 1) in [−1, 1] → one uint8 image of ceil(N / ncol) rows × ncol, padded."""
+    imgs = to_uint8(images)
+    n, h, w = imgs.shape
+    nrow = -(-n // ncol)
+    canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, np.uint8)
+    for i, img in enumerate(imgs):
+        r, c = divmod(i, ncol)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
+    return canvas
+
+
+def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = None) -> Path:
+    """A labelled grid: one row per requested class (images in label order, ncol per row)."""
+    labels = np.asarray(labels)
+    rows = -(-len(images) // ncol)
+    fig, axes = plt.subplots(rows, ncol, figsize=(ncol * 0.75 + 0.6, rows * 0.75 + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, img in enumerate(to_uint8(images)):
+        ax = axes[divmod(i, ncol)]
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+        if i % ncol == 0:
+            ax.text(-6, 14, str(labels[i]), ha="right", va="center", fontsize=12)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.01, top=0.95 if title else 0.99,
+                        wspace=0.05, hspace=0.05)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_gif(frames, path: str | Path, ncol: int, hold: int = 10, scale: int = 2,
+             duration_ms: int = 120) -> Path:
+    """Animates a trajectory (F, N, H, W, 1) as a GIF of grids, holding the last frame."""
+    from PIL import Image
+
+    tiles = [Image.fromarray(tile(f, ncol)) for f in np.asarray(frames)]
+    tiles = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in tiles]
+    tiles += [tiles[-1]] * hold
+    tiles[0].save(path, save_all=True, append_images=tiles[1:], duration=duration_ms, loop=0)
+    return Path(path)
+
+
+def plot_classifier_over_time(ts, x_ts, probs, path: str | Path, true_label: int) -> Path:
+    """Bar charts of q(y | x_t, t) (T, K) above the noised images x_t (T, H, W, 1)."""
+    n = len(ts)
+    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6))
+    for i in range(n):
+        colors = ["C3" if k == true_label else "C0" for k in range(probs.shape[1])]
+        axes[0, i].bar(np.arange(probs.shape[1]), probs[i], color=colors)
+        axes[0, i].set(ylim=(0, 1), xticks=range(0, probs.shape[1], 3), yticks=[])
+        axes[0, i].tick_params(labelsize=6)
+        axes[0, i].set_title(f"t={ts[i]:.2f}", fontsize=7)
+        axes[1, i].imshow(to_uint8(x_ts[i]), cmap="gray")
+        axes[1, i].axis("off")
+    fig.suptitle(f"noisy classifier q(y | x_t, t) for a digit {true_label} (red)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_gradient_maps(ts, x_ts, grads, path: str | Path, labels) -> Path:
+    """Noised images x_t (T, H, W, 1) above ∇ₓ log q(y | x_t, t) maps (R, T, H, W, 1), one
+    row of maps per target class in `labels` (R,)."""
+    n, r = len(ts), len(labels)
+    fig, axes = plt.subplots(1 + r, n, figsize=(1.1 * n, 1.2 * (1 + r)), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(to_uint8(x_ts[i]), cmap="gray")
+        axes[0, i].set_title(f"t={ts[i]:.2f}", fontsize=7)
+        for j in range(r):
+            g = np.asarray(grads[j, i, ..., 0])
+            lim = np.abs(g).max() or 1.0
+            axes[1 + j, i].imshow(g, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_ylabel("x_t", fontsize=8)
+    for j, y in enumerate(labels):
+        axes[1 + j, 0].set_ylabel(f"∇ log q({y}|x_t)", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

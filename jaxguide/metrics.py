@@ -1,0 +1,110 @@
+"""Sample quality: an independent clean-MNIST evaluator, accuracy and Fréchet distances.
+
+The evaluator (`nets.Evaluator`, trained by `train.py evaluator` on clean training digits
+only) is never the guidance classifier. Fréchet distances are computed in its penultimate
+features (128-d) in float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxguide import checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Evaluator outputs for N images: predicted labels (N,), features (N, D) float64."""
+
+    predictions: np.ndarray
+    features: np.ndarray
+
+
+class Evaluator:
+    """A loaded evaluator checkpoint: `evaluator(images)` → Evaluation."""
+
+    def __init__(self, path: str | Path, batch_size: int = 500):
+        self.model, self.variables, self.metadata = checkpoint.load_model(path, task="evaluator")
+        self.batch_size = batch_size
+        self._fn = jax.jit(self._outputs)
+
+    def _outputs(self, variables, x):
+        feats = self.model.apply(variables, x, method=type(self.model).features)
+        logits = self.model.apply(variables, x)
+        return jnp.argmax(logits, -1), feats
+
+    def __call__(self, images) -> Evaluation:
+        images = check_images(images)
+        preds, feats = [], []
+        for lo in range(0, len(images), self.batch_size):
+            p, f = self._fn(self.variables, jnp.asarray(images[lo:lo + self.batch_size]))
+            preds.append(np.asarray(p))
+            feats.append(np.asarray(f, np.float64))
+        return Evaluation(np.concatenate(preds), np.concatenate(feats))
+
+
+def check_images(images) -> np.ndarray:
+    """Validates images: (N, 28, 28, 1), finite, in [−1, 1]; returns float32."""
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[1:] != (28, 28, 1) or len(x) == 0:
+        raise ValueError(f"images: got shape {x.shape}, accepted (N, 28, 28, 1) with N >= 1")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"images: got dtype {x.dtype}, accepted floats in [-1, 1]")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("images: contain NaN or inf, accepted finite values in [-1, 1]")
+    if x.min() < -1.001 or x.max() > 1.001:
+        raise ValueError(f"images: values span [{x.min():.3g}, {x.max():.3g}], accepted [-1, 1]")
+    return x.astype(np.float32)
+
+
+def check_labels(labels, n: int, num_classes: int = 10) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels: got {y.dtype}{y.shape}, accepted integers of shape ({n},)")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"labels: got values in [{y.min()}, {y.max()}], accepted [0, {num_classes - 1}]")
+    return y
+
+
+def guided_accuracy(predictions, labels, num_classes: int = 10) -> tuple[float, dict[int, float]]:
+    """Fraction of samples classified as their requested label: overall and per class."""
+    p = np.asarray(predictions)
+    y = check_labels(labels, len(p), num_classes)
+    per_class = {int(c): float(np.mean(p[y == c] == c)) for c in np.unique(y)}
+    return float(np.mean(p == y)), per_class
+
+
+def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(a)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(feats_a, feats_b) -> float:
+    """FD between Gaussians fitted to features (N_a, D) and (N_b, D), in float64.
+
+    ‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2 (Σ_a^½ Σ_b Σ_a^½)^½), with the symmetric form of the
+    cross term so every square root is of a PSD matrix (no complex parts to discard).
+    """
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"features: got shapes {a.shape} and {b.shape}, accepted (N, D) and "
+                         "(M, D) with N, M >= 2")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_a = _sqrtm_psd(cov_a)
+    cross = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)))
+    fd = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross
+    return float(max(fd, 0.0))
+
+
+def class_frechet_distance(feats, labels, ref_feats, ref_labels) -> float:
+    """Mean over the classes in `labels` of FD(samples of class c, references of class c)."""
+    labels, ref_labels = np.asarray(labels), np.asarray(ref_labels)
+    classes = np.unique(labels)
+    return float(np.mean([frechet_distance(feats[labels == c], ref_feats[ref_labels == c])
+                          for c in classes]))

@@ -1,0 +1,205 @@
+"""Tests for jaxguide.guidance: gradients vs finite differences, per-example labels/scales,
+composition, no recompilation under samplers.sample, and input validation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.tree_util import Partial
+
+from jaxguide import samplers
+from jaxguide.guidance import (add_scores, classifier_grad, classifier_guidance, density_grad,
+                               guidance_term, label_log_prob)
+from jaxguide.sde import VPSDE
+
+B, D, K = 3, 4, 3
+_rng = np.random.default_rng(0)
+W = _rng.normal(size=(D, K)).astype(np.float32)
+C = _rng.normal(size=(K,)).astype(np.float32)
+X = _rng.normal(size=(B, D)).astype(np.float32)
+T = np.array([0.1, 0.5, 0.9], np.float32)
+
+
+def linear_log_prob(x, t):
+    """A linear-softmax 'noisy classifier': log softmax(x W + t c), shape (B, K)."""
+    return jax.nn.log_softmax(x @ jnp.asarray(W) + t[:, None] * jnp.asarray(C), axis=-1)
+
+
+def gaussian_score(x, t):
+    """The score of N(0, I): exact at every t under the VP-SDE."""
+    return -x
+
+
+def analytic_class_grad(x, t, labels):
+    logits = x @ W + t[:, None] * C
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return W[:, labels].T - p @ W.T
+
+
+def fd_label_grad(x, t, labels, eps=1e-3):
+    """Central differences of log q(labels | x, t), one coordinate of one example at a time."""
+    f = lambda x: np.asarray(label_log_prob(linear_log_prob, labels)(jnp.asarray(x), jnp.asarray(t)))
+    g = np.zeros_like(x, dtype=np.float64)
+    for b in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            xp, xm = x.copy(), x.copy()
+            xp[b, j] += eps
+            xm[b, j] -= eps
+            fp, fm = f(xp), f(xm)
+            g[b, j] = (fp[b] - fm[b]) / (2 * eps)
+            # Examples are independent: moving example b changes no other example's value.
+            others = np.arange(x.shape[0]) != b
+            np.testing.assert_allclose(fp[others], fm[others], rtol=0, atol=0)
+    return g
+
+
+# ------------------------------------------------------------------ gradients
+
+
+def test_returns_partials_with_traced_leaves():
+    labels, scale = np.array([0, 1, 2]), np.array([0.5, 1.0, 2.0], np.float32)
+    g = classifier_guidance(gaussian_score, linear_log_prob, labels, scale)
+    assert isinstance(g, Partial)
+    leaves = jax.tree_util.tree_leaves(g)
+    assert any(l.dtype == jnp.int32 and np.array_equal(l, labels) for l in leaves)
+    assert any(l.dtype == jnp.float32 and np.array_equal(l, scale) for l in leaves)
+    for fn in (label_log_prob(linear_log_prob, labels), classifier_grad(linear_log_prob, labels),
+               density_grad(gaussian_score), guidance_term(gaussian_score, 1.0), add_scores(g)):
+        assert isinstance(fn, Partial)
+
+
+def test_classifier_grad_matches_finite_differences_per_example():
+    labels = np.array([2, 0, 1])
+    g = np.asarray(classifier_grad(linear_log_prob, labels)(jnp.asarray(X), jnp.asarray(T)))
+    assert g.shape == X.shape
+    fd = fd_label_grad(X, T, labels)
+    np.testing.assert_allclose(g, fd, rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(g, analytic_class_grad(X, T, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_guided_score_matches_finite_differences():
+    labels, scale = np.array([1, 1, 0]), 2.5
+    guided = classifier_guidance(gaussian_score, linear_log_prob, labels, scale, num_classes=K)
+    out = np.asarray(guided(jnp.asarray(X), jnp.asarray(T)))
+    expected = -X + scale * fd_label_grad(X, T, labels)
+    np.testing.assert_allclose(out, expected, rtol=1e-2, atol=2e-3)
+
+
+def test_per_example_labels_and_scales():
+    labels = np.array([2, 0, 1])
+    scale = np.array([0.0, 1.5, 4.0], np.float32)
+    x, t = jnp.asarray(X), jnp.asarray(T)
+    out = np.asarray(classifier_guidance(gaussian_score, linear_log_prob, labels, scale)(x, t))
+    for b in range(B):
+        alone = classifier_guidance(gaussian_score, linear_log_prob, labels[b], scale[b])(
+            x[b:b + 1], t[b:b + 1])
+        np.testing.assert_allclose(out[b], np.asarray(alone)[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        out, -X + scale[:, None] * analytic_class_grad(X, T, labels), rtol=1e-5, atol=1e-5)
+    # Example 0 has scale 0: exactly the unguided score.
+    np.testing.assert_array_equal(out[0], -X[0])
+    # A scalar label/scale broadcasts over the batch.
+    out_s = classifier_guidance(gaussian_score, linear_log_prob, 1, 2.0)(x, t)
+    out_v = classifier_guidance(gaussian_score, linear_log_prob, np.ones(B, int), np.full(B, 2.0))(x, t)
+    np.testing.assert_allclose(np.asarray(out_s), np.asarray(out_v), rtol=1e-6)
+
+
+def test_scale_zero_returns_unguided_score():
+    x, t = jnp.asarray(X), jnp.asarray(T)
+    for scale in (0.0, np.zeros(B, np.float32)):
+        out = classifier_guidance(gaussian_score, linear_log_prob, np.array([0, 1, 2]), scale)(x, t)
+        np.testing.assert_array_equal(np.asarray(out), -X)
+
+
+def test_composition_is_a_sum():
+    x, t = jnp.asarray(X), jnp.asarray(T)
+    term_a = guidance_term(label_log_prob(linear_log_prob, np.array([0, 1, 2])), 1.5)
+    lp_b = lambda x, t: -0.5 * jnp.sum((x - 1.0) ** 2, axis=-1)  # a second "density"
+    term_b = guidance_term(lp_b, np.array([0.5, 1.0, 2.0]))
+    total = add_scores(gaussian_score, term_a, term_b)(x, t)
+    parts = gaussian_score(x, t) + term_a(x, t) + term_b(x, t)
+    np.testing.assert_allclose(np.asarray(total), np.asarray(parts), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(term_b(x, t)),
+                               np.array([0.5, 1.0, 2.0])[:, None] * (1.0 - X), rtol=1e-6, atol=1e-6)
+    # classifier_guidance is add_scores(score, guidance_term(label_log_prob, scale)).
+    cg = classifier_guidance(gaussian_score, linear_log_prob, np.array([0, 1, 2]), 1.5)(x, t)
+    np.testing.assert_allclose(np.asarray(cg), np.asarray(add_scores(gaussian_score, term_a)(x, t)),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError):
+        add_scores()
+
+
+# ------------------------------------------------------------------ no recompilation
+
+TRACES = 0
+
+
+def _counting_score(x, t):
+    global TRACES
+    TRACES += 1  # runs only while being traced
+    return -x
+
+
+def _counting_log_prob(x, t):
+    return linear_log_prob(x, t)
+
+
+def test_no_retrace_when_labels_or_scale_change():
+    global TRACES
+    TRACES = 0
+    sde, key, n = VPSDE(), jax.random.key(0), 6
+    outs = []
+    for i, (labels, scale) in enumerate([
+            (np.arange(n) % K, np.full(n, 1.0, np.float32)),
+            (np.full(n, 2), np.linspace(0.0, 3.0, n).astype(np.float32)),
+            (np.array([1, 0, 2, 2, 0, 1]), np.full(n, 5.0, np.float32))]):
+        score = classifier_guidance(Partial(_counting_score), _counting_log_prob, labels, scale,
+                                    num_classes=K)
+        outs.append(np.asarray(samplers.sample(key, score, sde, (n, D), n_steps=8)))
+        assert TRACES == 1, f"call {i}: score traced {TRACES} times"
+    # The new labels/scales were used, not baked-in constants of the first trace.
+    assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
+
+
+# ------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize("labels", [np.array([0, 3]), np.array([-1, 0]), 3, -1])
+def test_labels_out_of_range(labels):
+    with pytest.raises(ValueError, match="labels"):
+        classifier_guidance(gaussian_score, linear_log_prob, labels, 1.0, num_classes=K)
+
+
+@pytest.mark.parametrize("labels", [np.array([0.5, 1.0]), 1.5, np.array([[0, 1]]), np.array([True, False])])
+def test_labels_bad_type_or_shape(labels):
+    with pytest.raises(ValueError, match="labels"):
+        classifier_guidance(gaussian_score, linear_log_prob, labels, 1.0)
+
+
+def test_negative_labels_rejected_without_num_classes():
+    with pytest.raises(ValueError, match="labels"):
+        classifier_guidance(gaussian_score, linear_log_prob, np.array([0, -2]), 1.0)
+
+
+def test_integral_float_labels_accepted():
+    g = classifier_guidance(gaussian_score, linear_log_prob, np.array([0.0, 2.0, 1.0]), 1.0, num_classes=K)
+    ref = classifier_guidance(gaussian_score, linear_log_prob, np.array([0, 2, 1]), 1.0)
+    x, t = jnp.asarray(X), jnp.asarray(T)
+    np.testing.assert_array_equal(np.asarray(g(x, t)), np.asarray(ref(x, t)))
+
+
+@pytest.mark.parametrize("scale", [-1.0, np.array([1.0, -0.1, 2.0]), float("nan"), float("inf"),
+                                   np.array([1.0, np.nan, 1.0]), np.ones((2, 2))])
+def test_bad_scale(scale):
+    with pytest.raises(ValueError, match="scale"):
+        classifier_guidance(gaussian_score, linear_log_prob, 0, scale)
+    with pytest.raises(ValueError, match="scale"):
+        guidance_term(gaussian_score, scale)
+
+
+def test_non_callable_rejected():
+    with pytest.raises(TypeError):
+        classifier_guidance(gaussian_score, "not a function", 0, 1.0)

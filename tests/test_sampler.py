@@ -1,0 +1,257 @@
+"""Tests for jaxguide.samplers against an analytic Gaussian mixture.
+
+p0 = Σ w_k N(μ_k, s_k² I). Under the VP-SDE its marginal at t is Σ w_k N(m μ_k, (m² s_k² + σ²) I),
+so the score ∇ log p_t and the class posterior q(k | x, t) are exact in closed form: sampling the
+reverse SDE with them must reproduce p0 (unguided) and one component (exact classifier guidance).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.tree_util import Partial
+
+from jaxguide import samplers
+from jaxguide.guidance import classifier_guidance
+from jaxguide.samplers import sample, score_from_eps, time_grid
+from jaxguide.sde import VPSDE
+
+# ------------------------------------------------------------------ the mixture
+
+# An equilateral triangle with side 3; unequal weights and widths.
+MEANS = np.array([[0.0, math.sqrt(3.0)], [-1.5, -math.sqrt(3.0) / 2], [1.5, -math.sqrt(3.0) / 2]],
+                 np.float32)
+STDS = np.array([0.3, 0.4, 0.5], np.float32)
+WEIGHTS = np.array([0.5, 0.3, 0.2], np.float32)
+K, D = 3, 2
+SDE = VPSDE()
+N = 4000
+N_STEPS = 400
+
+
+def _component_log_joint(x, t):
+    """log w_k + log N(x; m μ_k, v_k I), shape (B, K), and v (B, K), for x (B, D), t (B,)."""
+    m = SDE.mean_coeff(t)[:, None]                       # (B, 1)
+    var = m**2 * jnp.asarray(STDS)**2 + SDE.std(t)[:, None]**2   # (B, K)
+    diff = x[:, None, :] - m[:, :, None] * jnp.asarray(MEANS)[None]  # (B, K, D)
+    log_n = -0.5 * jnp.sum(diff**2, -1) / var - 0.5 * x.shape[-1] * jnp.log(2 * jnp.pi * var)
+    return jnp.log(jnp.asarray(WEIGHTS)) + log_n, var, diff
+
+
+def gmm_log_posterior(x, t):
+    """Exact log q(k | x, t), shape (B, K)."""
+    lj, _, _ = _component_log_joint(x, t)
+    return lj - jax.scipy.special.logsumexp(lj, axis=1, keepdims=True)
+
+
+def gmm_score(x, t):
+    """Exact ∇ₓ log p_t(x) = Σ_k q(k | x, t) · (−(x − m μ_k) / v_k), shape (B, D)."""
+    lj, var, diff = _component_log_joint(x, t)
+    post = jnp.exp(lj - jax.scipy.special.logsumexp(lj, axis=1, keepdims=True))
+    return -jnp.sum((post / var)[:, :, None] * diff, axis=1)
+
+
+def gmm_log_density(x, t):
+    lj, _, _ = _component_log_joint(x, t)
+    return jax.scipy.special.logsumexp(lj, axis=1)
+
+
+def std_normal_score(x, t):
+    """The exact score when p0 = N(0, I) (a cheap score for the plumbing tests)."""
+    return -x
+
+
+def nearest_component(x):
+    return np.argmin(((np.asarray(x)[:, None, :] - MEANS[None]) ** 2).sum(-1), axis=1)
+
+
+T_MIN = 1e-3
+_M_END = float(np.exp(-0.5 * (SDE.beta_min * T_MIN + 0.5 * T_MIN**2 * (SDE.beta_max - SDE.beta_min))))
+_S_END = math.sqrt(1 - _M_END**2)
+END_MEANS = _M_END * MEANS                              # the marginal at t_min: ≈ p0
+END_STDS = np.sqrt(_M_END**2 * STDS**2 + _S_END**2)
+
+
+def test_mixture_helpers_are_exact():
+    """The helpers themselves: score = ∇ log density (autodiff), posterior normalised, and
+    finite in the tails (logsumexp)."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, D)) * 3, jnp.float32)
+    x = x.at[0].set(jnp.array([40.0, -40.0]))
+    t = jnp.array([1e-3, 0.1, 0.5, 1.0, 1e-3])
+
+    @jax.jit
+    def evaluate(x, t):
+        auto = jax.grad(lambda x: jnp.sum(gmm_log_density(x, t)))(x)
+        return gmm_score(x, t), auto, gmm_log_posterior(x, t)
+
+    score, auto, lp = evaluate(x, t)
+    np.testing.assert_allclose(np.asarray(score), np.asarray(auto), rtol=1e-4, atol=1e-4)
+    assert lp.shape == (5, K) and bool(jnp.all(jnp.isfinite(lp)))
+    np.testing.assert_allclose(np.asarray(jnp.exp(lp).sum(1)), 1.0, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ unguided / guided
+
+
+def _component_stats(x, comp, k):
+    xs = x[comp == k]
+    return len(xs), xs.mean(0), xs.std(0, ddof=1)
+
+
+@pytest.fixture(scope="module")
+def unguided():
+    return np.asarray(sample(jax.random.key(0), Partial(gmm_score), SDE, (N, D), n_steps=N_STEPS,
+                             init="prior", clip=None, t_min=T_MIN))
+
+
+def test_unguided_reproduces_mixture(unguided):
+    x = unguided
+    assert x.shape == (N, D) and np.all(np.isfinite(x))
+    comp = nearest_component(x)
+    for k in range(K):
+        n_k, mean_k, std_k = _component_stats(x, comp, k)
+        w_hat = n_k / N
+        tol_w = 4 * math.sqrt(WEIGHTS[k] * (1 - WEIGHTS[k]) / N) + 0.02
+        assert abs(w_hat - WEIGHTS[k]) < tol_w, (k, w_hat, WEIGHTS[k], tol_w)
+        assert np.all(np.abs(mean_k - END_MEANS[k]) < 0.1), (k, mean_k, END_MEANS[k])
+        assert np.all(np.abs(std_k / END_STDS[k] - 1) < 0.15), (k, std_k, END_STDS[k])
+
+
+def test_guided_lands_in_requested_component():
+    labels = np.arange(N) % K
+    score = classifier_guidance(Partial(gmm_score), Partial(gmm_log_posterior), labels, 1.0,
+                                num_classes=K)
+    x = np.asarray(sample(jax.random.key(1), score, SDE, (N, D), n_steps=N_STEPS, init="prior",
+                          clip=None, t_min=T_MIN))
+    assert np.all(np.isfinite(x))
+    comp = nearest_component(x)
+    hit = np.mean(comp == labels)
+    assert hit >= 0.97, hit
+    for k in range(K):
+        xs = x[labels == k]
+        assert np.mean(comp[labels == k] == k) >= 0.95
+        # Exact guidance at scale 1 samples the component itself (not a truncation of it).
+        assert np.all(np.abs(xs.mean(0) - END_MEANS[k]) < 0.1), (k, xs.mean(0), END_MEANS[k])
+        assert np.all(np.abs(xs.std(0, ddof=1) / END_STDS[k] - 1) < 0.15), (k, xs.std(0), END_STDS[k])
+
+
+# ------------------------------------------------------------------ determinism / batching
+
+SMALL = dict(n_steps=20, clip=None)
+
+
+def test_same_key_same_samples_different_key_different():
+    score = Partial(std_normal_score)
+    a = sample(jax.random.key(7), score, SDE, (16, D), **SMALL)
+    b = sample(jax.random.key(7), score, SDE, (16, D), **SMALL)
+    c = sample(jax.random.key(8), score, SDE, (16, D), **SMALL)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.any(np.asarray(a) == np.asarray(c))
+    # Rows differ from each other too (each sample has its own noise stream).
+    assert len(np.unique(np.asarray(a)[:, 0])) == 16
+
+
+def test_noise_is_per_sample_not_per_batch():
+    score, key = Partial(std_normal_score), jax.random.key(3)
+    full = np.asarray(sample(key, score, SDE, (16, D), **SMALL))
+    half = np.asarray(sample(key, score, SDE, (8, D), **SMALL))
+    np.testing.assert_array_equal(half, full[:8])
+    rows = np.array([5, 0, 11, 15, 5, 2, 9, 14])
+    picked = np.asarray(sample(key, score, SDE, (8, D), indices=rows, **SMALL))
+    np.testing.assert_array_equal(picked, full[rows])
+    # Rows past the batch: indices 16.. of a bigger run.
+    later = np.asarray(sample(key, score, SDE, (8, D), indices=np.arange(16, 24), **SMALL))
+    assert not np.any(later == full[:8])
+
+
+# ------------------------------------------------------------------ trajectories
+
+
+def test_record_every_shapes_and_slots():
+    score, key, n = Partial(std_normal_score), jax.random.key(4), 10
+    x1, traj1 = sample(key, score, SDE, (5, D), n_steps=n, clip=None, record_every=1)
+    x3, traj3 = sample(key, score, SDE, (5, D), n_steps=n, clip=None, record_every=3)
+    assert traj1.shape == (n + 1, 5, D)
+    assert traj3.shape == (math.ceil(n / 3) + 1, 5, D) == (5, 5, D)  # n not a multiple of k
+    for x, traj in ((x1, traj1), (x3, traj3)):
+        np.testing.assert_array_equal(np.asarray(traj[-1]), np.asarray(x))
+    np.testing.assert_allclose(np.asarray(x3), np.asarray(x1), rtol=1e-6, atol=1e-6)
+    t1 = np.asarray(traj1)
+    # Slot j holds the state after step min(j·k, n).
+    np.testing.assert_allclose(np.asarray(traj3), t1[[0, 3, 6, 9, 10]], rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(t1[0], t1[1])
+    # Slot 0 is the initial state: with init="clipped" the clipped prior draw.
+    _, traj_c = sample(key, score, SDE, (5, D), n_steps=n, clip=None, record_every=3, init="clipped")
+    np.testing.assert_array_equal(np.asarray(traj_c[0]), np.clip(t1[0], -1, 1))
+    assert np.any(np.abs(t1[0]) > 1)  # the clipping did something
+
+
+def test_initial_state_analytically():
+    """One noiseless step with a zero score: x_out = x_T (1 + ½ h β(T)), h = T − t_min."""
+    zero = Partial(lambda x, t: jnp.zeros_like(x))
+    x, traj = sample(jax.random.key(5), zero, SDE, (4000, D), n_steps=1, clip=None, record_every=1,
+                     denoise_last=True)
+    x0 = np.asarray(traj[0])
+    h = SDE.T - T_MIN
+    np.testing.assert_allclose(np.asarray(x), x0 * (1 + 0.5 * h * SDE.beta_max), rtol=1e-5)
+    assert abs(x0.mean()) < 5 / math.sqrt(x0.size) and abs(x0.std() - 1) < 5 / math.sqrt(2 * x0.size)
+
+
+def test_time_grid():
+    ts = np.asarray(time_grid(SDE, 4, 0.2))
+    np.testing.assert_allclose(ts, [1.0, 0.8, 0.6, 0.4, 0.2], rtol=1e-6)
+
+
+# ------------------------------------------------------------------ score_from_eps
+
+
+def test_score_from_eps():
+    eps_fn = lambda x, t: 2.0 * x + t[:, None, None, None]
+    min_std = 0.05
+    score = score_from_eps(eps_fn, SDE, min_std=min_std)
+    assert isinstance(score, Partial)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 3, 3, 1)), jnp.float32)
+    t = jnp.array([0.0, 1e-4, 0.3, 1.0])  # σ(0) = 0 and σ(1e-4) ≈ 1e-3 fall below min_std
+    out = np.asarray(jax.jit(lambda s, x, t: s(x, t))(score, x, t))
+    std = np.maximum(np.asarray(SDE.std(t)), min_std)
+    assert std[0] == std[1] == min_std and std[2] > min_std
+    expected = -(2.0 * np.asarray(x) + np.asarray(t)[:, None, None, None]) / std[:, None, None, None]
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert np.all(np.isfinite(out))
+
+
+# ------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize("kwargs, name, exc", [
+    (dict(n_steps=0), "n_steps", ValueError),
+    (dict(n_steps=-1), "n_steps", ValueError),
+    (dict(n_steps=1.5), "n_steps", ValueError),
+    (dict(n_steps=True), "n_steps", ValueError),
+    (dict(shape=(0, 2)), "shape", ValueError),
+    (dict(shape=(4, 0)), "shape", ValueError),
+    (dict(shape=()), "shape", ValueError),
+    (dict(shape=(4.0, 2)), "shape", ValueError),
+    (dict(shape=4), "shape", ValueError),
+    (dict(method="heun"), "method", ValueError),
+    (dict(init="zeros"), "init", ValueError),
+    (dict(t_min=0.0), "t_min", ValueError),
+    (dict(t_min=-0.1), "t_min", ValueError),
+    (dict(t_min=1.0), "t_min", ValueError),
+    (dict(t_min=1.5), "t_min", ValueError),
+    (dict(clip=0.0), "clip", ValueError),
+    (dict(clip=-1.0), "clip", ValueError),
+    (dict(record_every=0), "record_every", ValueError),
+    (dict(indices=np.arange(3)), "indices", ValueError),
+    (dict(key=jax.random.PRNGKey(0)), "key", TypeError),
+    (dict(key=0), "key", TypeError),
+])
+def test_sample_validation(kwargs, name, exc):
+    args = dict(key=jax.random.key(0), score_fn=Partial(gmm_score), sde=SDE, shape=(4, D), n_steps=5)
+    args.update(kwargs)
+    with pytest.raises(exc, match=rf"\b{name}\b"):
+        sample(**args)
