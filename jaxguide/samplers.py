@@ -1,13 +1,25 @@
 """Reverse-time samplers for the VP-SDE: each is one `lax.scan` under `jit`.
 
-The time grid runs from T down to `t_min` in `n_steps` steps. Randomness is per sample:
-image i draws its noise from `fold_in(key, indices[i])`, so it does not depend on the
-batch it is sampled in. Shapes: score_fn(x, t) with x (B, ...) and t (B,) → (B, ...).
+Methods (NFE = network evaluations per step):
+* "euler_maruyama" (1): the reverse SDE, x ← x + h(½βx + β∇log p) + √(βh) z;
+* "predictor_corrector" (2): Euler–Maruyama + one Langevin corrector step of size
+  2 (snr σ(t))² (Song et al., 2021);
+* "heun" (2): the probability-flow ODE with Heun's 2nd-order method;
+* "dpm_solver_2m" (1): DPM-Solver++(2M) (Lu et al., 2022), a 2nd-order multistep solver of
+  the probability-flow ODE in the data-prediction parameterisation.
+All take any score_fn, guided ones included: a guided score is the score of the guided
+noise prediction ε̃ = ε̂ − s σ(t) ∇ₓ log q, which is what DPM-Solver integrates.
+
+The time grid runs from T down to `t_min` in `n_steps` steps: uniform in t, quadratic
+(denser near t_min), or uniform in log-SNR. Randomness is per sample: image i draws its
+noise from `fold_in(key, indices[i])`, so it does not depend on the batch it is in.
+Shapes: score_fn(x, t) with x (B, ...) and t (B,) → (B, ...).
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +28,12 @@ from jax.tree_util import Partial
 from jaxguide.guidance import _as_partial
 from jaxguide.sde import VPSDE, _expand
 
-METHODS = ("euler_maruyama",)
+NFE_PER_STEP = {"euler_maruyama": 1, "predictor_corrector": 2, "heun": 2, "dpm_solver_2m": 1}
+METHODS = tuple(NFE_PER_STEP)
+GRIDS = ("uniform", "quadratic", "logsnr")
 INITS = ("prior", "clipped")
+DEFAULT_GRID = {"euler_maruyama": "uniform", "predictor_corrector": "uniform", "heun": "quadratic",
+                "dpm_solver_2m": "logsnr"}
 
 
 def _eps_score(eps_fn, sde, min_std, x, t):
@@ -29,60 +45,119 @@ def score_from_eps(eps_fn, sde: VPSDE, min_std: float = 0.01) -> Partial:
     return Partial(_eps_score, _as_partial(eps_fn), sde, jnp.float32(min_std))
 
 
-def time_grid(sde: VPSDE, n_steps: int, t_min: float = 1e-3) -> jax.Array:
-    """Uniform decreasing times T = t₀ > … > t_N = t_min, shape (n_steps + 1,)."""
-    return jnp.linspace(sde.T, t_min, n_steps + 1, dtype=jnp.float32)
+def time_grid(sde: VPSDE, n_steps: int, t_min: float = 1e-3, kind: str = "uniform") -> jax.Array:
+    """Decreasing times T = t₀ > … > t_N = t_min, shape (n_steps + 1,)."""
+    u = jnp.linspace(0.0, 1.0, n_steps + 1, dtype=jnp.float32)
+    if kind == "uniform":
+        return sde.T + (t_min - sde.T) * u
+    if kind == "quadratic":
+        return t_min + (sde.T - t_min) * (1.0 - u) ** 2
+    if kind == "logsnr":
+        lo, hi = sde.log_snr(jnp.float32(sde.T)), sde.log_snr(jnp.float32(t_min))
+        ts = sde.t_of_log_snr(lo + (hi - lo) * u)
+        return ts.at[0].set(sde.T).at[-1].set(t_min)
+    raise ValueError(f"grid: got {kind!r}, accepted {', '.join(GRIDS)}")
 
 
-def _noise(sample_keys, step, shape_tail):
-    """Standard normals (B, *shape_tail); row i depends only on (sample_keys[i], step)."""
-    draw = lambda k: jax.random.normal(jax.random.fold_in(k, step), shape_tail)
+def _noise(sample_keys, counter, shape_tail):
+    """Standard normals (B, *shape_tail); row i depends only on (sample_keys[i], counter)."""
+    draw = lambda k: jax.random.normal(jax.random.fold_in(k, counter), shape_tail)
     return jax.vmap(draw)(sample_keys)
 
 
-def _euler_maruyama_step(score_fn, sde, x, t, t_next, z):
-    """x_{t−h} = x + h (½β x + β ∇log p_t(x)) + √(βh) z, with h = t − t_next > 0."""
+def _batch_t(t, x):
+    return jnp.full(x.shape[:1], t)
+
+
+# Each step maps (score_fn, sde, x, state, t, t_next, noise, last) to (x, state); `noise(j)`
+# draws the j-th standard normal of this step, `last` is a traced bool for the final step.
+
+def _euler_maruyama(score_fn, sde, x, state, t, t_next, noise, last, *, denoise_last, **_):
     h = t - t_next
-    tb = jnp.full(x.shape[:1], t)
     beta = sde.beta(t)
-    return x + h * beta * (0.5 * x + score_fn(x, tb)) + jnp.sqrt(beta * h) * z
+    z = noise(0)
+    if denoise_last:
+        z = jnp.where(last, 0.0, z)
+    x = x + h * beta * (0.5 * x + score_fn(x, _batch_t(t, x))) + jnp.sqrt(beta * h) * z
+    return x, state
+
+
+def _predictor_corrector(score_fn, sde, x, state, t, t_next, noise, last, *, snr, **kw):
+    x, state = _euler_maruyama(score_fn, sde, x, state, t, t_next, noise, last, **kw)
+    # Langevin corrector at t_next. Song et al. size the step 2 (snr ‖z‖ / ‖∇log p‖)² with
+    # norms averaged over the batch; for noised data ‖∇log p‖ ≈ ‖z‖ / σ(t), so we use
+    # 2 (snr σ(t))²: the same step, but independent of the batch (and stable in low dims).
+    eps = 2.0 * (snr * sde.std(t_next)) ** 2
+    corrected = x + eps * score_fn(x, _batch_t(t_next, x)) + jnp.sqrt(2.0 * eps) * noise(1)
+    return jnp.where(last, x, corrected), state
+
+
+def _ode_velocity(score_fn, sde, x, t):
+    """dx/dt of the probability-flow ODE: f(x, t) − ½ g(t)² ∇log p_t(x)."""
+    return -0.5 * sde.beta(t) * (x + score_fn(x, _batch_t(t, x)))
+
+
+def _heun(score_fn, sde, x, state, t, t_next, noise, last, **_):
+    h = t_next - t
+    v = _ode_velocity(score_fn, sde, x, t)
+    x_euler = x + h * v
+    return x + 0.5 * h * (v + _ode_velocity(score_fn, sde, x_euler, t_next)), state
+
+
+def _dpm_solver_2m(score_fn, sde, x, state, t, t_next, noise, last, **_):
+    x0_prev, h_prev = state
+    alpha, sigma = sde.mean_coeff(t), sde.std(t)
+    alpha_next, sigma_next = sde.mean_coeff(t_next), sde.std(t_next)
+    h = sde.log_snr(t_next) - sde.log_snr(t)
+    x0 = (x + sigma**2 * score_fn(x, _batch_t(t, x))) / alpha   # data prediction
+    r = h_prev / h
+    x0_2nd = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+    # First order at the first step (no history) and at the last step (more stable).
+    d = jnp.where((h_prev > 0) & ~last, x0_2nd, x0)
+    x = (sigma_next / sigma) * x + alpha_next * (-jnp.expm1(-h)) * d
+    return x, (x0, h)
+
+
+_STEPS = {"euler_maruyama": _euler_maruyama, "predictor_corrector": _predictor_corrector,
+          "heun": _heun, "dpm_solver_2m": _dpm_solver_2m}
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "shape", "n_steps", "method", "init", "clip", "t_min", "denoise_last", "record_every"))
-def _sample(key, score_fn, sde, indices, *, shape, n_steps, method, init, clip, t_min,
-            denoise_last, record_every):
+    "shape", "n_steps", "method", "grid", "init", "clip", "t_min", "denoise_last", "snr",
+    "record_every"))
+def _sample(key, score_fn, sde, indices, *, shape, n_steps, method, grid, init, clip, t_min,
+            denoise_last, snr, record_every):
     tail = shape[1:]
     sample_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, indices)
     x = _noise(sample_keys, 0, tail)
     if init == "clipped":
         x = jnp.clip(x, -1.0, 1.0)
-    ts = time_grid(sde, n_steps, t_min)
+    ts = time_grid(sde, n_steps, t_min, grid)
+    step_fn = functools.partial(_STEPS[method], denoise_last=denoise_last, snr=snr)
+    state = (jnp.zeros_like(x), jnp.float32(0.0)) if method == "dpm_solver_2m" else ()
     n_slots = -(-n_steps // record_every) + 1 if record_every else 0
     traj = jnp.zeros((n_slots,) + shape, x.dtype).at[0].set(x) if record_every else None
 
     def body(carry, i):
-        x, traj = carry
-        z = _noise(sample_keys, i + 1, tail)
-        if denoise_last:
-            z = jnp.where(i == n_steps - 1, 0.0, z)
-        x = _euler_maruyama_step(score_fn, sde, x, ts[i], ts[i + 1], z)
+        x, state, traj = carry
+        noise = lambda j: _noise(sample_keys, 2 * i + 1 + j, tail)
+        x, state = step_fn(score_fn, sde, x, state, ts[i], ts[i + 1], noise, i == n_steps - 1)
         if clip is not None:
             x = jnp.clip(x, -clip, clip)
         if record_every:
             # Slot j ends up holding the state after step min(j·k, n_steps).
             traj = jax.lax.dynamic_update_index_in_dim(traj, x, (i + record_every) // record_every, 0)
-        return (x, traj), None
+        return (x, state, traj), None
 
-    (x, traj), _ = jax.lax.scan(body, (x, traj), jnp.arange(n_steps))
+    (x, _, traj), _ = jax.lax.scan(body, (x, state, traj), jnp.arange(n_steps))
     return (x, traj) if record_every else x
 
 
 def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
-           method: str = "euler_maruyama", init: str = "prior", clip: float | None = 10.0,
-           t_min: float = 1e-3, denoise_last: bool = True, record_every: int | None = None,
-           indices=None):
-    """Draws samples by integrating the reverse-time SDE from T to t_min.
+           method: str = "euler_maruyama", grid: str | None = None, init: str = "prior",
+           clip: float | None = 10.0, t_min: float = 1e-3, denoise_last: bool = True,
+           snr: float = 0.16, record_every: int | None = None, indices=None):
+    """Draws samples by integrating the reverse-time SDE (or its probability-flow ODE).
 
     Args:
       key: a typed PRNG key (`jax.random.key`).
@@ -90,12 +165,14 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
         (as every builder in jaxguide returns) so that its arrays are traced, not baked in.
       sde: the forward SDE.
       shape: (B, ...) of the batch; static.
-      n_steps: number of reverse steps (network evaluations); static.
-      method: "euler_maruyama".
+      n_steps: number of steps; static. Network evaluations: n_steps · NFE_PER_STEP[method].
+      method: one of METHODS.
+      grid: "uniform", "quadratic" or "logsnr" (default: DEFAULT_GRID[method]).
       init: "prior" (x_T ~ N(0, I)) or "clipped" (the tutorial's clip(N(0, I), −1, 1)).
       clip: clip each state to [−clip, clip] (the tutorial uses 10), or None.
       t_min: the last time of the grid, in (0, T).
-      denoise_last: take the last step without noise.
+      denoise_last: stochastic methods take the last step without noise.
+      snr: signal-to-noise ratio of the Langevin corrector ("predictor_corrector").
       record_every: if k, also return the trajectory (ceil(n_steps / k) + 1, B, ...):
         the initial state, every k-th state and the final state.
       indices: (B,) global sample indices for the per-sample noise; default arange(B).
@@ -107,12 +184,17 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
     n_steps = _check_positive_int("n_steps", n_steps)
     if method not in METHODS:
         raise ValueError(f"method: got {method!r}, accepted {', '.join(METHODS)}")
+    grid = DEFAULT_GRID[method] if grid is None else grid
+    if grid not in GRIDS:
+        raise ValueError(f"grid: got {grid!r}, accepted {', '.join(GRIDS)}")
     if init not in INITS:
         raise ValueError(f"init: got {init!r}, accepted {', '.join(INITS)}")
-    if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
+    if clip is not None and not (_is_real(clip) and clip > 0):
         raise ValueError(f"clip: got {clip!r}, accepted a number > 0 or None")
-    if not (isinstance(t_min, (int, float)) and 0 < t_min < sde.T):
+    if not (_is_real(t_min) and 0 < t_min < sde.T):
         raise ValueError(f"t_min: got {t_min!r}, accepted (0, T={sde.T})")
+    if not (_is_real(snr) and snr > 0):
+        raise ValueError(f"snr: got {snr!r}, accepted a number > 0")
     if record_every is not None:
         record_every = _check_positive_int("record_every", record_every)
     if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
@@ -122,15 +204,19 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
     elif jnp.shape(indices) != shape[:1]:
         raise ValueError(f"indices: expected shape {shape[:1]}, got {jnp.shape(indices)}")
     return _sample(key, _as_partial(score_fn), sde, jnp.asarray(indices, jnp.uint32),
-                   shape=shape, n_steps=n_steps, method=method, init=init,
+                   shape=shape, n_steps=n_steps, method=method, grid=grid, init=init,
                    clip=None if clip is None else float(clip), t_min=float(t_min),
-                   denoise_last=bool(denoise_last), record_every=record_every)
+                   denoise_last=bool(denoise_last), snr=float(snr), record_every=record_every)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
 
 
 def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}: got {value!r}, accepted an integer >= 1")
-    return value
+    return int(value)
 
 
 def _check_shape(shape):
@@ -138,6 +224,7 @@ def _check_shape(shape):
         shape = tuple(shape)
     except TypeError:
         raise ValueError(f"shape: got {shape!r}, accepted a tuple of positive integers (B, ...)")
-    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+    if not shape or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
+                        for d in shape):
         raise ValueError(f"shape: got {shape!r}, accepted a tuple of positive integers (B, ...)")
-    return shape
+    return tuple(int(d) for d in shape)

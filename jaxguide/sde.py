@@ -55,6 +55,17 @@ class VPSDE:
         """σ(t) = √(1 − m(t)²), same shape as t (accurate for small t via expm1)."""
         return jnp.sqrt(-jnp.expm1(-self.integral_beta(t)))
 
+    def log_snr(self, t):
+        """λ(t) = log(m(t) / σ(t)), decreasing in t, same shape as t."""
+        b = self.integral_beta(t)
+        return -0.5 * b - 0.5 * jnp.log(-jnp.expm1(-b))
+
+    def t_of_log_snr(self, lam):
+        """The inverse of `log_snr`: solves ∫₀ᵗβ = log(1 + e^{−2λ}) for t."""
+        b = jnp.logaddexp(0.0, -2.0 * lam)
+        slope = self.beta_max - self.beta_min
+        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * slope * b))
+
     def drift(self, x, t):
         """f(x, t) = −½ β(t) x; x (B, ...), t (B,) → (B, ...)."""
         return -0.5 * _expand(self.beta(t), x) * x

@@ -102,14 +102,16 @@ def _component_stats(x, comp, k):
     return len(xs), xs.mean(0), xs.std(0, ddof=1)
 
 
-@pytest.fixture(scope="module")
-def unguided():
-    return np.asarray(sample(jax.random.key(0), Partial(gmm_score), SDE, (N, D), n_steps=N_STEPS,
-                             init="prior", clip=None, t_min=T_MIN))
+# Steps per method: enough for each to be accurate on the mixture (NFE = steps · NFE/step).
+METHOD_STEPS = {"euler_maruyama": N_STEPS, "predictor_corrector": 200, "heun": 25,
+                "dpm_solver_2m": 25}
 
 
-def test_unguided_reproduces_mixture(unguided):
-    x = unguided
+@pytest.mark.parametrize("method", list(METHOD_STEPS))
+def test_unguided_reproduces_mixture(method):
+    x = np.asarray(sample(jax.random.key(0), Partial(gmm_score), SDE, (N, D),
+                          n_steps=METHOD_STEPS[method], method=method, init="prior", clip=None,
+                          t_min=T_MIN))
     assert x.shape == (N, D) and np.all(np.isfinite(x))
     comp = nearest_component(x)
     for k in range(K):
@@ -121,12 +123,13 @@ def test_unguided_reproduces_mixture(unguided):
         assert np.all(np.abs(std_k / END_STDS[k] - 1) < 0.15), (k, std_k, END_STDS[k])
 
 
-def test_guided_lands_in_requested_component():
+@pytest.mark.parametrize("method", list(METHOD_STEPS))
+def test_guided_lands_in_requested_component(method):
     labels = np.arange(N) % K
     score = classifier_guidance(Partial(gmm_score), Partial(gmm_log_posterior), labels, 1.0,
                                 num_classes=K)
-    x = np.asarray(sample(jax.random.key(1), score, SDE, (N, D), n_steps=N_STEPS, init="prior",
-                          clip=None, t_min=T_MIN))
+    x = np.asarray(sample(jax.random.key(1), score, SDE, (N, D), n_steps=METHOD_STEPS[method],
+                          method=method, init="prior", clip=None, t_min=T_MIN))
     assert np.all(np.isfinite(x))
     comp = nearest_component(x)
     hit = np.mean(comp == labels)
@@ -237,7 +240,9 @@ def test_score_from_eps():
     (dict(shape=()), "shape", ValueError),
     (dict(shape=(4.0, 2)), "shape", ValueError),
     (dict(shape=4), "shape", ValueError),
-    (dict(method="heun"), "method", ValueError),
+    (dict(method="ddim"), "method", ValueError),
+    (dict(grid="cosine"), "grid", ValueError),
+    (dict(snr=0.0), "snr", ValueError),
     (dict(init="zeros"), "init", ValueError),
     (dict(t_min=0.0), "t_min", ValueError),
     (dict(t_min=-0.1), "t_min", ValueError),

@@ -1,0 +1,549 @@
+"""Tests for jaxguide.training and jaxguide.checkpoint: exports, resumption, faults, errors.
+
+Kept small for a loaded CPU: tiny presets on 64 synthetic images, and one shared
+configuration (`resume_config`) so that the train step is compiled once and reused (an XLA
+persistent compilation cache in a temporary directory is shared with the subprocesses).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxguide import checkpoint, data, training
+from jaxguide.checkpoint import CheckpointError
+from jaxguide.configs import TrainConfig, get_config
+from jaxguide.nets import NoisyClassifier, SeedUNet, UNet
+from jaxguide.training import TrainingError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------- helpers
+# synthetic_data and resume_config are also pasted (inspect.getsource) into the subprocess
+# script, so that the processes train on exactly the same inputs.
+
+
+def synthetic_data(n=64):
+    """((x, y), (x, y)): n random images in [-1, 1] (n, 28, 28, 1) float32, int32 labels."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (n, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    return (x, y), (x, y)
+
+
+def resume_config():
+    """The classifier's tiny preset (6 steps of 8) with a checkpoint every 2 steps and an EMA."""
+    return get_config("classifier", preset="tiny").replace(ckpt_every=2, keep=10, ema_decay=0.9)
+
+
+CFG = resume_config()
+
+SCRIPT = '''
+import os, signal, sys, time
+import numpy as np
+from jaxguide import checkpoint, training
+from jaxguide.configs import get_config
+
+{synthetic_data}
+
+{resume_config}
+
+hold = os.environ.get("JG_HOLD")
+if hold:  # After each checkpoint, wait while the file `hold` exists.
+    _save_train = checkpoint.save_train
+
+    def save_train(mgr, step, *args, **kwargs):
+        _save_train(mgr, step, *args, **kwargs)
+        deadline = time.monotonic() + 120
+        while os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    checkpoint.save_train = save_train
+
+die = os.environ.get("JG_DIE_AT_COMMIT")
+if die:  # SIGKILL itself at the atomic rename that would commit checkpoint `die`.
+    _rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        dst = os.fspath(dst)
+        if os.path.basename(dst) == die and os.path.basename(os.path.dirname(dst)) == "checkpoints":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _rename(src, dst, *args, **kwargs)
+
+    os.rename = rename
+
+training.train(resume_config(), sys.argv[1], dataset=synthetic_data(), progress=False)
+print("done", flush=True)
+'''
+
+
+def leaves(tree):
+    return jax.tree_util.tree_flatten_with_path(tree)
+
+
+def assert_trees_equal(actual, expected):
+    """Same structure, and every leaf bitwise equal (dtype and shape included)."""
+    (a, a_def), (e, e_def) = leaves(actual), leaves(expected)
+    assert a_def == e_def
+    for (path, x), (_, y) in zip(a, e):
+        x, y = np.asarray(x), np.asarray(y)
+        name = jax.tree_util.keystr(path)
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert np.array_equal(x, y), f"{name} differs"
+
+
+def assert_states_equal(actual, expected):
+    for field in ("step", "params", "batch_stats", "opt_state", "ema_params"):
+        assert_trees_equal(getattr(actual, field), getattr(expected, field))
+
+
+def opt_counts(opt_state):
+    """The step counters in an optax state (Adam's and the schedule's)."""
+    return [int(x) for path, x in leaves(opt_state)[0]
+            if getattr(path[-1], "name", None) == "count"]
+
+
+def step_dirs(workdir):
+    """Committed checkpoint steps (Orbax writes `<step>.orbax-checkpoint-tmp*` first)."""
+    root = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+
+
+def records(workdir):
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def record_steps(recs):
+    """[(step, 'loss' | 'eval')] of metrics records."""
+    return [(r["step"], "loss" if "loss" in r else "eval") for r in recs]
+
+
+def restore_final(workdir, like):
+    """The TrainState of the latest checkpoint in `workdir`, in the structure of `like`."""
+    mgr = checkpoint.manager(workdir, CFG.keep)
+    return checkpoint.restore_train(mgr, mgr.latest_step(), checkpoint.abstract(like))
+
+
+# ----------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def jax_cache_env(tmp_path_factory):
+    """A persistent compilation cache for this module (and env vars for its subprocesses)."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path_factory.mktemp("jax_cache"))
+    settings = {"jax_compilation_cache_dir": path,
+                "jax_persistent_cache_min_compile_time_secs": 0.0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    old = {name: getattr(jax.config, name) for name in settings}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+    yield {name.upper(): str(value) for name, value in settings.items()}
+    for name, value in old.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    """(workdir, final TrainState) of an uninterrupted in-process run of CFG."""
+    workdir = tmp_path_factory.mktemp("ref")
+    state = training.train(CFG, workdir, dataset=synthetic_data(), progress=False)
+    return workdir, state
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory):
+    path = tmp_path_factory.mktemp("script") / "run_train.py"
+    path.write_text(SCRIPT.format(synthetic_data=inspect.getsource(synthetic_data),
+                                  resume_config=inspect.getsource(resume_config)))
+    return path
+
+
+@pytest.fixture
+def spawn(script, jax_cache_env, tmp_path):
+    """spawn(workdir, **env) -> Popen of the script training CFG in workdir."""
+    procs = []
+
+    def start(workdir, **env):
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(workdir)], cwd=tmp_path, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, **jax_cache_env, **env})
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:  # Only the processes this test started.
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def wait_for_checkpoint(proc, workdir, step, timeout=240):
+    """Polls until checkpoint `step` is committed in workdir while `proc` runs."""
+    deadline = time.monotonic() + timeout
+    while step not in step_dirs(workdir):
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"process ended (rc {proc.returncode}) before checkpoint {step}:\n"
+                        f"{out}\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no checkpoint {step} after {timeout} s")
+        time.sleep(0.01)
+
+
+# ----------------------------------------------------------------------- exports
+
+
+def test_classifier_exports_model_and_checkpoints(ref):
+    workdir, state = ref
+    assert int(state.step) == CFG.steps == 6
+    model_dir = workdir / "model"
+    assert (model_dir / "metadata.json").is_file() and (model_dir / "state").is_dir()
+    assert step_dirs(workdir) == [2, 4, 6]
+    assert record_steps(records(workdir)) == [(2, "loss"), (3, "eval"), (4, "loss"),
+                                              (6, "loss"), (6, "eval")]
+    assert (workdir / "loss.png").is_file()
+
+    model, variables, meta = checkpoint.load_model(model_dir, task="classifier")
+    assert isinstance(model, NoisyClassifier) and model.width == 1
+    expected = training.eval_variables(state)
+    assert_trees_equal(variables, expected)
+    assert set(variables) == {"params"}
+    # With an EMA, what is exported is the average, not the last parameters.
+    assert_trees_equal(expected["params"], state.ema_params)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params),
+                                                       jax.tree.leaves(state.ema_params)))
+
+    assert meta["format"] == checkpoint.FORMAT and meta["format_version"] == 1
+    assert meta["task"] == "classifier" and meta["model"] == "classifier"
+    assert meta["step"] == 6
+    assert TrainConfig.from_dict(meta["config"]) == CFG
+    assert meta["sde"] == {"beta_min": CFG.beta_min, "beta_max": CFG.beta_max, "T": CFG.T}
+    assert meta["versions"]["jax"] == jax.__version__
+    assert {"python", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"} <= set(meta["versions"])
+    assert meta["image_shape"] == [28, 28, 1]
+    assert set(meta["metrics"]) >= {"eval/acc_clean"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name, cls", [("unet", UNet), ("seed", SeedUNet)])
+def test_denoiser_exports_model(tmp_path, model_name, cls):
+    cfg = get_config("denoiser", model_name, "tiny")
+    state = training.train(cfg, tmp_path, dataset=synthetic_data(), progress=False)
+    assert step_dirs(tmp_path) == [3, 6]
+    model, variables, meta = checkpoint.load_model(tmp_path / "model", task="denoiser")
+    assert isinstance(model, cls)
+    assert_trees_equal(variables, training.eval_variables(state))
+    assert ("batch_stats" in variables) == (model_name == "seed")
+    assert meta["step"] == 6 and TrainConfig.from_dict(meta["config"]) == cfg
+    assert {"jax", "flax", "orbax-checkpoint"} <= set(meta["versions"])
+    assert meta["sde"] == {"beta_min": cfg.beta_min, "beta_max": cfg.beta_max, "T": cfg.T}
+    assert_states_equal(restore_final(tmp_path, state), state)
+    with pytest.raises(CheckpointError, match="holds a 'denoiser' model, expected a 'classifier'"):
+        checkpoint.load_model(tmp_path / "model", task="classifier")
+
+
+def test_training_checkpoint_round_trip(ref):
+    workdir, state = ref
+    mgr = checkpoint.manager(workdir, CFG.keep)
+    assert mgr.latest_step() == 6 and list(mgr.all_steps()) == [2, 4, 6]
+    restored = checkpoint.restore_train(mgr, 6, checkpoint.abstract(state))
+    assert_states_equal(restored, state)
+    assert set(opt_counts(restored.opt_state)) == {6}
+    meta = checkpoint.read_train_metadata(mgr, 6)
+    assert meta["step"] == 6 and TrainConfig.from_dict(meta["config"]) == CFG
+    early = checkpoint.restore_train(mgr, 2, checkpoint.abstract(state))
+    assert int(early.step) == 2 and set(opt_counts(early.opt_state)) == {2}
+
+
+def test_one_cycle_schedule():
+    """The effective learning rate (Adam's update for a constant gradient) is one-cycle."""
+    cfg = get_config("denoiser", preset="tiny").replace(steps=100)
+    tx = training.make_optimizer(cfg)
+    params = jnp.zeros(())
+    opt_state = tx.init(params)
+    update = jax.jit(tx.update)
+    lrs = []
+    for _ in range(cfg.steps):
+        u, opt_state = update(jnp.ones(()), opt_state, params)
+        lrs.append(-float(u))
+    lrs = np.array(lrs)
+    assert set(opt_counts(opt_state)) == {100}
+    assert lrs[0] == pytest.approx(cfg.lr / 25, rel=1e-4)
+    assert int(np.argmax(lrs)) == 25 and lrs[25] == pytest.approx(cfg.lr, rel=1e-4)
+    assert np.all(np.diff(lrs[:26]) > 0) and np.all(np.diff(lrs[25:]) < 0)
+    assert lrs[-1] < 1e-3 * cfg.lr
+
+
+# ----------------------------------------------------------------------- resumption
+
+
+def test_resume_in_process_is_bitwise_identical(ref, tmp_path):
+    ref_dir, final = ref
+    # A run stopped after its checkpoint at step 2: the same work dir, later steps gone.
+    shutil.copytree(ref_dir / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in records(ref_dir) if r["step"] <= 2))
+    state = training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
+
+    assert_states_equal(state, final)
+    assert set(opt_counts(state.opt_state)) == {6}
+    assert step_dirs(tmp_path) == [2, 4, 6]
+    recs = records(tmp_path)
+    assert record_steps(recs) == [(2, "loss"), (4, "loss"), (6, "loss"), (6, "eval")]
+    ref_losses = {r["step"]: r["loss"] for r in records(ref_dir) if "loss" in r}
+    assert all(r["loss"] == ref_losses[r["step"]] for r in recs if "loss" in r)
+    _, variables, _ = checkpoint.load_model(tmp_path / "model", task="classifier")
+    assert_trees_equal(variables, training.eval_variables(final))
+
+
+def test_sigkill_after_checkpoint_then_restart(ref, spawn, tmp_path):
+    _, final = ref
+    workdir, hold = tmp_path / "w", tmp_path / "hold"
+    hold.touch()
+    proc = spawn(workdir, JG_HOLD=str(hold))
+    wait_for_checkpoint(proc, workdir, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert step_dirs(workdir) == [2] and not (workdir / "model").exists()
+    assert record_steps(records(workdir)) == [(2, "loss")]
+
+    rc, out, err = finish(spawn(workdir))
+    assert rc == 0, err[-3000:]
+    assert "done" in out
+    assert step_dirs(workdir) == [2, 4, 6]
+    # metrics.jsonl continues where the checkpoint was: no gap, no restart from 0.
+    assert record_steps(records(workdir)) == [(2, "loss"), (3, "eval"), (4, "loss"),
+                                              (6, "loss"), (6, "eval")]
+    assert_states_equal(restore_final(workdir, final), final)
+    _, variables, _ = checkpoint.load_model(workdir / "model", task="classifier")
+    assert_trees_equal(variables, training.eval_variables(final))
+
+
+@pytest.mark.slow
+def test_sigkill_during_checkpoint_commit_then_restart(ref, spawn, tmp_path):
+    """A crash just before checkpoint 4's atomic rename leaves only a tmp dir, never restored."""
+    ref_dir, final = ref
+    workdir = tmp_path / "w"
+    rc, _, _ = finish(spawn(workdir, JG_DIE_AT_COMMIT="4"))
+    assert rc == -signal.SIGKILL
+    assert step_dirs(workdir) == [2]
+    assert any(p.name.startswith("4.") for p in (workdir / "checkpoints").iterdir())
+
+    rc, out, err = finish(spawn(workdir))
+    assert rc == 0, err[-3000:]
+    assert step_dirs(workdir) == [2, 4, 6]
+    recs = records(workdir)
+    # Step 4 was logged before the crash and again after resuming from step 2: same loss.
+    assert record_steps(recs) == [(2, "loss"), (3, "eval"), (4, "loss"), (3, "eval"),
+                                  (4, "loss"), (6, "loss"), (6, "eval")]
+    assert recs[2]["loss"] == recs[4]["loss"]
+    assert_states_equal(restore_final(workdir, final), final)
+
+
+def test_sigterm_saves_checkpoint_and_rerun_resumes(ref, spawn, tmp_path):
+    _, final = ref
+    workdir, hold = tmp_path / "w", tmp_path / "hold"
+    hold.touch()
+    proc = spawn(workdir, JG_HOLD=str(hold))
+    wait_for_checkpoint(proc, workdir, 2)
+    proc.send_signal(signal.SIGTERM)  # Arrives while the loop waits after checkpoint 2.
+    hold.unlink()
+    rc, out, err = finish(proc)
+    assert rc != 0 and "done" not in out
+    assert "SIGTERM: saved checkpoint at step 3" in out, out + err[-3000:]
+    assert step_dirs(workdir) == [2, 3] and not (workdir / "model").exists()
+    mgr = checkpoint.manager(workdir, CFG.keep)
+    assert checkpoint.read_train_metadata(mgr, 3)["step"] == 3
+    n = len(records(workdir))
+
+    rc, out, err = finish(spawn(workdir))
+    assert rc == 0, err[-3000:]
+    # Resumed from step 3: step 3's evaluation is not redone.
+    assert record_steps(records(workdir)[n:]) == [(4, "loss"), (6, "loss"), (6, "eval")]
+    restored = restore_final(workdir, final)
+    assert_states_equal(restored, final)
+    assert set(opt_counts(restored.opt_state)) == {6}
+
+
+# ----------------------------------------------------------------------- errors
+
+
+def test_resume_with_another_config_is_refused(ref, tmp_path):
+    ref_dir, final = ref
+    workdir = tmp_path / "w"
+    shutil.copytree(ref_dir, workdir)
+    before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+
+    with pytest.raises(TrainingError) as e:
+        training.train(CFG.replace(lr=2 * CFG.lr), workdir, dataset=synthetic_data(),
+                       progress=False)
+    assert f"lr: {2 * CFG.lr} vs {CFG.lr}" in str(e.value)
+    assert str(workdir / "checkpoints" / "6") in str(e.value)
+
+    kwargs = tuple(sorted(CFG.model_kwargs + (("dropout", 0.25),)))  # Same shapes.
+    with pytest.raises(TrainingError, match="model_kwargs") as e:
+        training.train(CFG.replace(model_kwargs=kwargs), workdir, dataset=synthetic_data(),
+                       progress=False)
+    assert "dropout" in str(e.value) and "lr" not in str(e.value).split("differs in")[1]
+    assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
+
+    # Operational fields may differ: the finished run resumes at its last step.
+    state = training.train(CFG.replace(eval_every=5, log_every=1, ckpt_every=1, keep=3), workdir,
+                           dataset=synthetic_data(), progress=False)
+    assert_states_equal(state, final)
+    assert step_dirs(workdir) == [2, 4, 6]
+
+
+def test_nan_stops_before_a_bad_checkpoint(ref, tmp_path):
+    """The NaN batch of step 4 (a checkpoint step, not a logging one) stops the run there."""
+    (x, y), test = synthetic_data()
+    x = x.copy()
+    x[data.batch_indices(CFG.seed, 3, len(x), CFG.batch_size)] = np.nan  # Batch of step 4.
+    cfg = CFG.replace(log_every=3)  # Operational: the same computation as CFG.
+    with pytest.raises(TrainingError) as e:
+        training.train(cfg, tmp_path, dataset=((x, y), test), progress=False)
+    msg = str(e.value)
+    assert "at step 4" in msg and "nan" in msg
+    assert f"last good checkpoint is step 2 in {tmp_path / 'checkpoints'}" in msg
+    assert step_dirs(tmp_path) == [2] and not (tmp_path / "model").exists()
+    assert all(r["step"] <= 3 for r in records(tmp_path))
+    mgr = checkpoint.manager(tmp_path, cfg.keep)
+    good = checkpoint.restore_train(mgr, 2, checkpoint.abstract(ref[1]))
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(good))
+
+
+def test_nan_before_any_checkpoint(tmp_path):
+    (x, y), test = synthetic_data()
+    with pytest.raises(TrainingError) as e:
+        training.train(CFG, tmp_path, dataset=((np.full_like(x, np.nan), y), test),
+                       progress=False)
+    msg = str(e.value)
+    assert "loss became nan at step 2" in msg and "no checkpoint" in msg.lower()
+    assert "None" not in msg
+    assert step_dirs(tmp_path) == [] and not (tmp_path / "model").exists()
+
+
+def test_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    workdir = blocker / "sub"
+    # A data_dir that does not exist: the work dir must be refused before any data is read.
+    with pytest.raises(TrainingError, match=re.escape(f"workdir {workdir}: not writable")):
+        training.train(CFG, workdir, data_dir=tmp_path / "no-mnist", progress=False)
+    assert blocker.read_text() == "not a directory"
+
+
+# ----------------------------------------------------------------------- load_model
+
+
+@pytest.fixture
+def model_copy(ref, tmp_path):
+    path = tmp_path / "model"
+    shutil.copytree(ref[0] / "model", path)
+    return path
+
+
+def edit_metadata(path, **changes):
+    meta = json.loads((path / "metadata.json").read_text())
+    meta.update(changes)
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_load_model_missing_or_empty(tmp_path):
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'nope'}: not found")):
+        checkpoint.load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'empty'}: no metadata.json")):
+        checkpoint.load_model(tmp_path / "empty")
+
+
+def test_load_model_bad_metadata(model_copy):
+    edit_metadata(model_copy, format_version=999)
+    with pytest.raises(CheckpointError, match=re.escape(f"{model_copy}: format version 999 is newer")):
+        checkpoint.load_model(model_copy)
+    edit_metadata(model_copy, format="something.else", format_version=1)
+    with pytest.raises(CheckpointError, match="not a jaxguide checkpoint"):
+        checkpoint.load_model(model_copy)
+    (model_copy / "metadata.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=re.escape(f"{model_copy / 'metadata.json'}: unreadable JSON")):
+        checkpoint.load_model(model_copy)
+
+
+def test_load_model_wrong_task_or_model(model_copy):
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{model_copy}: holds a 'classifier' model, expected a 'denoiser' model")):
+        checkpoint.load_model(model_copy, task="denoiser")
+    edit_metadata(model_copy, model="resnet")
+    with pytest.raises(CheckpointError, match=re.escape(f"{model_copy}: unknown model")):
+        checkpoint.load_model(model_copy)
+
+
+def test_load_model_arrays_of_another_shape(model_copy):
+    meta = json.loads((model_copy / "metadata.json").read_text())
+    edit_metadata(model_copy, model_kwargs={**meta["model_kwargs"], "width": 2})
+    with pytest.raises(CheckpointError, match=re.escape(f"{model_copy}: arrays do not match")):
+        checkpoint.load_model(model_copy)
+
+
+def test_load_model_missing_or_corrupt_state(model_copy):
+    state = model_copy / "state"
+    backup = model_copy.parent / "state.bak"
+    shutil.move(state, backup)
+    with pytest.raises(CheckpointError, match=re.escape(f"{model_copy}: no state/")):
+        checkpoint.load_model(model_copy)
+    state.mkdir()
+    with pytest.raises(CheckpointError, match=re.escape(f"{model_copy}: arrays do not match")):
+        checkpoint.load_model(model_copy)
+    shutil.rmtree(state)
+    shutil.copytree(backup, state)
+    for f in state.rglob("*"):  # Truncate every data file.
+        if f.is_file() and "ocdbt.process" in str(f.relative_to(state)):
+            f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    with pytest.raises(CheckpointError, match=re.escape(str(model_copy))):
+        checkpoint.load_model(model_copy)
+
+
+# ----------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--steps", "0"], "error: steps: got 0, accepted an integer >= 1"),
+    (["--config", "tiny", "--data-dir", "/nonexistent"], "error: "),
+])
+def test_cli_user_errors(tmp_path, args, expected):
+    workdir = tmp_path / "w"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "classifier", "--workdir",
+                           str(workdir), *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    if "--data-dir" in args:
+        assert "/nonexistent" in lines[0]
+    assert not workdir.exists()
