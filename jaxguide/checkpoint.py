@@ -102,6 +102,7 @@ def save_model(path: str | Path, variables, metadata: dict[str, Any]) -> Path:
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared.
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(tmp / "state", variables)
         ckptr.wait_until_finished()

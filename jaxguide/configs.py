@@ -96,7 +96,7 @@ def get_config(task: str, model: str | None = None, preset: str = "default") -> 
         "denoiser": dict(steps=4000, batch_size=128, lr=2e-3, ema_decay=0.999),
         "classifier": dict(steps=3000, batch_size=256, lr=1e-3, ema_decay=None, grad_clip=None,
                            t_min=0.0),
-        "evaluator": dict(steps=2000, batch_size=128, lr=2e-3, ema_decay=None, grad_clip=None,
+        "evaluator": dict(steps=1500, batch_size=128, lr=2e-3, ema_decay=None, grad_clip=None,
                           weight_decay=1e-4),
     }[task]
     kwargs = {

@@ -17,6 +17,9 @@ import numpy as np
 from jaxguide import checkpoint
 
 
+REFERENCE_FILE = "reference_stats.npz"
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
     """Evaluator outputs for N images: predicted labels (N,), features (N, D) float64."""
@@ -29,6 +32,7 @@ class Evaluator:
     """A loaded evaluator checkpoint: `evaluator(images)` → Evaluation."""
 
     def __init__(self, path: str | Path, batch_size: int = 500):
+        self.path = Path(path)
         self.model, self.variables, self.metadata = checkpoint.load_model(path, task="evaluator")
         self.batch_size = batch_size
         self._fn = jax.jit(self._outputs)
@@ -37,6 +41,15 @@ class Evaluator:
         feats = self.model.apply(variables, x, method=type(self.model).features)
         logits = self.model.apply(variables, x)
         return jnp.argmax(logits, -1), feats
+
+    def reference(self) -> dict[str, np.ndarray]:
+        """Test-set feature statistics stored beside the checkpoint (REFERENCE_FILE)."""
+        path = self.path / REFERENCE_FILE
+        if not path.is_file():
+            raise checkpoint.CheckpointError(f"{path}: not found (run benchmarks/quality.py "
+                                             "with --data-dir to compute it)")
+        with np.load(path, allow_pickle=False) as f:
+            return dict(f)
 
     def __call__(self, images) -> Evaluation:
         images = check_images(images)
@@ -84,27 +97,59 @@ def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
-def frechet_distance(feats_a, feats_b) -> float:
-    """FD between Gaussians fitted to features (N_a, D) and (N_b, D), in float64.
+def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D) of features (N, D), in float64."""
+    f = np.asarray(feats, np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise ValueError(f"features: got shape {f.shape}, accepted (N, D) with N >= 2")
+    return f.mean(0), np.cov(f, rowvar=False)
 
-    ‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2 (Σ_a^½ Σ_b Σ_a^½)^½), with the symmetric form of the
-    cross term so every square root is of a PSD matrix (no complex parts to discard).
+
+def frechet_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
+    """‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2 (Σ_a^½ Σ_b Σ_a^½)^½).
+
+    The symmetric form of the cross term keeps every square root that of a PSD matrix (no
+    complex parts to discard); eigenvalues are clipped at 0 against rounding.
     """
-    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"features: got shapes {a.shape} and {b.shape}, accepted (N, D) and "
-                         "(M, D) with N, M >= 2")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    if np.shape(mu_a) != np.shape(mu_b) or np.shape(cov_a) != np.shape(cov_b):
+        raise ValueError(f"features: dimensions differ ({np.shape(mu_a)} vs {np.shape(mu_b)})")
     root_a = _sqrtm_psd(cov_a)
     cross = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)))
     fd = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross
     return float(max(fd, 0.0))
 
 
-def class_frechet_distance(feats, labels, ref_feats, ref_labels) -> float:
-    """Mean over the classes in `labels` of FD(samples of class c, references of class c)."""
-    labels, ref_labels = np.asarray(labels), np.asarray(ref_labels)
-    classes = np.unique(labels)
-    return float(np.mean([frechet_distance(feats[labels == c], ref_feats[ref_labels == c])
-                          for c in classes]))
+def frechet_distance(feats_a, feats_b) -> float:
+    """FD between Gaussians fitted to features (N_a, D) and (N_b, D), in float64."""
+    return frechet_from_stats(*gaussian_stats(feats_a), *gaussian_stats(feats_b))
+
+
+def reference_stats(feats, labels) -> dict[str, np.ndarray]:
+    """Feature statistics of a reference set, overall and per class, as a flat dict of arrays
+    (`mu`, `cov`, `mu_<c>`, `cov_<c>`) that `np.savez` can store."""
+    labels = np.asarray(labels)
+    out = dict(zip(("mu", "cov"), gaussian_stats(feats)))
+    for c in np.unique(labels):
+        out[f"mu_{c}"], out[f"cov_{c}"] = gaussian_stats(np.asarray(feats)[labels == c])
+    return out
+
+
+def class_frechet_distance(feats, labels, ref: dict[str, np.ndarray]) -> float:
+    """Mean over the classes present in `labels` of FD(samples of class c, reference class c).
+
+    A guide that collapses each class onto a few modes scores badly here even when the
+    overall FD (which mixes classes) looks fine.
+    """
+    feats, labels = np.asarray(feats), np.asarray(labels)
+    return float(np.mean([frechet_from_stats(*gaussian_stats(feats[labels == c]),
+                                             ref[f"mu_{c}"], ref[f"cov_{c}"])
+                          for c in np.unique(labels)]))
+
+
+def evaluate_samples(evaluator: "Evaluator", images, labels, ref: dict[str, np.ndarray]) -> dict:
+    """Accuracy (overall and per class), FD and class-FD of guided samples against `ref`."""
+    ev = evaluator(images)
+    acc, per_class = guided_accuracy(ev.predictions, labels)
+    return {"accuracy": acc, "per_class_accuracy": per_class,
+            "fd": frechet_from_stats(*gaussian_stats(ev.features), ref["mu"], ref["cov"]),
+            "class_fd": class_frechet_distance(ev.features, labels, ref), "n": len(ev.predictions)}

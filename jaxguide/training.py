@@ -232,9 +232,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
             if done % cfg.log_every == 0 or done == cfg.steps:
                 loss = float(loss)
                 if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss} at step {done}; stopped. The last good checkpoint is "
-                        f"step {mgr.latest_step()} in {mgr.directory} (try a lower --lr)")
+                    raise _diverged(f"loss became {loss} at step {done}", mgr)
                 rate = (done - s0) / (time.perf_counter() - t0)
                 log.write({"step": done, "loss": loss, "steps_per_s": rate,
                            "images_per_s": rate * cfg.batch_size})
@@ -245,6 +243,9 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
                 log.write({"step": done, **last_eval})
                 bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
             if done % cfg.ckpt_every == 0 or done == cfg.steps or stop.signal:
+                # A finite loss does not imply a finite state (max-pool and ReLU can hide NaNs).
+                if not bool(_all_finite(state)):
+                    raise _diverged(f"the training state became non-finite by step {done}", mgr)
                 checkpoint.save_train(mgr, done, state, {**meta, "step": done, "metrics": last_eval})
             if stop.signal:
                 bar.close()
@@ -252,10 +253,32 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
                       "run the same command to resume")
                 raise KeyboardInterrupt
     bar.close()
-    checkpoint.save_model(workdir / "model", eval_variables(state),
-                          {**meta, "step": int(state.step), "metrics": last_eval})
+    model_dir = checkpoint.save_model(workdir / "model", eval_variables(state),
+                                      {**meta, "step": int(state.step), "metrics": last_eval})
+    if cfg.task == "evaluator":
+        _save_reference_stats(model_dir, x_test, y_test)
     _plot_losses(workdir)
     return state
+
+
+def _save_reference_stats(model_dir: Path, images, labels) -> None:
+    """Stores the evaluator's feature statistics of the test set beside its checkpoint."""
+    from jaxguide import metrics
+
+    feats = metrics.Evaluator(model_dir)(images).features
+    np.savez(model_dir / metrics.REFERENCE_FILE, **metrics.reference_stats(feats, labels))
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _diverged(what: str, mgr) -> TrainingError:
+    step = mgr.latest_step()
+    last = (f"The last good checkpoint is step {step} in {mgr.directory}" if step is not None
+            else f"No checkpoint was written yet in {mgr.directory}")
+    return TrainingError(f"{what}; stopped. {last} (try a lower --lr)")
 
 
 def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> TrainState:

@@ -55,7 +55,7 @@ CFG = resume_config()
 SCRIPT = '''
 import os, signal, sys, time
 import numpy as np
-from jaxguide import checkpoint, training
+from jaxguide import data, training
 from jaxguide.configs import get_config
 
 {synthetic_data}
@@ -63,16 +63,19 @@ from jaxguide.configs import get_config
 {resume_config}
 
 hold = os.environ.get("JG_HOLD")
-if hold:  # After each checkpoint, wait while the file `hold` exists.
-    _save_train = checkpoint.save_train
+if hold:  # Before 0-based step JG_HOLD_STEP, touch `hold`.reached and wait while `hold` exists.
+    hold_step = int(os.environ["JG_HOLD_STEP"])
+    _batch_indices = data.batch_indices
 
-    def save_train(mgr, step, *args, **kwargs):
-        _save_train(mgr, step, *args, **kwargs)
-        deadline = time.monotonic() + 120
-        while os.path.exists(hold) and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def batch_indices(seed, step, *args, **kwargs):
+        if step == hold_step:
+            open(hold + ".reached", "w").close()
+            deadline = time.monotonic() + 120
+            while os.path.exists(hold) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return _batch_indices(seed, step, *args, **kwargs)
 
-    checkpoint.save_train = save_train
+    data.batch_indices = batch_indices
 
 die = os.environ.get("JG_DIE_AT_COMMIT")
 if die:  # SIGKILL itself at the atomic rename that would commit checkpoint `die`.
@@ -201,16 +204,17 @@ def finish(proc, timeout=240):
     return proc.returncode, out, err
 
 
-def wait_for_checkpoint(proc, workdir, step, timeout=240):
-    """Polls until checkpoint `step` is committed in workdir while `proc` runs."""
+def wait_for_hold(proc, hold, timeout=240):
+    """Polls until the script in `proc` waits at its hold point."""
+    reached = Path(f"{hold}.reached")
     deadline = time.monotonic() + timeout
-    while step not in step_dirs(workdir):
+    while not reached.exists():
         if proc.poll() is not None:
             out, err = proc.communicate()
-            pytest.fail(f"process ended (rc {proc.returncode}) before checkpoint {step}:\n"
+            pytest.fail(f"process ended (rc {proc.returncode}) before its hold point:\n"
                         f"{out}\n{err[-3000:]}")
         if time.monotonic() > deadline:
-            pytest.fail(f"no checkpoint {step} after {timeout} s")
+            pytest.fail(f"not at the hold point after {timeout} s")
         time.sleep(0.01)
 
 
@@ -313,32 +317,37 @@ def test_resume_in_process_is_bitwise_identical(ref, tmp_path):
     assert set(opt_counts(state.opt_state)) == {6}
     assert step_dirs(tmp_path) == [2, 4, 6]
     recs = records(tmp_path)
-    assert record_steps(recs) == [(2, "loss"), (4, "loss"), (6, "loss"), (6, "eval")]
+    assert record_steps(recs) == record_steps(records(ref_dir))
     ref_losses = {r["step"]: r["loss"] for r in records(ref_dir) if "loss" in r}
     assert all(r["loss"] == ref_losses[r["step"]] for r in recs if "loss" in r)
     _, variables, _ = checkpoint.load_model(tmp_path / "model", task="classifier")
     assert_trees_equal(variables, training.eval_variables(final))
 
 
-def test_sigkill_after_checkpoint_then_restart(ref, spawn, tmp_path):
-    _, final = ref
+def test_sigkill_between_checkpoints_then_restart(ref, spawn, tmp_path):
+    ref_dir, final = ref
     workdir, hold = tmp_path / "w", tmp_path / "hold"
     hold.touch()
-    proc = spawn(workdir, JG_HOLD=str(hold))
-    wait_for_checkpoint(proc, workdir, 2)
+    proc = spawn(workdir, JG_HOLD=str(hold), JG_HOLD_STEP="3")  # Killed during step 4.
+    wait_for_hold(proc, hold)
+    assert step_dirs(workdir) == [2]  # Committed; the work since then (step 3) is lost.
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    assert step_dirs(workdir) == [2] and not (workdir / "model").exists()
-    assert record_steps(records(workdir)) == [(2, "loss")]
+    assert not (workdir / "model").exists()
+    assert record_steps(records(workdir)) == [(2, "loss"), (3, "eval")]
 
     rc, out, err = finish(spawn(workdir))
     assert rc == 0, err[-3000:]
     assert "done" in out
     assert step_dirs(workdir) == [2, 4, 6]
-    # metrics.jsonl continues where the checkpoint was: no gap, no restart from 0.
-    assert record_steps(records(workdir)) == [(2, "loss"), (3, "eval"), (4, "loss"),
-                                              (6, "loss"), (6, "eval")]
+    # metrics.jsonl continues from the checkpoint (step 3 redone, with the same result).
+    recs = records(workdir)
+    assert record_steps(recs) == [(2, "loss"), (3, "eval"), (3, "eval"), (4, "loss"),
+                                  (6, "loss"), (6, "eval")]
+    assert recs[1] == recs[2]
+    ref_recs = records(ref_dir)
+    assert [r["loss"] for r in recs if "loss" in r] == [r["loss"] for r in ref_recs if "loss" in r]
     assert_states_equal(restore_final(workdir, final), final)
     _, variables, _ = checkpoint.load_model(workdir / "model", task="classifier")
     assert_trees_equal(variables, training.eval_variables(final))
@@ -369,9 +378,9 @@ def test_sigterm_saves_checkpoint_and_rerun_resumes(ref, spawn, tmp_path):
     _, final = ref
     workdir, hold = tmp_path / "w", tmp_path / "hold"
     hold.touch()
-    proc = spawn(workdir, JG_HOLD=str(hold))
-    wait_for_checkpoint(proc, workdir, 2)
-    proc.send_signal(signal.SIGTERM)  # Arrives while the loop waits after checkpoint 2.
+    proc = spawn(workdir, JG_HOLD=str(hold), JG_HOLD_STEP="2")
+    wait_for_hold(proc, hold)
+    proc.send_signal(signal.SIGTERM)  # Arrives during step 3, not a checkpoint step.
     hold.unlink()
     rc, out, err = finish(proc)
     assert rc != 0 and "done" not in out
@@ -419,32 +428,43 @@ def test_resume_with_another_config_is_refused(ref, tmp_path):
     assert step_dirs(workdir) == [2, 4, 6]
 
 
-def test_nan_stops_before_a_bad_checkpoint(ref, tmp_path):
-    """The NaN batch of step 4 (a checkpoint step, not a logging one) stops the run there."""
+def test_nonfinite_state_stops_before_a_bad_checkpoint(ref, tmp_path):
+    """Infinite images in step 4's batch: the loss stays finite (max-pool drops the NaNs), the
+    parameters do not; the run stops before checkpoint 4, naming checkpoint 2."""
     (x, y), test = synthetic_data()
     x = x.copy()
-    x[data.batch_indices(CFG.seed, 3, len(x), CFG.batch_size)] = np.nan  # Batch of step 4.
-    cfg = CFG.replace(log_every=3)  # Operational: the same computation as CFG.
+    x[data.batch_indices(CFG.seed, 3, len(x), CFG.batch_size)] = np.inf  # Batch of step 4.
     with pytest.raises(TrainingError) as e:
-        training.train(cfg, tmp_path, dataset=((x, y), test), progress=False)
+        training.train(CFG, tmp_path, dataset=((x, y), test), progress=False)
     msg = str(e.value)
-    assert "at step 4" in msg and "nan" in msg
+    assert "non-finite by step 4" in msg
     assert f"last good checkpoint is step 2 in {tmp_path / 'checkpoints'}" in msg
     assert step_dirs(tmp_path) == [2] and not (tmp_path / "model").exists()
-    assert all(r["step"] <= 3 for r in records(tmp_path))
-    mgr = checkpoint.manager(tmp_path, cfg.keep)
+    mgr = checkpoint.manager(tmp_path, CFG.keep)
     good = checkpoint.restore_train(mgr, 2, checkpoint.abstract(ref[1]))
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(good))
 
 
-def test_nan_before_any_checkpoint(tmp_path):
+def test_nan_loss_stops_the_run(tmp_path):
+    (x, y), test = synthetic_data()
+    y = y.copy()
+    y[data.batch_indices(CFG.seed, 3, len(x), CFG.batch_size)] = 99  # NaN loss at step 4.
+    with pytest.raises(TrainingError) as e:
+        training.train(CFG, tmp_path, dataset=((x, y), test), progress=False)
+    msg = str(e.value)
+    assert "loss became nan at step 4" in msg
+    assert f"last good checkpoint is step 2 in {tmp_path / 'checkpoints'}" in msg
+    assert step_dirs(tmp_path) == [2] and not (tmp_path / "model").exists()
+    assert record_steps(records(tmp_path)) == [(2, "loss"), (3, "eval")]
+
+
+def test_nan_images_before_any_checkpoint(tmp_path):
     (x, y), test = synthetic_data()
     with pytest.raises(TrainingError) as e:
         training.train(CFG, tmp_path, dataset=((np.full_like(x, np.nan), y), test),
                        progress=False)
     msg = str(e.value)
-    assert "loss became nan at step 2" in msg and "no checkpoint" in msg.lower()
-    assert "None" not in msg
+    assert "by step 2" in msg and f"No checkpoint was written yet in {tmp_path}" in msg
     assert step_dirs(tmp_path) == [] and not (tmp_path / "model").exists()
 
 
