@@ -5,12 +5,14 @@
     python sample.py figures                 # classifier over time, gradient maps
 
 Writes out/grid.png, out/trajectory.gif and out/samples.npz (images float32 (N, 28, 28, 1)
-in [-1, 1], labels int (N,)).
+in [-1, 1], labels int (N,), and the run's seed, scale, steps, sampler and library
+versions (a JSON string)).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -54,11 +56,18 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def check_args(args, num_classes: int) -> list[int]:
+def check_args(args, num_classes: int | None = None) -> list[int]:
+    """Validates the arguments (classes against `num_classes` when given); returns the classes.
+
+    Called before anything is loaded or written, and again once the classifier's number of
+    classes is known.
+    """
     classes = parse_classes(args.classes)
-    bad = [c for c in classes if not 0 <= c < num_classes]
+    hi = math.inf if num_classes is None else num_classes
+    bad = [c for c in classes if not 0 <= c < hi]
     if bad:
-        raise ValueError(f"--classes: got {bad[0]}, accepted 0-{num_classes - 1}")
+        accepted = "digits >= 0" if num_classes is None else f"0-{num_classes - 1}"
+        raise ValueError(f"--classes: got {bad[0]}, accepted {accepted}")
     for name in ("per_class", "steps", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: got {getattr(args, name)}, "
@@ -72,6 +81,19 @@ def check_args(args, num_classes: int) -> list[int]:
     if args.sampler not in METHODS:
         raise ValueError(f"--sampler: got {args.sampler!r}, accepted {', '.join(METHODS)}")
     return classes
+
+
+def load_pipeline(args):
+    """The pipeline of --checkpoint-dir; its errors name the argument."""
+    from jaxguide import checkpoint, pipeline
+
+    try:
+        return pipeline.load_pipeline(args.checkpoint_dir)
+    except checkpoint.CheckpointError as e:
+        msg = str(e)
+        if msg.startswith("--checkpoint-dir"):
+            raise
+        raise checkpoint.CheckpointError(f"--checkpoint-dir: {msg}") from e
 
 
 def make_outdir(path: str) -> Path:
@@ -93,8 +115,9 @@ def run_sample(args):
 
     from jaxguide import checkpoint, pipeline, viz
 
+    check_args(args)
     out = make_outdir(args.out)
-    pipe = pipeline.load_pipeline(args.checkpoint_dir)
+    pipe = load_pipeline(args)
     classes = check_args(args, pipe.num_classes)
     labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
     n = len(labels)
@@ -122,7 +145,7 @@ def run_sample(args):
         paths.append(viz.save_gif(np.concatenate(frames, axis=1), out / "trajectory.gif",
                                   ncol=min(args.per_class, 16)))
     np.savez(out / "samples.npz", images=images.astype(np.float32), labels=labels,
-             **{k: np.asarray(str(v) if isinstance(v, dict) else v) for k, v in meta.items()})
+             **{k: np.asarray(json.dumps(v) if isinstance(v, dict) else v) for k, v in meta.items()})
     paths.append(out / "samples.npz")
     for p in paths:
         print(p)
@@ -135,8 +158,9 @@ def run_figures(args):
 
     from jaxguide import data, guidance, pipeline, viz
 
+    check_args(args)
     out = make_outdir(args.out)
-    pipe = pipeline.load_pipeline(args.checkpoint_dir)
+    pipe = load_pipeline(args)
     check_args(args, pipe.num_classes)
     key = jax.random.key(args.seed)
     if args.data_dir:

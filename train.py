@@ -36,21 +36,48 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def _as_flag_error(e: Exception, names) -> Exception:
+    """A config error `name: ...` for a field set by a flag, re-worded as `--name: ...`."""
+    name, sep, rest = str(e).partition(":")
+    if sep and name in names:
+        return type(e)(f"--{name.replace('_', '-')}:{rest}")
+    return e
+
+
 def main(argv):
     args = parse_args(argv)
+    import math
+    from pathlib import Path
+
     from jaxguide import data, training
 
-    cfg = configs.get_config(args.task, args.model, args.config)
+    # Every argument is validated before any data is read.
+    try:
+        cfg = configs.get_config(args.task, args.model, args.config)
+    except ValueError as e:
+        raise _as_flag_error(e, ("model",)) from e
     overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                        steps=args.steps, ckpt_every=args.ckpt_every,
                                        eval_every=args.eval_every).items() if v is not None}
-    cfg = cfg.replace(**overrides)
-    train_set, test_set = data.load_mnist("train", args.data_dir), data.load_mnist("test", args.data_dir)
+    try:
+        cfg = cfg.replace(**overrides)
+    except ValueError as e:
+        raise _as_flag_error(e, overrides) from e
     if args.epochs is not None:
         if args.steps is not None:
             raise ValueError("--epochs: give either --steps or --epochs, not both")
-        if not args.epochs > 0:
-            raise ValueError(f"--epochs: got {args.epochs}, accepted a number > 0")
+        if not (math.isfinite(args.epochs) and args.epochs > 0):
+            raise ValueError(f"--epochs: got {args.epochs}, accepted a finite number > 0")
+    try:
+        training._check_workdir(Path(args.workdir))
+    except training.TrainingError as e:
+        raise training.TrainingError(f"--{e}") from e
+    try:
+        train_set = data.load_mnist("train", args.data_dir)
+        test_set = data.load_mnist("test", args.data_dir)
+    except data.DataError as e:
+        raise data.DataError(f"--data-dir: {e}" if args.data_dir else str(e)) from e
+    if args.epochs is not None:
         per_epoch = data.steps_per_epoch(len(train_set[0]), cfg.batch_size)
         cfg = cfg.replace(steps=max(1, round(args.epochs * per_epoch)))
     training.train(cfg, args.workdir, dataset=(train_set, test_set), progress=not args.no_progress)

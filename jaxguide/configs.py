@@ -34,8 +34,8 @@ class TrainConfig:
     T: float = 1.0
     seed: int = 0
     log_every: int = 20
-    eval_every: int = 500
-    ckpt_every: int = 500
+    eval_every: int = 400
+    ckpt_every: int = 200
     keep: int = 2
 
     def __post_init__(self):
@@ -90,13 +90,16 @@ def get_config(task: str, model: str | None = None, preset: str = "default") -> 
     if task not in TASKS:
         raise ValueError(f"task: got {task!r}, accepted {', '.join(TASKS)}")
     if preset not in PRESETS:
-        raise ValueError(f"config: got {preset!r}, accepted {', '.join(PRESETS)}")
+        raise ValueError(f"preset: got {preset!r}, accepted {', '.join(PRESETS)}")
     model = model or MODELS[task][0]
+    if model not in MODELS[task]:
+        raise ValueError(f"model: got {model!r} for task {task!r}, "
+                         f"accepted {', '.join(MODELS[task])}")
     base = {
-        "denoiser": dict(steps=4000, batch_size=128, lr=2e-3, ema_decay=0.999),
+        "denoiser": dict(steps=2400, batch_size=128, lr=2e-3, ema_decay=0.999),
         "classifier": dict(steps=3000, batch_size=256, lr=1e-3, ema_decay=None, grad_clip=None,
                            t_min=0.0),
-        "evaluator": dict(steps=1500, batch_size=128, lr=2e-3, ema_decay=None, grad_clip=None,
+        "evaluator": dict(steps=2000, batch_size=128, lr=2e-3, ema_decay=None, grad_clip=None,
                           weight_decay=1e-4),
     }[task]
     kwargs = {

@@ -42,6 +42,11 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
     root = Path(checkpoint_dir)
     if not root.is_dir():
         raise checkpoint.CheckpointError(f"--checkpoint-dir {root}: not found")
+    for name in (denoiser, classifier):
+        if not (root / name).is_dir():
+            raise checkpoint.CheckpointError(
+                f"--checkpoint-dir {root}: has no {name}/; accepted a folder holding {denoiser}/ "
+                f"and {classifier}/ model checkpoints (train.py writes each to <workdir>/model)")
     den_model, den_vars, den_meta = checkpoint.load_model(root / denoiser, task="denoiser")
     cls_model, cls_vars, cls_meta = checkpoint.load_model(root / classifier, task="classifier")
     sde = VPSDE(**den_meta["sde"])

@@ -51,25 +51,26 @@ class NoisyClassifier(nn.Module):
 class Evaluator(nn.Module):
     """A clean-MNIST CNN for measuring samples: x (B, 28, 28, 1) → log-probs (B, K).
 
+    conv(32, 3×3) → pool → conv(64, 3×3) → pool → flatten(3136) → fc(128) → fc(K).
     `features(x)` gives the penultimate activations (B, 128) used for Fréchet distances.
     Independent of the guidance classifier by construction: trained on clean digits only.
     """
 
     num_classes: int = 10
+    dropout: float = 0.3
 
     def setup(self):
         self.conv1 = nn.Conv(32, (3, 3))
         self.conv2 = nn.Conv(64, (3, 3))
-        self.conv3 = nn.Conv(128, (3, 3))
         self.fc = nn.Dense(128)
         self.head = nn.Dense(self.num_classes)
-        self.drop = nn.Dropout(0.3)
+        self.drop = nn.Dropout(self.dropout)
 
     def features(self, x, train: bool = False):
         h = nn.max_pool(nn.relu(self.conv1(x)), (2, 2), (2, 2))
         h = nn.max_pool(nn.relu(self.conv2(h)), (2, 2), (2, 2))
-        h = nn.relu(self.conv3(h)).mean(axis=(1, 2))
-        return nn.relu(self.fc(self.drop(h, deterministic=not train)))
+        h = self.drop(h.reshape(h.shape[0], -1), deterministic=not train)
+        return nn.relu(self.fc(h))
 
     def __call__(self, x, t=None, train: bool = False):
         del t  # Clean images only; accepts t to share the training code.

@@ -1,0 +1,343 @@
+"""Every bad input gets a clear error.
+
+CLIs: one line `error: ...` on stderr naming the argument, the value and what is accepted;
+exit status 2; no traceback (`--debug` shows it). Most cases call `cli.run(main, argv)` in
+this process (the exit status it returns is the process's); a few run as real subprocesses
+to check the process exit status. The Python API raises specific exception types whose
+messages name the argument.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_script, run_cli
+from jaxguide import checkpoint, cli, data, metrics, pipeline
+from jaxguide.checkpoint import CheckpointError
+from jaxguide.configs import TrainConfig, get_config
+from jaxguide.data import DataError
+from jaxguide.guidance import classifier_guidance
+from jaxguide.nets import make_model
+from jaxguide.samplers import sample
+from jaxguide.sde import VPSDE
+
+# ------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def bad(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """Paths for the bad-input cases: broken checkpoint dirs, a regular file, bad data."""
+    root = tmp_path_factory.mktemp("bad")
+    den, cls = tiny_checkpoints / "denoiser", tiny_checkpoints / "classifier"
+
+    def ckdir(name, denoiser=den, classifier=cls):
+        d = root / name
+        shutil.copytree(denoiser, d / "denoiser")
+        shutil.copytree(classifier, d / "classifier")
+        return d
+
+    paths = {"ck": tiny_checkpoints, "missing": root / "does-not-exist", "empty": root / "empty"}
+    paths["empty"].mkdir()
+    paths["corrupt_json"] = ckdir("corrupt_json")
+    (paths["corrupt_json"] / "denoiser" / "metadata.json").write_text('{"format": "jaxgu')
+    paths["future"] = ckdir("future")
+    meta_file = paths["future"] / "denoiser" / "metadata.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "format_version": 999}))
+    paths["swapped"] = ckdir("swapped", denoiser=cls, classifier=den)
+    paths["half_written"] = ckdir("half_written")
+    shutil.rmtree(paths["half_written"] / "denoiser" / "state")
+    paths["file"] = root / "a-file"
+    paths["file"].write_text("not a folder\n")
+    paths["corrupt_idx"] = root / "corrupt_idx"
+    paths["corrupt_idx"].mkdir()
+    for split in ("train", "test"):
+        for name in data._IDX_FILES[split]:
+            (paths["corrupt_idx"] / name).write_bytes(b"\x00\x00\x08\x07garbage")
+    paths["out"] = root / "out"
+    paths["workdir"] = root / "workdir"
+    return paths
+
+
+def fill(argv, paths):
+    return [a.format(**{k: str(v) for k, v in paths.items()}) for a in argv]
+
+
+def assert_one_line_error(rc, err, expected):
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    for text in expected:
+        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+
+
+# ------------------------------------------------------------------------ sample.py
+
+# A base command that would succeed; each case's arguments come after it (and win).
+SAMPLE_BASE = ["--checkpoint-dir", "{ck}", "--out", "{out}/sample", "--steps", "2",
+               "--per-class", "1", "--classes", "0,1"]
+
+SAMPLE_CASES = {
+    # id: (arguments, texts the one-line error must contain)
+    "classes-11": (["--classes", "11"], ["--classes", "got 11", "accepted 0-9"]),
+    "classes-negative": (["--classes", "-1"], ["--classes", "'-1'", "accepted"]),
+    "classes-letters": (["--classes", "abc"], ["--classes", "'abc'", "accepted"]),
+    "classes-empty": (["--classes", ""], ["--classes", "got ''", "accepted"]),
+    "classes-empty-range": (["--classes", "3-1"], ["--classes", "'3-1'", "accepted"]),
+    "classes-double-comma": (["--classes", "0,,3"], ["--classes", "'0,,3'", "accepted"]),
+    "classes-in-range-list": (["--classes", "0-3,12"], ["--classes", "got 12", "accepted 0-9"]),
+    "per-class-0": (["--per-class", "0"], ["--per-class", "got 0", "accepted an integer >= 1"]),
+    "per-class-negative": (["--per-class", "-3"], ["--per-class", "got -3", ">= 1"]),
+    "steps-negative": (["--steps", "-1"], ["--steps", "got -1", ">= 1"]),
+    "steps-0": (["--steps", "0"], ["--steps", "got 0", ">= 1"]),
+    "scale-nan": (["--scale", "nan"], ["--scale", "got nan", "accepted a finite number >= 0"]),
+    "scale-inf": (["--scale", "inf"], ["--scale", "got inf", "finite"]),
+    "scale-negative": (["--scale", "-1"], ["--scale", "got -1", ">= 0"]),
+    "seed-negative": (["--seed", "-1"], ["--seed", "got -1", ">= 0"]),
+    "sampler-bogus": (["--sampler", "bogus"], ["--sampler", "'bogus'", "euler_maruyama, "]),
+    "batch-size-0": (["--batch-size", "0"], ["--batch-size", "got 0", ">= 1"]),
+    "checkpoint-dir-missing": (["--checkpoint-dir", "{missing}"],
+                               ["--checkpoint-dir", "does-not-exist", "not found"]),
+    "checkpoint-dir-empty": (["--checkpoint-dir", "{empty}"],
+                             ["--checkpoint-dir", "empty", "no denoiser/", "accepted"]),
+    "checkpoint-corrupt-json": (["--checkpoint-dir", "{corrupt_json}"],
+                                ["--checkpoint-dir", "metadata.json", "unreadable JSON"]),
+    "checkpoint-future-format": (["--checkpoint-dir", "{future}"],
+                                 ["--checkpoint-dir", "format version 999", "upgrade jaxguide"]),
+    "checkpoint-swapped": (["--checkpoint-dir", "{swapped}"],
+                           ["--checkpoint-dir", "holds a 'classifier' model",
+                            "expected a 'denoiser' model"]),
+    "checkpoint-half-written": (["--checkpoint-dir", "{half_written}"],
+                                ["--checkpoint-dir", "denoiser", "no state/ (half-written?)"]),
+    "out-under-a-file": (["--out", "{file}/out"], ["--out", "a-file/out", "not writable"]),
+    "figures-steps-0": (["figures", "--steps", "0"], ["--steps", "got 0", ">= 1"]),
+    "figures-checkpoint-dir-empty": (["figures", "--checkpoint-dir", "{empty}"],
+                                     ["--checkpoint-dir", "no denoiser/"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SAMPLE_CASES))
+def test_sample_bad_input(case, bad, capsys):
+    argv, expected = SAMPLE_CASES[case]
+    rc = cli.run(load_script("sample.py").main, fill(SAMPLE_BASE + argv, bad))
+    captured = capsys.readouterr()
+    assert_one_line_error(rc, captured.err, fill(expected, bad))
+    assert captured.out == ""
+    if case != "out-under-a-file":
+        # Arguments are validated before anything is written (checkpoint errors aside).
+        assert not (bad["out"] / "sample" / "grid.png").exists()
+
+
+# ------------------------------------------------------------------------ train.py
+
+# A data dir that does not exist: argument errors must be reported before data is read.
+TRAIN_BASE = ["denoiser", "--workdir", "{workdir}/run", "--data-dir", "{missing}",
+              "--config", "tiny", "--no-progress"]
+
+TRAIN_CASES = {
+    "steps-0": (["--steps", "0"], ["--steps", "got 0", "accepted an integer >= 1"]),
+    "batch-size-0": (["--batch-size", "0"], ["--batch-size", "got 0", ">= 1"]),
+    "lr-0": (["--lr", "0"], ["--lr", "got 0.0", "accepted a number in (0, 1)"]),
+    "lr-nan": (["--lr", "nan"], ["--lr", "got nan", "accepted a number in (0, 1)"]),
+    "lr-5": (["--lr", "5"], ["--lr", "got 5.0", "(0, 1)"]),
+    "seed-negative": (["--seed", "-1"], ["--seed", "got -1", ">= 0"]),
+    "ckpt-every-0": (["--ckpt-every", "0"], ["--ckpt-every", "got 0", ">= 1"]),
+    "model-bogus": (["--model", "bogus"], ["--model", "'bogus'", "accepted unet, seed"]),
+    "model-seed-for-classifier": (["classifier", "--model", "seed"],
+                                  ["--model", "'seed'", "'classifier'", "accepted classifier"]),
+    "data-dir-missing": ([], ["--data-dir", "does-not-exist", "not found"]),
+    "data-dir-a-file": (["--data-dir", "{file}"], ["--data-dir", "a-file", "not a directory"]),
+    "data-dir-corrupt-idx": (["--data-dir", "{corrupt_idx}"],
+                             ["--data-dir", "train-images-idx3-ubyte", "bad magic number"]),
+    "epochs-negative": (["--epochs", "-1"], ["--epochs", "got -1.0", "> 0"]),
+    "epochs-inf": (["--epochs", "inf"], ["--epochs", "got inf", "finite"]),
+    "steps-and-epochs": (["--steps", "5", "--epochs", "1"], ["--epochs", "--steps", "not both"]),
+    "workdir-under-a-file": (["--workdir", "{file}/run"], ["--workdir", "a-file/run",
+                                                           "not writable"]),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_train_bad_input(case, bad, capsys):
+    argv, expected = TRAIN_CASES[case]
+    argv = fill(argv, bad)
+    base = fill(TRAIN_BASE, bad)
+    if argv[:1] == ["classifier"]:  # another task
+        base, argv = ["classifier"] + base[1:], argv[1:]
+    rc = cli.run(load_script("train.py").main, base + argv)
+    captured = capsys.readouterr()
+    assert_one_line_error(rc, captured.err, fill(expected, bad))
+    assert not (bad["workdir"] / "run" / "checkpoints").exists()
+
+
+# argparse's own errors (a type or a choice): exit 2 with its usage line and one error line.
+ARGPARSE_CASES = [
+    ("sample.py", ["--per-class", "abc"], "argument --per-class: invalid int value: 'abc'"),
+    ("sample.py", ["--steps", "1.5"], "argument --steps: invalid int value: '1.5'"),
+    ("sample.py", ["--scale", "big"], "argument --scale: invalid float value: 'big'"),
+    ("sample.py", ["smaple"], "argument command: invalid choice: 'smaple'"),
+    ("train.py", ["bogus", "--workdir", "w"], "argument task: invalid choice: 'bogus'"),
+    ("train.py", ["denoiser"], "the following arguments are required: --workdir"),
+    ("train.py", ["denoiser", "--workdir", "w", "--lr", "fast"],
+     "argument --lr: invalid float value: 'fast'"),
+]
+
+
+@pytest.mark.parametrize("script, argv, expected", ARGPARSE_CASES,
+                         ids=[f"{s}-{' '.join(a)}" for s, a, _ in ARGPARSE_CASES])
+def test_argparse_errors(script, argv, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.run(load_script(script).main, argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("usage:") and "error: " + expected in lines[-1], err
+
+
+# ------------------------------------------------------------------------ real processes
+
+
+SUBPROCESS_CASES = [
+    ("sample.py", ["--scale", "nan", "--out", "{out}/p1"], ["--scale", "got nan"]),
+    ("sample.py", ["--checkpoint-dir", "{empty}", "--out", "{out}/p2"],
+     ["--checkpoint-dir", "no denoiser/"]),
+    ("train.py", ["denoiser", "--workdir", "{workdir}/p3", "--model", "bogus"],
+     ["--model", "'bogus'", "accepted unet, seed"]),
+]
+
+
+@pytest.mark.parametrize("script, argv, expected", SUBPROCESS_CASES,
+                         ids=[f"{s}-{a[0]}" for s, a, _ in SUBPROCESS_CASES])
+def test_subprocess_exit_status_2_without_traceback(script, argv, expected, bad):
+    proc = run_cli(script, *fill(argv, bad), timeout=240)
+    assert proc.stdout == ""
+    assert_one_line_error(proc.returncode, proc.stderr, fill(expected, bad))
+
+
+def test_debug_shows_the_traceback(bad):
+    proc = run_cli("sample.py", "--steps", "0", "--out", f"{bad['out']}/p4", "--debug",
+                   timeout=240)
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "ValueError: --steps: got 0, accepted an integer >= 1" in proc.stderr
+
+
+# ------------------------------------------------------------------------ Python API
+
+
+def _score(x, t):
+    return -x
+
+
+def _log_probs(x, t):
+    return jnp.zeros((x.shape[0], 10))
+
+
+KEY = jax.random.key(0)
+
+API_CASES = {
+    # id: (call, exception type, regex the message must match)
+    "sample-n_steps-0": (lambda: sample(KEY, _score, VPSDE(), (2, 4), n_steps=0),
+                         ValueError, r"n_steps: got 0, accepted an integer >= 1"),
+    "sample-n_steps-float": (lambda: sample(KEY, _score, VPSDE(), (2, 4), n_steps=2.5),
+                             ValueError, r"n_steps: got 2\.5"),
+    "sample-shape-empty": (lambda: sample(KEY, _score, VPSDE(), (), n_steps=2),
+                           ValueError, r"shape: got \(\), accepted"),
+    "sample-shape-negative": (lambda: sample(KEY, _score, VPSDE(), (2, -4), n_steps=2),
+                              ValueError, r"shape: got \(2, -4\)"),
+    "sample-shape-int": (lambda: sample(KEY, _score, VPSDE(), 3, n_steps=2),
+                         ValueError, r"shape: got 3"),
+    "sample-method": (lambda: sample(KEY, _score, VPSDE(), (2, 4), n_steps=2, method="rk4"),
+                      ValueError, r"method: got 'rk4', accepted euler_maruyama"),
+    "sample-key-int": (lambda: sample(0, _score, VPSDE(), (2, 4), n_steps=2),
+                       TypeError, r"key: expected a typed key"),
+    "sample-key-raw": (lambda: sample(jax.random.PRNGKey(0), _score, VPSDE(), (2, 4), n_steps=2),
+                       TypeError, r"key: expected a typed key"),
+    "sample-indices": (lambda: sample(KEY, _score, VPSDE(), (2, 4), n_steps=2,
+                                      indices=jnp.arange(3)),
+                       ValueError, r"indices: expected shape \(2,\)"),
+    "guidance-label-10": (lambda: classifier_guidance(_score, _log_probs, jnp.array([1, 10]), 1.0,
+                                                      num_classes=10),
+                          ValueError, r"labels: got 10, accepted \[0, 9\]"),
+    "guidance-label-negative": (lambda: classifier_guidance(_score, _log_probs, -1, 1.0),
+                                ValueError, r"labels: got -1, accepted >= 0"),
+    "guidance-scale-negative": (lambda: classifier_guidance(_score, _log_probs, 1, -2.0),
+                                ValueError, r"scale: got -2\.0, accepted a finite number >= 0"),
+    "guidance-scale-nan": (lambda: classifier_guidance(_score, _log_probs, 1, float("nan")),
+                           ValueError, r"scale: got nan, accepted"),
+    "guidance-scale-nan-in-array": (
+        lambda: classifier_guidance(_score, _log_probs, jnp.array([1, 2]), jnp.array([1.0, jnp.nan])),
+        ValueError, r"scale: got .*accepted a finite number"),
+    "vpsde-beta_min": (lambda: VPSDE(beta_min=-1.0), ValueError, r"beta_min must be .* > 0, got -1"),
+    "vpsde-T": (lambda: VPSDE(T=0.0), ValueError, r"\bT must be a finite number > 0, got 0"),
+    "vpsde-beta_max-below-min": (lambda: VPSDE(beta_min=2.0, beta_max=1.0),
+                                 ValueError, r"beta_max must be >= beta_min"),
+    "images-shape": (lambda: metrics.check_images(np.zeros((2, 28, 28))),
+                     ValueError, r"images: got shape \(2, 28, 28\), accepted \(N, 28, 28, 1\)"),
+    "images-empty": (lambda: metrics.check_images(np.zeros((0, 28, 28, 1))),
+                     ValueError, r"images: got shape \(0, 28, 28, 1\)"),
+    "images-nan": (lambda: metrics.check_images(np.full((1, 28, 28, 1), np.nan)),
+                   ValueError, r"images: contain NaN or inf"),
+    "images-range": (lambda: metrics.check_images(np.full((1, 28, 28, 1), 255.0)),
+                     ValueError, r"images: values span \[255, 255\], accepted \[-1, 1\]"),
+    "images-uint8": (lambda: metrics.check_images(np.zeros((1, 28, 28, 1), np.uint8)),
+                     ValueError, r"images: got dtype uint8"),
+    "frechet-dims": (lambda: metrics.frechet_distance(np.random.rand(5, 3), np.random.rand(5, 4)),
+                     ValueError, r"features: dimensions differ \(\(3,\) vs \(4,\)\)"),
+    "frechet-one-sample": (lambda: metrics.frechet_distance(np.zeros((1, 3)), np.zeros((5, 3))),
+                           ValueError, r"features: got shape \(1, 3\), accepted \(N, D\) with N >= 2"),
+    "load_model-missing": (lambda: checkpoint.load_model("/nonexistent/jaxguide-model"),
+                           CheckpointError, r"checkpoint dir /nonexistent/jaxguide-model: not found"),
+    "load_pipeline-missing": (lambda: pipeline.load_pipeline("/nonexistent/jaxguide-ck"),
+                              CheckpointError, r"/nonexistent/jaxguide-ck: not found"),
+    "load_mnist-split": (lambda: data.load_mnist("validation", "/nonexistent"),
+                         ValueError, r"split must be one of \('train', 'test'\), got 'validation'"),
+    "load_mnist-missing-dir": (lambda: data.load_mnist("train", "/nonexistent/mnist"),
+                               DataError, r"MNIST data dir /nonexistent/mnist not found"),
+    "get_config-task": (lambda: get_config("generator"),
+                        ValueError, r"task: got 'generator', accepted denoiser, classifier"),
+    "get_config-preset": (lambda: get_config("denoiser", preset="huge"),
+                          ValueError, r"preset: got 'huge', accepted default, tiny"),
+    "get_config-model": (lambda: get_config("denoiser", "resnet"),
+                         ValueError, r"model: got 'resnet' for task 'denoiser', accepted unet, seed"),
+    "TrainConfig-batch_size-0": (lambda: TrainConfig(batch_size=0),
+                                 ValueError, r"batch_size: got 0, accepted an integer >= 1"),
+    "TrainConfig-lr-nan": (lambda: TrainConfig(lr=math.nan),
+                           ValueError, r"lr: got nan, accepted a number in \(0, 1\)"),
+    "TrainConfig-steps-float": (lambda: TrainConfig(steps=10.0),
+                                ValueError, r"steps: got 10\.0, accepted an integer >= 1"),
+    "make_model-bogus": (lambda: make_model("bogus"),
+                         ValueError, r"model: got 'bogus', accepted unet"),
+    "make_model-kwargs": (lambda: make_model("unet", {"colour": 3}),
+                          ValueError, r"model_kwargs for 'unet'"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_api_bad_input(case):
+    call, exc_type, pattern = API_CASES[case]
+    with pytest.raises(exc_type, match=pattern):
+        call()
+
+
+def test_generate_checks_labels_before_sampling(tiny_checkpoints, monkeypatch):
+    pipe = pipeline.load_pipeline(tiny_checkpoints)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the labels")
+
+    monkeypatch.setattr(pipeline, "sample", no_sampling)
+    with pytest.raises(ValueError, match=r"labels: got 10, accepted \[0, 9\]"):
+        pipeline.generate(KEY, pipe, jnp.array([3, 10]), 4.0, n_steps=2)
+    with pytest.raises(ValueError, match=r"scale: got -1\.0"):
+        pipeline.generate(KEY, pipe, jnp.array([3]), -1.0, n_steps=2)
