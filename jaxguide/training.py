@@ -261,6 +261,26 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     return state
 
 
+def export(workdir: str | Path, step: int | None = None, out: str | Path | None = None) -> Path:
+    """Exports training checkpoint `step` (default: the latest) of `workdir` as a model
+    checkpoint (EMA variables + metadata) in `out` (default `<workdir>/model`)."""
+    workdir = Path(workdir)
+    mgr = checkpoint.manager(workdir)
+    step = mgr.latest_step() if step is None else step
+    if step is None or step not in mgr.all_steps():
+        raise TrainingError(f"workdir {workdir}: no training checkpoint {'' if step is None else step}"
+                            f" (have {list(mgr.all_steps())})")
+    meta = checkpoint.read_train_metadata(mgr, step)
+    cfg = TrainConfig.from_dict(meta["config"])
+    model = make_model(cfg.model, cfg.kwargs)
+    tx = make_optimizer(cfg)
+    abstract = jax.eval_shape(lambda: create_state(cfg, model, tx, tuple(meta["image_shape"])))
+    state = checkpoint.restore_train(mgr, step, abstract)
+    keep = ("task", "model", "model_kwargs", "config", "image_shape", "sde", "step", "metrics")
+    return checkpoint.save_model(out or workdir / "model", eval_variables(state),
+                                 {k: meta[k] for k in keep if k in meta})
+
+
 def _save_reference_stats(model_dir: Path, images, labels) -> None:
     """Stores the evaluator's feature statistics of the test set beside its checkpoint."""
     from jaxguide import metrics
@@ -308,5 +328,7 @@ class _Log:
 def _plot_losses(workdir: Path) -> None:
     from jaxguide import viz
 
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    viz.plot_losses(records, workdir / "loss.png")
+    log = workdir / "metrics.jsonl"
+    if log.is_file():
+        viz.plot_losses([json.loads(line) for line in log.read_text().splitlines()],
+                        workdir / "loss.png")

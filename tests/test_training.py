@@ -7,6 +7,7 @@ persistent compilation cache in a temporary directory is shared with the subproc
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import os
@@ -390,13 +391,12 @@ def test_sigterm_saves_checkpoint_and_rerun_resumes(ref, spawn, tmp_path):
     assert checkpoint.read_train_metadata(mgr, 3)["step"] == 3
     n = len(records(workdir))
 
-    rc, out, err = finish(spawn(workdir))
-    assert rc == 0, err[-3000:]
+    state = training.train(CFG, workdir, dataset=synthetic_data(), progress=False)  # In-process.
     # Resumed from step 3: step 3's evaluation is not redone.
     assert record_steps(records(workdir)[n:]) == [(4, "loss"), (6, "loss"), (6, "eval")]
-    restored = restore_final(workdir, final)
-    assert_states_equal(restored, final)
-    assert set(opt_counts(restored.opt_state)) == {6}
+    assert_states_equal(state, final)
+    assert set(opt_counts(state.opt_state)) == {6}
+    assert_states_equal(restore_final(workdir, final), final)
 
 
 # ----------------------------------------------------------------------- errors
@@ -523,13 +523,16 @@ def test_load_model_wrong_task_or_model(model_copy):
         checkpoint.load_model(model_copy)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's reader.
 def test_load_model_arrays_of_another_shape(model_copy):
     meta = json.loads((model_copy / "metadata.json").read_text())
     edit_metadata(model_copy, model_kwargs={**meta["model_kwargs"], "width": 2})
     with pytest.raises(CheckpointError, match=re.escape(f"{model_copy}: arrays do not match")):
         checkpoint.load_model(model_copy)
+    gc.collect()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's reader.
 def test_load_model_missing_or_corrupt_state(model_copy):
     state = model_copy / "state"
     backup = model_copy.parent / "state.bak"
@@ -546,14 +549,15 @@ def test_load_model_missing_or_corrupt_state(model_copy):
             f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
     with pytest.raises(CheckpointError, match=re.escape(str(model_copy))):
         checkpoint.load_model(model_copy)
+    gc.collect()  # Orbax's abandoned read coroutines are reported here, under the filter.
 
 
 # ----------------------------------------------------------------------- CLI
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--steps", "0"], "error: steps: got 0, accepted an integer >= 1"),
-    (["--config", "tiny", "--data-dir", "/nonexistent"], "error: "),
+    (["--steps", "0"], ["steps", "got 0"]),
+    (["--config", "tiny", "--data-dir", "/nonexistent"], ["/nonexistent"]),
 ])
 def test_cli_user_errors(tmp_path, args, expected):
     workdir = tmp_path / "w"
@@ -562,8 +566,7 @@ def test_cli_user_errors(tmp_path, args, expected):
                           cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert all(word in lines[0] for word in expected), lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
-    if "--data-dir" in args:
-        assert "/nonexistent" in lines[0]
-    assert not workdir.exists()
+    assert not (workdir / "checkpoints").exists()
