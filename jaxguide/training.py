@@ -215,9 +215,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     state = _maybe_resume(mgr, cfg, state)
     train_step = make_train_step(cfg, model, tx)
     evaluate = make_evaluate(cfg, model, x_test, y_test)
-    meta = {"task": cfg.task, "model": cfg.model, "model_kwargs": cfg.to_dict()["model_kwargs"],
-            "config": cfg.to_dict(), "image_shape": list(x_train.shape[1:]),
-            "sde": {"beta_min": cfg.beta_min, "beta_max": cfg.beta_max, "T": cfg.T}}
+    meta = model_metadata(cfg, x_train.shape[1:])
     log = _Log(workdir / "metrics.jsonl")
     start = int(state.step)
     last_eval: dict[str, float] = {}
@@ -299,6 +297,13 @@ def _diverged(what: str, mgr) -> TrainingError:
     last = (f"The last good checkpoint is step {step} in {mgr.directory}" if step is not None
             else f"No checkpoint was written yet in {mgr.directory}")
     return TrainingError(f"{what}; stopped. {last} (try a lower --lr)")
+
+
+def model_metadata(cfg: TrainConfig, image_shape) -> dict[str, Any]:
+    """What a checkpoint records to rebuild its model: task, model, kwargs, config, SDE."""
+    return {"task": cfg.task, "model": cfg.model, "model_kwargs": cfg.to_dict()["model_kwargs"],
+            "config": cfg.to_dict(), "image_shape": list(image_shape),
+            "sde": {"beta_min": cfg.beta_min, "beta_max": cfg.beta_max, "T": cfg.T}}
 
 
 def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> TrainState:

@@ -3,40 +3,35 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_dataset(n: int = 64):
-    """((x, y), (x, y)): n random images in [-1, 1] (n, 28, 28, 1) float32, labels 0..9."""
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (n, 28, 28, 1)).astype(np.float32)
-    y = (np.arange(n) % 10).astype(np.int32)
-    return (x, y), (x, y)
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> Path:
     """A checkpoint dir with `denoiser/` and `classifier/` model checkpoints, as sample.py
-    loads them: the tiny presets (6 steps of 8 images) trained on 64 synthetic images."""
-    from jaxguide import training
-    from jaxguide.configs import get_config
+    loads them: the tiny presets' freshly initialised variables (training is tested in
+    test_training.py; the CLI only needs well-formed checkpoints)."""
+    import jax
+    import jax.numpy as jnp
 
-    root = tmp_path_factory.mktemp("tiny")
-    ckdir = root / "checkpoints"
-    dataset = tiny_dataset()
+    from jaxguide import checkpoint, training
+    from jaxguide.configs import get_config
+    from jaxguide.nets import make_model
+
+    ckdir = tmp_path_factory.mktemp("tiny") / "checkpoints"
     for task in ("denoiser", "classifier"):
-        workdir = root / "runs" / task
-        training.train(get_config(task, preset="tiny"), workdir, dataset=dataset, progress=False)
-        shutil.copytree(workdir / "model", ckdir / task)
+        cfg = get_config(task, preset="tiny")
+        model = make_model(cfg.model, cfg.kwargs)
+        variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros(1))
+        checkpoint.save_model(ckdir / task, variables,
+                              {**training.model_metadata(cfg, (28, 28, 1)), "step": 0})
     return ckdir
 
 
