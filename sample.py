@@ -21,6 +21,7 @@ from jaxguide import cli
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_STEPS = 250
+FIGURE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def parse_classes(text: str) -> list[int]:
@@ -52,6 +53,8 @@ def parse_args(argv):
     p.add_argument("--data-dir", help="figures: MNIST IDX folder for the test digit "
                    "(default: a generated digit)")
     p.add_argument("--no-gif", action="store_true")
+    p.add_argument("--evaluate", action="store_true",
+                   help="print the evaluator's accuracy and FDs of the samples")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
 
@@ -107,48 +110,74 @@ def make_outdir(path: str) -> Path:
     return out
 
 
-def run_sample(args):
+def generate_all(pipe, labels, scale, args, record_every=None, desc="sampling"):
+    """Guided samples for `labels` (N,) in jitted chunks of --batch-size, with a progress bar.
+
+    Returns images (N, 28, 28, 1) and, with `record_every`, frames (F, N, 28, 28, 1).
+    """
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from tqdm.auto import tqdm
 
-    from jaxguide import checkpoint, pipeline, viz
+    from jaxguide import pipeline
 
-    check_args(args)
-    out = make_outdir(args.out)
-    pipe = load_pipeline(args)
-    classes = check_args(args, pipe.num_classes)
-    labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
-    n = len(labels)
-    record_every = None if args.no_gif else max(1, args.steps // 20)
     key = jax.random.key(args.seed)
+    n = len(labels)
     images, frames = [], []
-    with tqdm(total=n, desc=f"sampling ({args.steps} steps)", unit="img") as bar:
+    with tqdm(total=n, desc=f"{desc} ({args.steps} {args.sampler} steps)", unit="img") as bar:
         for lo in range(0, n, args.batch_size):
             idx = np.arange(lo, min(lo + args.batch_size, n))
             # Pad the last chunk to the batch size: one compiled shape for every call.
             pad = np.concatenate([idx, np.full(args.batch_size - len(idx), idx[-1])])
-            res = pipeline.generate(key, pipe, labels[pad], args.scale, n_steps=args.steps,
+            res = pipeline.generate(key, pipe, labels[pad], scale, n_steps=args.steps,
                                     method=args.sampler, indices=pad, record_every=record_every)
             x, traj = res if record_every else (res, None)
             images.append(np.asarray(x)[:len(idx)])
             if traj is not None:
                 frames.append(np.asarray(traj)[:, :len(idx)])
             bar.update(len(idx))
-    images = np.concatenate(images)
+    return np.concatenate(images), (np.concatenate(frames, axis=1) if frames else None)
+
+
+def load_evaluator(args):
+    """The evaluator beside the checkpoints, or None when there is none."""
+    from jaxguide import metrics
+
+    path = Path(args.checkpoint_dir) / "evaluator"
+    return metrics.Evaluator(path) if path.is_dir() else None
+
+
+def run_sample(args):
+    import numpy as np
+
+    from jaxguide import checkpoint, metrics, viz
+
+    check_args(args)
+    out = make_outdir(args.out)
+    pipe = load_pipeline(args)
+    evaluator = load_evaluator(args) if args.evaluate else None
+    if args.evaluate and evaluator is None:
+        raise ValueError(f"--evaluate: no evaluator/ in --checkpoint-dir {args.checkpoint_dir}")
+    classes = check_args(args, pipe.num_classes)
+    labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
+    record_every = None if args.no_gif else max(1, args.steps // 20)
+    images, frames = generate_all(pipe, labels, args.scale, args, record_every)
     meta = {"seed": args.seed, "scale": args.scale, "steps": args.steps, "sampler": args.sampler,
             "versions": checkpoint.versions()}
-    paths = [viz.save_grid(images, labels, out / "grid.png", ncol=args.per_class if args.per_class <= 16 else 16,
+    ncol = min(args.per_class, 16)
+    paths = [viz.save_grid(images, labels, out / "grid.png", ncol=ncol,
                            title=f"guided samples, scale {args.scale:g}, {args.steps} {args.sampler} steps")]
-    if frames:
-        paths.append(viz.save_gif(np.concatenate(frames, axis=1), out / "trajectory.gif",
-                                  ncol=min(args.per_class, 16)))
+    if frames is not None:
+        paths.append(viz.save_gif(frames, out / "trajectory.gif", ncol=ncol))
     np.savez(out / "samples.npz", images=images.astype(np.float32), labels=labels,
              **{k: np.asarray(json.dumps(v) if isinstance(v, dict) else v) for k, v in meta.items()})
     paths.append(out / "samples.npz")
     for p in paths:
         print(p)
+    if evaluator is not None:
+        res = metrics.evaluate_samples(evaluator, images, labels, evaluator.reference())
+        print(f"evaluator accuracy {res['accuracy']:.4f} on {res['n']} samples; FD {res['fd']:.2f}, "
+              f"class-FD {res['class_fd']:.2f} (few samples per class inflate FDs)")
 
 
 def run_figures(args):
@@ -156,7 +185,7 @@ def run_figures(args):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxguide import data, guidance, pipeline, viz
+    from jaxguide import data, guidance, metrics, viz
 
     check_args(args)
     out = make_outdir(args.out)
@@ -168,15 +197,24 @@ def run_figures(args):
         x0, y = jnp.asarray(x_test[:1]), int(y_test[0])
     else:
         y = 7
-        x0 = pipeline.generate(key, pipe, jnp.array([y]), 8.0, n_steps=args.steps)
+        x0 = jnp.asarray(generate_all(pipe, np.array([y]), 8.0, args, desc="test digit")[0][:1])
     ts = jnp.linspace(0.0, 1.0, 16) ** 2 * pipe.sde.T
     x_ts, _ = pipe.sde.marginal(jax.random.fold_in(key, 1), jnp.repeat(x0, len(ts), 0), ts)
     probs = np.exp(np.asarray(pipe.log_prob_fn(x_ts, ts)))
     targets = [y, (y + 1) % pipe.num_classes]
     grads = jnp.stack([guidance.classifier_grad(pipe.log_prob_fn, jnp.full(len(ts), c))(x_ts, ts)
                        for c in targets])
-    for p in (viz.plot_classifier_over_time(ts, x_ts, probs, out / "classifier_over_time.png", y),
-              viz.plot_gradient_maps(ts, x_ts, grads, out / "gradient_maps.png", targets)):
+    paths = [viz.plot_classifier_over_time(ts, x_ts, probs, out / "classifier_over_time.png", y),
+             viz.plot_gradient_maps(ts, x_ts, grads, out / "gradient_maps.png", targets)]
+    evaluator = load_evaluator(args)
+    if evaluator is not None:
+        labels = np.repeat(np.arange(pipe.num_classes, dtype=np.int32), args.per_class)
+        accs = [metrics.guided_accuracy(evaluator(generate_all(pipe, labels, s, args,
+                                                               desc=f"scale {s:g}")[0]).predictions,
+                                        labels)[0] for s in FIGURE_SCALES]
+        paths.append(viz.plot_accuracy_vs_scale(FIGURE_SCALES, accs, out / "accuracy_vs_scale.png",
+                                                f"{len(labels)} samples, {args.steps} {args.sampler} steps"))
+    for p in paths:
         print(p)
 
 

@@ -126,3 +126,17 @@ def plot_gradient_maps(ts, x_ts, grads, path: str | Path, labels) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_accuracy_vs_scale(scales, accuracies, path: str | Path, subtitle: str = "") -> Path:
+    """Evaluator accuracy of guided samples against the guidance scale."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(scales, accuracies, marker="o")
+    ax.set(xlabel="guidance scale s", ylabel="evaluator accuracy", ylim=(0, 1.02),
+           title=f"guided-sample accuracy\n{subtitle}")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
