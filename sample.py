@@ -20,7 +20,7 @@ from pathlib import Path
 from jaxguide import cli
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_STEPS = 250
+DEFAULT_STEPS = 50
 FIGURE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -44,8 +44,9 @@ def parse_args(argv):
     p.add_argument("--classes", default="0-9", help="digits to generate: 0,3,7 or 0-9")
     p.add_argument("--per-class", type=int, default=8, help="samples per class")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="reverse-SDE steps")
-    p.add_argument("--scale", type=float, default=8.0, help="guidance scale s >= 0")
-    p.add_argument("--sampler", default="euler_maruyama")
+    p.add_argument("--scale", type=float, default=16.0, help="guidance scale s >= 0")
+    p.add_argument("--sampler", default="dpm_solver_2m",
+                   help="dpm_solver_2m, euler_maruyama, predictor_corrector or heun")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=40, help="images per jitted call")
     p.add_argument("--out", default="out", help="output folder")

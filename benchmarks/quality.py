@@ -88,10 +88,13 @@ def main():
     p.add_argument("--n", type=int, default=500, help="samples per point")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=float, default=8.0, help="scale of the step sweeps")
+    p.add_argument("--scale", type=float, default=16.0, help="scale of the step sweeps")
     p.add_argument("--scale-method", default="dpm_solver_2m")
-    p.add_argument("--scale-steps", type=int, default=25)
+    p.add_argument("--scale-steps", type=int, default=50)
+    p.add_argument("--max-nfe", type=int, help="skip step-sweep points above this NFE")
     p.add_argument("--methods", default=",".join(STEPS))
+    p.add_argument("--repeat-seeds", type=int, default=3,
+                   help="run the default point with this many seeds (FD spread)")
     p.add_argument("--quick", action="store_true", help="few points, few samples")
     args = p.parse_args()
     if args.quick:
@@ -113,8 +116,16 @@ def main():
         rows.append({**run_point(pipe, evaluator, ref, method=args.scale_method, steps=args.scale_steps,
                                  scale=s, n=args.n, batch=args.batch, seed=args.seed), "sweep": "scale"})
         _print(rows[-1])
+    for seed in range(args.seed + 1, args.seed + args.repeat_seeds):
+        # The same point with other seeds: how much FD moves between seeds at this N.
+        rows.append({**run_point(pipe, evaluator, ref, method=args.scale_method, steps=args.scale_steps,
+                                 scale=args.scale, n=args.n, batch=args.batch, seed=seed),
+                     "sweep": "seed", "seed": seed})
+        _print(rows[-1])
     for method in args.methods.split(","):
         for steps in STEPS[method][:1] if args.quick else STEPS[method]:
+            if args.max_nfe and steps * NFE_PER_STEP[method] > args.max_nfe:
+                continue
             rows.append({**run_point(pipe, evaluator, ref, method=method, steps=steps, scale=args.scale,
                                      n=args.n, batch=args.batch, seed=args.seed), "sweep": "steps"})
             _print(rows[-1])
