@@ -44,9 +44,9 @@ def parse_args(argv):
     p.add_argument("--classes", default="0-9", help="digits to generate: 0,3,7 or 0-9")
     p.add_argument("--per-class", type=int, default=8, help="samples per class")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="reverse-SDE steps")
-    p.add_argument("--scale", type=float, default=16.0, help="guidance scale s >= 0")
-    p.add_argument("--sampler", default="dpm_solver_2m",
-                   help="dpm_solver_2m, euler_maruyama, predictor_corrector or heun")
+    p.add_argument("--scale", type=float, default=32.0, help="guidance scale s >= 0")
+    p.add_argument("--sampler", default="euler_maruyama",
+                   help="euler_maruyama, predictor_corrector, heun or dpm_solver_2m")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=40, help="images per jitted call")
     p.add_argument("--out", default="out", help="output folder")
