@@ -48,6 +48,7 @@ def run_in_process(script, capsys, *argv):
 
 def test_subprocess_sample_writes_grid_gif_and_npz(subprocess_run):
     proc, out = subprocess_run
+    defaults = load_script("sample.py").parse_args([])
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     for name in ("grid.png", "trajectory.gif", "samples.npz"):
@@ -62,8 +63,8 @@ def test_subprocess_sample_writes_grid_gif_and_npz(subprocess_run):
     assert np.all(np.isfinite(images)) and images.min() >= -1 and images.max() <= 1
     assert images.std() > 0
     assert d["labels"].tolist() == LABELS
-    assert int(d["seed"]) == 0 and int(d["steps"]) == 3 and float(d["scale"]) == 8.0
-    assert str(d["sampler"]) == "euler_maruyama"
+    assert int(d["seed"]) == 0 and int(d["steps"]) == 3 and float(d["scale"]) == defaults.scale
+    assert str(d["sampler"]) == defaults.sampler
     versions = json.loads(str(d["versions"]))
     assert {"python", "jax", "flax", "numpy", "jaxguide"} <= set(versions)
 
