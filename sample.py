@@ -21,7 +21,7 @@ from jaxguide import cli
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_STEPS = 50
-FIGURE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+FIGURE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 def parse_classes(text: str) -> list[int]:

@@ -284,6 +284,18 @@ def test_training_checkpoint_round_trip(ref):
     assert int(early.step) == 2 and set(opt_counts(early.opt_state)) == {2}
 
 
+def test_export_of_a_training_checkpoint(ref, tmp_path):
+    workdir, state = ref
+    # The latest checkpoint exports the same variables as the end of training.
+    _, variables, meta = checkpoint.load_model(training.export(workdir, out=tmp_path / "last"))
+    assert_trees_equal(variables, training.eval_variables(state))
+    assert meta["step"] == 6 and meta["task"] == CFG.task
+    _, _, meta = checkpoint.load_model(training.export(workdir, 2, tmp_path / "early"))
+    assert meta["step"] == 2
+    with pytest.raises(training.TrainingError, match="no training checkpoint 5"):
+        training.export(workdir, 5, tmp_path / "none")
+
+
 def test_one_cycle_schedule():
     """The effective learning rate (Adam's update for a constant gradient) is one-cycle."""
     cfg = get_config("denoiser", preset="tiny").replace(steps=100)
