@@ -69,7 +69,7 @@ def main(argv):
         if not (math.isfinite(args.epochs) and args.epochs > 0):
             raise ValueError(f"--epochs: got {args.epochs}, accepted a finite number > 0")
     try:
-        training._check_workdir(Path(args.workdir))
+        training.check_workdir(Path(args.workdir))
     except training.TrainingError as e:
         raise training.TrainingError(f"--{e}") from e
     try:

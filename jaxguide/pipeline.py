@@ -1,7 +1,7 @@
 """Guided generation from model checkpoints: the library side of `sample.py`.
 
     pipe = load_pipeline("checkpoints")
-    images = generate(jax.random.key(0), pipe, labels=jnp.arange(10), scale=8.0, n_steps=250)
+    images = generate(jax.random.key(0), pipe, labels=jnp.arange(10), scale=32.0, n_steps=50)
 """
 
 from __future__ import annotations

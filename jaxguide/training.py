@@ -179,7 +179,8 @@ class _StopRequest:
             signal.signal(s, h)
 
 
-def _check_workdir(workdir: Path) -> None:
+def check_workdir(workdir: Path) -> None:
+    """Creates `workdir` and proves it writable (1 MiB probe), before any training starts."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / ".write_probe"
@@ -204,7 +205,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
       The final TrainState. The eval-mode variables are exported to `workdir/model`.
     """
     workdir = Path(workdir)
-    _check_workdir(workdir)
+    check_workdir(workdir)
     (x_train, y_train), (x_test, y_test) = dataset or (
         data.load_mnist("train", data_dir), data.load_mnist("test", data_dir))
     data.steps_per_epoch(len(x_train), cfg.batch_size)  # Validates batch_size against n.
