@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -190,6 +191,21 @@ def check_workdir(workdir: Path) -> None:
         raise TrainingError(f"workdir {workdir}: not writable ({e.strerror or e})") from e
 
 
+def check_disk_space(workdir: Path, state: TrainState, keep: int) -> None:
+    """Fails early unless `workdir` has room for `keep` checkpoints, one in flight and the export.
+
+    A checkpoint holds the whole TrainState; the exported model is smaller. Twice that is kept
+    as headroom for Orbax's metadata and for metrics and plots.
+    """
+    size = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
+    needed = 2 * (keep + 2) * size
+    free = shutil.disk_usage(workdir).free
+    if free < needed:
+        raise TrainingError(
+            f"workdir {workdir}: {free / 2**20:.1f} MiB free, but {keep} checkpoints of "
+            f"{size / 2**20:.1f} MiB need about {needed / 2**20:.1f} MiB; free space or lower keep")
+
+
 def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
           progress: bool = True) -> TrainState:
     """Trains cfg.task in `workdir`, resuming from its latest checkpoint.
@@ -212,6 +228,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     model = make_model(cfg.model, cfg.kwargs)
     tx = make_optimizer(cfg)
     state = create_state(cfg, model, tx, x_train.shape[1:])
+    check_disk_space(workdir, state, cfg.keep)
     mgr = checkpoint.manager(workdir, cfg.keep)
     state = _maybe_resume(mgr, cfg, state)
     train_step = make_train_step(cfg, model, tx)

@@ -78,6 +78,19 @@ if hold:  # Before 0-based step JG_HOLD_STEP, touch `hold`.reached and wait whil
 
     data.batch_indices = batch_indices
 
+pace = os.environ.get("JG_STEP_SECONDS")
+if pace:  # Spend JG_STEP_SECONDS on every step; touch JG_STARTED once one step has run.
+    _batch, calls = data.batch_indices, []
+
+    def paced_batch_indices(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # The train step is compiled (or read from the cache) by now.
+            open(os.environ["JG_STARTED"], "w").close()
+        time.sleep(float(pace))
+        return _batch(*args, **kwargs)
+
+    data.batch_indices = paced_batch_indices
+
 die = os.environ.get("JG_DIE_AT_COMMIT")
 if die:  # SIGKILL itself at the atomic rename that would commit checkpoint `die`.
     _rename = os.rename
@@ -207,15 +220,19 @@ def finish(proc, timeout=240):
 
 def wait_for_hold(proc, hold, timeout=240):
     """Polls until the script in `proc` waits at its hold point."""
-    reached = Path(f"{hold}.reached")
+    wait_for_file(proc, Path(f"{hold}.reached"), timeout)
+
+
+def wait_for_file(proc, reached, timeout=240):
+    """Polls until the script in `proc` has created `reached`."""
     deadline = time.monotonic() + timeout
     while not reached.exists():
         if proc.poll() is not None:
             out, err = proc.communicate()
-            pytest.fail(f"process ended (rc {proc.returncode}) before its hold point:\n"
+            pytest.fail(f"process ended (rc {proc.returncode}) before creating {reached}:\n"
                         f"{out}\n{err[-3000:]}")
         if time.monotonic() > deadline:
-            pytest.fail(f"not at the hold point after {timeout} s")
+            pytest.fail(f"no {reached} after {timeout} s")
         time.sleep(0.01)
 
 
@@ -387,6 +404,46 @@ def test_sigkill_during_checkpoint_commit_then_restart(ref, spawn, tmp_path):
     assert_states_equal(restore_final(workdir, final), final)
 
 
+def test_sigkill_at_random_moments_then_finish(ref, spawn, tmp_path):
+    """Several SIGKILLs at random times while steps, checkpoints and the export are written.
+
+    Steps are paced (0.15 s each) so that the kills fall anywhere in the run: inside a step, in
+    an Orbax commit, in the export, or after it. Every restart resumes from a committed
+    checkpoint, and the final state is bitwise that of an uninterrupted run.
+    """
+    _, final = ref
+    seed = int(os.environ.get("JG_FAULT_SEED", time.time_ns() % 2**31))
+    rng = np.random.default_rng(seed)
+    workdir, started = tmp_path / "w", tmp_path / "started"
+    env = {"JG_STEP_SECONDS": "0.15", "JG_STARTED": str(started)}
+    kills, context = [], f"JG_FAULT_SEED={seed}"
+    for attempt in range(5):
+        if 6 in step_dirs(workdir):  # Done but for the export: no step left to pace.
+            break
+        started.unlink(missing_ok=True)
+        proc = spawn(workdir, **env)
+        wait_for_file(proc, started)
+        delay = rng.uniform(0.0, 2.0)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        kills.append((round(delay, 3), proc.returncode, step_dirs(workdir)))
+        context = f"JG_FAULT_SEED={seed}, (delay, rc, committed) per kill: {kills}"
+        assert set(step_dirs(workdir)) <= {2, 4, 6}, context
+        if step_dirs(workdir):  # The latest committed checkpoint is whole.
+            restore_final(workdir, final)
+        if (workdir / "model").exists():
+            checkpoint.load_model(workdir / "model", task="classifier")
+
+    print(context)  # Shown with -s or on failure.
+    rc, out, err = finish(spawn(workdir))
+    assert rc == 0, f"{context}\n{err[-3000:]}"
+    assert step_dirs(workdir) == [2, 4, 6], context
+    assert_states_equal(restore_final(workdir, final), final)
+    _, variables, _ = checkpoint.load_model(workdir / "model", task="classifier")
+    assert_trees_equal(variables, training.eval_variables(final))
+
+
 def test_sigterm_saves_checkpoint_and_rerun_resumes(ref, spawn, tmp_path):
     _, final = ref
     workdir, hold = tmp_path / "w", tmp_path / "hold"
@@ -488,6 +545,14 @@ def test_unwritable_workdir(tmp_path):
     with pytest.raises(TrainingError, match=re.escape(f"workdir {workdir}: not writable")):
         training.train(CFG, workdir, data_dir=tmp_path / "no-mnist", progress=False)
     assert blocker.read_text() == "not a directory"
+
+
+def test_disk_too_small_for_the_checkpoints(tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: usage._replace(free=2**20))
+    with pytest.raises(TrainingError, match=r"workdir .*: 1\.0 MiB free, but 10 checkpoints"):
+        training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 # ----------------------------------------------------------------------- load_model
