@@ -48,7 +48,8 @@ def parse_args(argv):
     p.add_argument("--sampler", default="euler_maruyama",
                    help="euler_maruyama, predictor_corrector, heun or dpm_solver_2m")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=40, help="images per jitted call")
+    p.add_argument("--batch-size", type=int, default=40, help="images per jitted call (rounded "
+                   "up to a multiple of --devices)")
     p.add_argument("--out", default="out", help="output folder")
     p.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints"))
     p.add_argument("--data-dir", help="figures: MNIST IDX folder for the test digit "
@@ -56,6 +57,7 @@ def parse_args(argv):
     p.add_argument("--no-gif", action="store_true")
     p.add_argument("--evaluate", action="store_true",
                    help="print the evaluator's accuracy and FDs of the samples")
+    cli.add_device_args(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
 
@@ -120,22 +122,26 @@ def generate_all(pipe, labels, scale, args, record_every=None, desc="sampling"):
     import numpy as np
     from tqdm.auto import tqdm
 
-    from jaxguide import pipeline
+    from jaxguide import parallel, pipeline
 
     key = jax.random.key(args.seed)
+    mesh = parallel.make_mesh(args.devices)
+    batch = -(-args.batch_size // mesh.size) * mesh.size
     n = len(labels)
     images, frames = [], []
-    with tqdm(total=n, desc=f"{desc} ({args.steps} {args.sampler} steps)", unit="img") as bar:
-        for lo in range(0, n, args.batch_size):
-            idx = np.arange(lo, min(lo + args.batch_size, n))
+    with tqdm(total=n, desc=f"{desc} ({args.steps} {args.sampler} steps)", unit="img",
+              disable=jax.process_index() > 0) as bar:
+        for lo in range(0, n, batch):
+            idx = np.arange(lo, min(lo + batch, n))
             # Pad the last chunk to the batch size: one compiled shape for every call.
-            pad = np.concatenate([idx, np.full(args.batch_size - len(idx), idx[-1])])
+            pad = np.concatenate([idx, np.full(batch - len(idx), idx[-1])])
             res = pipeline.generate(key, pipe, labels[pad], scale, n_steps=args.steps,
-                                    method=args.sampler, indices=pad, record_every=record_every)
+                                    method=args.sampler, indices=pad, record_every=record_every,
+                                    mesh=mesh)
             x, traj = res if record_every else (res, None)
-            images.append(np.asarray(x)[:len(idx)])
+            images.append(parallel.to_host(x)[:len(idx)])
             if traj is not None:
-                frames.append(np.asarray(traj)[:, :len(idx)])
+                frames.append(parallel.to_host(traj)[:, :len(idx)])
             bar.update(len(idx))
     return np.concatenate(images), (np.concatenate(frames, axis=1) if frames else None)
 
@@ -149,6 +155,7 @@ def load_evaluator(args):
 
 
 def run_sample(args):
+    import jax
     import numpy as np
 
     from jaxguide import checkpoint, metrics, viz
@@ -163,6 +170,8 @@ def run_sample(args):
     labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
     record_every = None if args.no_gif else max(1, args.steps // 20)
     images, frames = generate_all(pipe, labels, args.scale, args, record_every)
+    if jax.process_index() > 0:  # Every process holds all images; process 0 writes them.
+        return
     meta = {"seed": args.seed, "scale": args.scale, "steps": args.steps, "sampler": args.sampler,
             "versions": checkpoint.versions()}
     ncol = min(args.per_class, 16)
@@ -221,6 +230,7 @@ def run_figures(args):
 
 def main(argv):
     args = parse_args(argv)
+    cli.init_devices(args)
     (run_figures if args.command == "figures" else run_sample)(args)
 
 

@@ -32,6 +32,7 @@ def parse_args(argv):
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--eval-every", type=int)
     p.add_argument("--no-progress", action="store_true")
+    cli.add_device_args(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
 
@@ -49,7 +50,9 @@ def main(argv):
     import math
     from pathlib import Path
 
-    from jaxguide import data, training
+    from jaxguide import data, parallel, training
+
+    mesh = cli.init_devices(args)
 
     # Every argument is validated before any data is read.
     try:
@@ -63,6 +66,10 @@ def main(argv):
         cfg = cfg.replace(**overrides)
     except ValueError as e:
         raise _as_flag_error(e, overrides) from e
+    try:
+        parallel.check_divisible("batch_size", cfg.batch_size, mesh)
+    except ValueError as e:
+        raise _as_flag_error(e, ("batch_size",)) from e
     if args.epochs is not None:
         if args.steps is not None:
             raise ValueError("--epochs: give either --steps or --epochs, not both")
@@ -80,7 +87,8 @@ def main(argv):
     if args.epochs is not None:
         per_epoch = data.steps_per_epoch(len(train_set[0]), cfg.batch_size)
         cfg = cfg.replace(steps=max(1, round(args.epochs * per_epoch)))
-    training.train(cfg, args.workdir, dataset=(train_set, test_set), progress=not args.no_progress)
+    training.train(cfg, args.workdir, dataset=(train_set, test_set), progress=not args.no_progress,
+                   devices=mesh.size)
     print(f"model: {args.workdir}/model")
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 FORMAT = "jaxguide.checkpoint"
 FORMAT_VERSION = 1
@@ -98,18 +99,31 @@ def restore_train(mgr: ocp.CheckpointManager, step: int, abstract_state):
 # Model checkpoints -------------------------------------------------------------------------
 
 def save_model(path: str | Path, variables, metadata: dict[str, Any]) -> Path:
-    """Writes eval-mode `variables` and metadata to `path` (replaced atomically)."""
+    """Writes eval-mode `variables` and metadata to `path` (replaced atomically).
+
+    In a multi-process run every process calls it (Orbax writes the arrays collectively);
+    process 0 writes the metadata and commits.
+    """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared.
+    if jax.process_count() == 1:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared.
+    else:  # A name every process agrees on, cleared by process 0 first.
+        tmp = path.parent / f".{path.name}.tmp"
+        if jax.process_index() == 0 and tmp.exists():
+            shutil.rmtree(tmp)
+        multihost_utils.sync_global_devices(f"save_model {path}: start")
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(tmp / "state", variables)
         ckptr.wait_until_finished()
-    (tmp / "metadata.json").write_text(json.dumps(stamp(metadata), indent=2))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    if jax.process_index() == 0:
+        (tmp / "metadata.json").write_text(json.dumps(stamp(metadata), indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"save_model {path}: done")
     return path
 
 
@@ -142,8 +156,15 @@ def load_variables(path: str | Path, abstract_variables):
 
 
 def abstract(tree):
-    """ShapeDtypeStructs of a pytree of arrays (the target of a restore)."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    """The target of a restore: ShapeDtypeStructs of a pytree of arrays (or of abstract
+    arrays), placed as they are, or on the first local device where they have no sharding.
+
+    A restore is always told where to put the arrays, so that a checkpoint written on N
+    devices (or hosts) restores on any other number.
+    """
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding or here), tree)
 
 
 def load_model(path: str | Path, task: str | None = None):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from jaxguide import parallel
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.data import DataError
 
@@ -26,3 +28,39 @@ def run(main, argv=None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """--devices, and the flags that join a multi-process (multi-host) run."""
+    g = parser.add_argument_group(
+        "devices", "each batch is split over a jax.sharding mesh of devices; for several hosts, "
+        "start the same command on each (see README, Scaling out)")
+    g.add_argument("--devices", type=int, help="devices to use (default: all)")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run (jax.distributed.initialize); enough by "
+                   "itself on TPU pods, Slurm and Open MPI")
+    g.add_argument("--coordinator-address", help="host:port of process 0 (or set "
+                   "$JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int)
+    g.add_argument("--process-id", type=int)
+
+
+def init_devices(args) -> "parallel.Mesh":
+    """Joins the multi-process run if asked; returns the mesh of --devices."""
+    n, i = args.num_processes, args.process_id
+    if n is not None and n < 1:
+        raise ValueError(f"--num-processes: got {n}, accepted an integer >= 1")
+    if i is not None and not 0 <= i < (n or 1 << 31):
+        raise ValueError(f"--process-id: got {i}, accepted 0..{'N-1' if n is None else n - 1} "
+                         "(N = --num-processes)")
+    if args.distributed or any(v is not None for v in (args.coordinator_address, n, i)):
+        try:
+            parallel.initialize(args.coordinator_address, n, i)
+        except ValueError as e:
+            raise ValueError(str(e).replace("distributed:", "--distributed:", 1).replace(
+                "coordinator_address, num_processes and process_id",
+                "--coordinator-address, --num-processes and --process-id")) from e
+    try:
+        return parallel.make_mesh(args.devices)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from e

@@ -23,8 +23,10 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 from jax.tree_util import Partial
 
+from jaxguide import parallel
 from jaxguide.guidance import _as_partial
 from jaxguide.sde import VPSDE, _expand
 
@@ -124,12 +126,12 @@ _STEPS = {"euler_maruyama": _euler_maruyama, "predictor_corrector": _predictor_c
 
 @functools.partial(jax.jit, static_argnames=(
     "shape", "n_steps", "method", "grid", "init", "clip", "t_min", "denoise_last", "snr",
-    "record_every"))
+    "record_every", "mesh"))
 def _sample(key, score_fn, sde, indices, *, shape, n_steps, method, grid, init, clip, t_min,
-            denoise_last, snr, record_every):
+            denoise_last, snr, record_every, mesh):
     tail = shape[1:]
     sample_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, indices)
-    x = _noise(sample_keys, 0, tail)
+    x = parallel.constrain_batch(_noise(sample_keys, 0, tail), mesh)
     if init == "clipped":
         x = jnp.clip(x, -1.0, 1.0)
     ts = time_grid(sde, n_steps, t_min, grid)
@@ -144,19 +146,21 @@ def _sample(key, score_fn, sde, indices, *, shape, n_steps, method, grid, init, 
         x, state = step_fn(score_fn, sde, x, state, ts[i], ts[i + 1], noise, i == n_steps - 1)
         if clip is not None:
             x = jnp.clip(x, -clip, clip)
+        x = parallel.constrain_batch(x, mesh)
         if record_every:
             # Slot j ends up holding the state after step min(j·k, n_steps).
             traj = jax.lax.dynamic_update_index_in_dim(traj, x, (i + record_every) // record_every, 0)
         return (x, state, traj), None
 
     (x, _, traj), _ = jax.lax.scan(body, (x, state, traj), jnp.arange(n_steps))
-    return (x, traj) if record_every else x
+    return (x, parallel.constrain_batch(traj, mesh, axis=1)) if record_every else x
 
 
 def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
            method: str = "euler_maruyama", grid: str | None = None, init: str = "prior",
            clip: float | None = 10.0, t_min: float = 1e-3, denoise_last: bool = True,
-           snr: float = 0.16, record_every: int | None = None, indices=None):
+           snr: float = 0.16, record_every: int | None = None, indices=None,
+           mesh: Mesh | None = None):
     """Draws samples by integrating the reverse-time SDE (or its probability-flow ODE).
 
     Args:
@@ -176,6 +180,8 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
       record_every: if k, also return the trajectory (ceil(n_steps / k) + 1, B, ...):
         the initial state, every k-th state and the final state.
       indices: (B,) global sample indices for the per-sample noise; default arange(B).
+      mesh: split the batch over this mesh's "data" axis (`parallel.make_mesh`); B must be
+        a multiple of its size. Image i is the same on any number of devices.
 
     Returns:
       x (B, ...) at t_min, or (x, trajectory) when `record_every` is given.
@@ -203,10 +209,16 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
         indices = jnp.arange(shape[0], dtype=jnp.uint32)
     elif jnp.shape(indices) != shape[:1]:
         raise ValueError(f"indices: expected shape {shape[:1]}, got {jnp.shape(indices)}")
-    return _sample(key, _as_partial(score_fn), sde, jnp.asarray(indices, jnp.uint32),
+    indices, score_fn = jnp.asarray(indices, jnp.uint32), _as_partial(score_fn)
+    if mesh is not None:
+        parallel.check_divisible("batch size (shape[0])", shape[0], mesh)
+        key, score_fn = parallel.replicate(mesh, (key, score_fn))
+        indices = parallel.shard_batch(mesh, indices)
+    return _sample(key, score_fn, sde, indices,
                    shape=shape, n_steps=n_steps, method=method, grid=grid, init=init,
                    clip=None if clip is None else float(clip), t_min=float(t_min),
-                   denoise_last=bool(denoise_last), snr=float(snr), record_every=record_every)
+                   denoise_last=bool(denoise_last), snr=float(snr), record_every=record_every,
+                   mesh=mesh)
 
 
 def _is_real(value) -> bool:

@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxguide import checkpoint, data, losses
+from jaxguide import checkpoint, data, losses, parallel
 from jaxguide.configs import TrainConfig
 from jaxguide.nets import make_model
 from jaxguide.sde import VPSDE
@@ -97,10 +98,12 @@ def task_loss(cfg: TrainConfig, apply, sde: VPSDE, key, images, labels):
     return losses.clean_classifier_loss(apply, key, images, labels)
 
 
-def make_train_step(cfg: TrainConfig, model: nn.Module, tx):
+def make_train_step(cfg: TrainConfig, model: nn.Module, tx, mesh: Mesh | None = None):
     """Returns jit(train_step)(state, images (B,H,W,C), labels (B,)) -> (state, loss).
 
-    The state's buffers are donated; the step's key is fold_in(key(seed), step).
+    The state's buffers are donated; the step's key is fold_in(key(seed), step). With a
+    `mesh`, the batch comes split over its "data" axis and the state (and loss) stay
+    replicated: XLA all-reduces the gradients. Random draws do not depend on the sharding.
     """
     sde = sde_of(cfg)
     base_key = jax.random.key(cfg.seed)
@@ -124,7 +127,9 @@ def make_train_step(cfg: TrainConfig, model: nn.Module, tx):
                             opt_state=opt_state, ema_params=ema)
         return new, loss
 
-    return jax.jit(train_step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0, out_shardings=parallel.replicated(mesh))
 
 
 def make_evaluate(cfg: TrainConfig, model: nn.Module, images, labels, n: int = 1000):
@@ -184,7 +189,7 @@ def check_workdir(workdir: Path) -> None:
     """Creates `workdir` and proves it writable (1 MiB probe), before any training starts."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_probe"
+        probe = workdir / f".write_probe.{jax.process_index()}"
         probe.write_bytes(b"\0" * (1 << 20))
         probe.unlink()
     except OSError as e:
@@ -207,7 +212,7 @@ def check_disk_space(workdir: Path, state: TrainState, keep: int) -> None:
 
 
 def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
-          progress: bool = True) -> TrainState:
+          progress: bool = True, devices: int | None = None) -> TrainState:
     """Trains cfg.task in `workdir`, resuming from its latest checkpoint.
 
     Args:
@@ -216,11 +221,15 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
       data_dir: MNIST IDX files (else $JAXGUIDE_DATA_DIR, else tensorflow-datasets).
       dataset: ((train_images, train_labels), (test_images, test_labels)) to use instead.
       progress: show a progress bar.
+      devices: split each batch over this many devices (default: all, of all processes);
+        cfg.batch_size must be a multiple of it. Checkpoints restore on any device count.
 
     Returns:
       The final TrainState. The eval-mode variables are exported to `workdir/model`.
     """
     workdir = Path(workdir)
+    mesh = parallel.make_mesh(devices)
+    parallel.check_divisible("batch_size", cfg.batch_size, mesh)
     check_workdir(workdir)
     (x_train, y_train), (x_test, y_test) = dataset or (
         data.load_mnist("train", data_dir), data.load_mnist("test", data_dir))
@@ -229,9 +238,10 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     tx = make_optimizer(cfg)
     state = create_state(cfg, model, tx, x_train.shape[1:])
     check_disk_space(workdir, state, cfg.keep)
+    state = parallel.replicate(mesh, state)
     mgr = checkpoint.manager(workdir, cfg.keep)
     state = _maybe_resume(mgr, cfg, state)
-    train_step = make_train_step(cfg, model, tx)
+    train_step = make_train_step(cfg, model, tx, mesh)
     evaluate = make_evaluate(cfg, model, x_test, y_test)
     meta = model_metadata(cfg, x_train.shape[1:])
     log = _Log(workdir / "metrics.jsonl")
@@ -243,7 +253,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     with _StopRequest() as stop:
         for step in range(start, cfg.steps):
             idx = data.batch_indices(cfg.seed, step, len(x_train), cfg.batch_size)
-            state, loss = train_step(state, x_train[idx], y_train[idx])
+            state, loss = train_step(state, *parallel.shard_batch(mesh, x_train[idx], y_train[idx]))
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 loss = float(loss)
@@ -271,9 +281,10 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     bar.close()
     model_dir = checkpoint.save_model(workdir / "model", eval_variables(state),
                                       {**meta, "step": int(state.step), "metrics": last_eval})
-    if cfg.task == "evaluator":
-        _save_reference_stats(model_dir, x_test, y_test)
-    _plot_losses(workdir)
+    if jax.process_index() == 0:
+        if cfg.task == "evaluator":
+            _save_reference_stats(model_dir, x_test, y_test)
+        _plot_losses(workdir)
     return state
 
 
@@ -291,7 +302,7 @@ def export(workdir: str | Path, step: int | None = None, out: str | Path | None 
     model = make_model(cfg.model, cfg.kwargs)
     tx = make_optimizer(cfg)
     abstract = jax.eval_shape(lambda: create_state(cfg, model, tx, tuple(meta["image_shape"])))
-    state = checkpoint.restore_train(mgr, step, abstract)
+    state = checkpoint.restore_train(mgr, step, checkpoint.abstract(abstract))
     keep = ("task", "model", "model_kwargs", "config", "image_shape", "sde", "step", "metrics")
     return checkpoint.save_model(out or workdir / "model", eval_variables(state),
                                  {k: meta[k] for k in keep if k in meta})
@@ -344,6 +355,8 @@ class _Log:
         self.path = path
 
     def write(self, record: dict[str, Any]) -> None:
+        if jax.process_index() > 0:  # One log per run, written by process 0.
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 

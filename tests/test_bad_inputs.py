@@ -119,6 +119,11 @@ SAMPLE_CASES = {
     "checkpoint-half-written": (["--checkpoint-dir", "{half_written}"],
                                 ["--checkpoint-dir", "denoiser", "no state/ (half-written?)"]),
     "out-under-a-file": (["--out", "{file}/out"], ["--out", "a-file/out", "not writable"]),
+    "devices-0": (["--devices", "0"], ["--devices", "got 0", "accepted 1..1"]),
+    "devices-too-many": (["--devices", "5"], ["--devices", "got 5", "accepted 1..1", "cpu"]),
+    "num-processes-0": (["--num-processes", "0"], ["--num-processes", "got 0", ">= 1"]),
+    "process-id-out-of-range": (["--num-processes", "2", "--process-id", "2"],
+                                ["--process-id", "got 2", "accepted 0..1"]),
     "figures-steps-0": (["figures", "--steps", "0"], ["--steps", "got 0", ">= 1"]),
     "figures-checkpoint-dir-empty": (["figures", "--checkpoint-dir", "{empty}"],
                                      ["--checkpoint-dir", "no denoiser/"]),
@@ -161,6 +166,11 @@ TRAIN_CASES = {
     "epochs-negative": (["--epochs", "-1"], ["--epochs", "got -1.0", "> 0"]),
     "epochs-inf": (["--epochs", "inf"], ["--epochs", "got inf", "finite"]),
     "steps-and-epochs": (["--steps", "5", "--epochs", "1"], ["--epochs", "--steps", "not both"]),
+    "devices-0": (["--devices", "0"], ["--devices", "got 0", "accepted 1..1"]),
+    "devices-too-many": (["--devices", "5"], ["--devices", "got 5", "accepted 1..1", "cpu"]),
+    "num-processes-0": (["--num-processes", "0"], ["--num-processes", "got 0", ">= 1"]),
+    "process-id-out-of-range": (["--num-processes", "2", "--process-id", "2"],
+                                ["--process-id", "got 2", "accepted 0..1"]),
     "workdir-under-a-file": (["--workdir", "{file}/run"], ["--workdir", "a-file/run",
                                                            "not writable"]),
 }
@@ -213,6 +223,9 @@ SUBPROCESS_CASES = [
      ["--checkpoint-dir", "no denoiser/"]),
     ("train.py", ["denoiser", "--workdir", "{workdir}/p3", "--model", "bogus"],
      ["--model", "'bogus'", "accepted unet, seed"]),
+    # Must run before JAX starts, so only in a new process: no cluster to detect here.
+    ("sample.py", ["--distributed", "--out", "{out}/p5"],
+     ["--distributed", "coordinator_address", "pass --coordinator-address"]),
 ]
 
 
