@@ -77,9 +77,10 @@ def constrain_batch(x: jax.Array, mesh: Mesh | None, axis: int = 0) -> jax.Array
 
 
 def _global(x, sharding: NamedSharding) -> jax.Array:
-    """`x` placed with `sharding`; a host copy only where it is not there already."""
-    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
-        return x
+    """`x` placed with exactly `sharding` (a jitted function compiled for one sharding
+    recompiles for another, even an equivalent one)."""
+    if isinstance(x, jax.Array) and (x.sharding == sharding or sharding.is_fully_addressable):
+        return jax.device_put(x, sharding)  # On device; a no-op where it is there already.
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         data = _global(jax.random.key_data(x), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))

@@ -234,3 +234,17 @@ def test_two_processes_of_two_devices(one_device, tiny_checkpoints, tmp_path):
     _, variables, _ = checkpoint.load_model(tmp_path / "w" / "model", task="classifier")
     jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6),
                  variables, training.eval_variables(state1))
+
+
+def test_train_step_compiles_once_on_a_mesh():
+    """The state keeps the mesh's sharding from step to step (no recompilation)."""
+    from jaxguide.nets import make_model
+
+    cfg, mesh = config(), parallel.make_mesh()
+    model, tx = make_model(cfg.model, cfg.kwargs), training.make_optimizer(cfg)
+    state = parallel.replicate(mesh, training.create_state(cfg, model, tx))
+    step = training.make_train_step(cfg, model, tx, mesh)
+    (x, y), _ = synthetic_data(cfg.batch_size)
+    for _ in range(3):
+        state, loss = step(state, *parallel.shard_batch(mesh, x, y))
+    assert step._cache_size() == 1
