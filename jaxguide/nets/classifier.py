@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxguide.nets.conv import Conv
 from jaxguide.nets.unet import fourier_features
 
 
@@ -30,9 +31,9 @@ class NoisyClassifier(nn.Module):
     @nn.compact
     def __call__(self, x, t, train: bool = False):
         c1, c2, hidden = 10 * self.width, 20 * self.width, 50 * self.width
-        h = nn.Conv(c1, (5, 5), padding="VALID")(x)
+        h = Conv(c1, (5, 5), padding="VALID")(x)
         h = nn.relu(nn.max_pool(h, (2, 2), (2, 2)))
-        h = nn.Conv(c2, (5, 5), padding="VALID")(h)
+        h = Conv(c2, (5, 5), padding="VALID")(h)
         h = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(h)
         h = nn.relu(nn.max_pool(h, (2, 2), (2, 2)))
         h = h.reshape(h.shape[0], -1)
@@ -60,8 +61,8 @@ class Evaluator(nn.Module):
     dropout: float = 0.3
 
     def setup(self):
-        self.conv1 = nn.Conv(32, (3, 3))
-        self.conv2 = nn.Conv(64, (3, 3))
+        self.conv1 = Conv(32, (3, 3))
+        self.conv2 = Conv(64, (3, 3))
         self.fc = nn.Dense(128)
         self.head = nn.Dense(self.num_classes)
         self.drop = nn.Dropout(self.dropout)

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxguide.nets.conv import Conv
+
 
 def _batch_norm(name: str, train: bool) -> nn.BatchNorm:
     """BatchNorm2d with PyTorch's defaults (momentum 0.1, eps 1e-5)."""
@@ -31,7 +33,7 @@ def _depthwise(x: jax.Array, stride: int, train: bool, conv_name: str, bn_name: 
     'SAME' would pad (0, 1) instead of PyTorch's (1, 1) and shift the sampling grid.
     """
     c = x.shape[-1]
-    x = nn.Conv(c, (3, 3), strides=stride, padding=((1, 1), (1, 1)), feature_group_count=c,
+    x = Conv(c, (3, 3), strides=stride, padding=((1, 1), (1, 1)), feature_group_count=c,
                 name=conv_name)(x)
     return _batch_norm(bn_name, train)(x)
 
@@ -66,7 +68,7 @@ class ConvBnSiLU(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         p = self.kernel_size // 2
-        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding=((p, p), (p, p)),
+        x = Conv(self.features, (self.kernel_size, self.kernel_size), padding=((p, p), (p, p)),
                     name="module_0")(x)
         return nn.silu(_batch_norm("module_1", train)(x))
 
@@ -202,7 +204,7 @@ class SeedUNet(nn.Module):
         x = _stack(x, dims[-1] // 2, 2, "mid_block", train)
         for i, c_out in enumerate(reversed(dims[:-1])):
             x = DecoderBlock(c_out, name=f"decoder_blocks_{i}")(x, skips.pop(), t_emb, train)
-        return nn.Conv(self.out_channels, (1, 1), name="final_conv")(x)
+        return Conv(self.out_channels, (1, 1), name="final_conv")(x)
 
 
 # Flax leaf name -> PyTorch leaf name, per variable collection.

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxguide.nets.conv import Conv
+
 
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:
     """(B, H, W, C) → (B, H/p, W/p, p·p·C)."""
@@ -57,12 +59,12 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, emb):
-        h = nn.Conv(self.features, (3, 3))(nn.silu(nn.GroupNorm(self.groups)(x)))
+        h = Conv(self.features, (3, 3))(nn.silu(nn.GroupNorm(self.groups)(x)))
         h = h + nn.Dense(self.features)(nn.silu(emb))[:, None, None, :]
         h = nn.silu(nn.GroupNorm(self.groups)(h))
-        h = nn.Conv(self.features, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        h = Conv(self.features, (3, 3), kernel_init=nn.initializers.zeros)(h)
         if x.shape[-1] != self.features:
-            x = nn.Conv(self.features, (1, 1))(x)
+            x = Conv(self.features, (1, 1))(x)
         return x + h
 
 
@@ -87,11 +89,11 @@ class UNet(nn.Module):
         del train  # No dropout or batch statistics.
         out_channels = x.shape[-1]
         emb = TimeEmbedding(self.emb_dim)(t)
-        h = nn.Conv(self.channels[0], (3, 3))(space_to_depth(x, self.patch))
+        h = Conv(self.channels[0], (3, 3))(space_to_depth(x, self.patch))
         skips = [h]
         for level, ch in enumerate(self.channels):
             if level > 0:
-                h = nn.Conv(ch, (3, 3), strides=(2, 2))(h)
+                h = Conv(ch, (3, 3), strides=(2, 2))(h)
                 skips.append(h)
             for _ in range(self.blocks):
                 h = ResBlock(ch, self.groups)(h, emb)
@@ -103,7 +105,7 @@ class UNet(nn.Module):
             if level > 0:
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
-                h = nn.Conv(self.channels[level - 1], (3, 3))(h)
+                h = Conv(self.channels[level - 1], (3, 3))(h)
         h = nn.silu(nn.GroupNorm(self.groups)(h))
-        h = nn.Conv(out_channels * self.patch**2, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        h = Conv(out_channels * self.patch**2, (3, 3), kernel_init=nn.initializers.zeros)(h)
         return depth_to_space(h, self.patch)

@@ -1,0 +1,198 @@
+"""Throughput of sampling and training, with ratios measured side by side in one run.
+
+    python benchmarks/throughput.py                    # all sections (about 10 min on 2 cores)
+    python benchmarks/throughput.py --sections train   # one section: sample, compile, train
+
+Sections (each prints JSON lines, then a table; everything lands in <out>):
+* sample: guided and unguided Euler–Maruyama sampling with the bundled models, batch 8, 80
+  and 256: images/s, ms per step, and the compiled program's memory (XLA's own accounting).
+* compile: compilation time and memory of `sample` for 100 and 1000 steps (one lax.scan:
+  neither should grow with the number of steps).
+* train: training images/s of each network with XLA's convolutions ("xla"), with what
+  jaxguide selects on CPU ("auto": depthwise convs as shifted adds) and with every conv as
+  a GEMM ("gemm"); same parameters, same outputs up to float32 rounding.
+Wall times are best-of-`--repeats`; on a shared machine compare ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jaxguide import pipeline, training  # noqa: E402
+from jaxguide.configs import get_config  # noqa: E402
+from jaxguide.guidance import classifier_guidance  # noqa: E402
+from jaxguide.nets import make_model  # noqa: E402
+from jaxguide.nets.conv import IMPLS, conv_impl  # noqa: E402
+from jaxguide.samplers import sample  # noqa: E402
+
+
+def best_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def memory_mib(compiled) -> float | None:
+    """Peak memory of a compiled program by XLA's accounting: arguments + outputs + temps."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+    return (total - m.alias_size_in_bytes) / 2**20
+
+
+def sampling_fn(pipe, batch, steps, guided):
+    """(jitted-call thunk, lowered) for `steps` EM steps of `batch` images."""
+    labels = jnp.arange(batch) % pipe.num_classes
+    score = (classifier_guidance(pipe.score_fn, pipe.log_prob_fn, labels, 32.0)
+             if guided else pipe.score_fn)
+    shape = (batch,) + pipe.image_shape
+    run = lambda: sample(jax.random.key(0), score, pipe.sde, shape, n_steps=steps)
+    return run
+
+
+def section_sample(pipe, args):
+    rows = []
+    for guided in (False, True):
+        for batch in args.batches:
+            run = sampling_fn(pipe, batch, args.steps, guided)
+            jax.block_until_ready(run())  # Compile.
+            s = best_time(run, args.repeats)
+            rows.append({"section": "sample", "guided": guided, "batch": batch,
+                         "steps": args.steps, "seconds": s, "images_per_s": batch / s,
+                         "ms_per_step": 1e3 * s / args.steps})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def section_compile(pipe, args):
+    from jaxguide.samplers import _sample  # The jitted core: lower and compile it directly.
+
+    rows = []
+    for steps in (100, 1000):
+        labels = jnp.arange(80) % pipe.num_classes
+        score = classifier_guidance(pipe.score_fn, pipe.log_prob_fn, labels, 32.0)
+        kwargs = dict(shape=(80,) + pipe.image_shape, n_steps=steps, method="euler_maruyama",
+                      grid="uniform", init="prior", clip=10.0, t_min=1e-3, denoise_last=True,
+                      snr=0.16, record_every=None, mesh=None)
+        t0 = time.perf_counter()
+        lowered = _sample.lower(jax.random.key(0), score, pipe.sde,
+                                jnp.arange(80, dtype=jnp.uint32), **kwargs)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        rows.append({"section": "compile", "steps": steps, "batch": 80, "trace_s": t1 - t0,
+                     "compile_s": t2 - t1, "memory_mib": memory_mib(compiled)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def section_train(args):
+    rows = []
+    for task, model_name in (("denoiser", "unet"), ("denoiser", "seed"),
+                             ("classifier", "classifier")):
+        cfg = get_config(task, model_name).replace(batch_size=args.train_batch)
+        rng = np.random.default_rng(0)
+        images = jnp.asarray(rng.uniform(-1, 1, (cfg.batch_size, 28, 28, 1)), jnp.float32)
+        labels = jnp.asarray(rng.integers(0, 10, cfg.batch_size), jnp.int32)
+        for convs in IMPLS:
+            with conv_impl(convs):
+                model, tx = make_model(cfg.model, cfg.kwargs), training.make_optimizer(cfg)
+                state = training.create_state(cfg, model, tx)
+                step = training.make_train_step(cfg, model, tx)
+                t0 = time.perf_counter()
+                state, loss = step(state, images, labels)  # Traced here, inside the context.
+                jax.block_until_ready(loss)
+                compile_s = time.perf_counter() - t0
+
+                def run():
+                    nonlocal state
+                    for _ in range(args.train_steps):
+                        state, loss = step(state, images, labels)
+                    return loss
+
+                s = best_time(run, args.repeats) / args.train_steps
+            rows.append({"section": "train", "model": model_name, "convs": convs,
+                         "batch": cfg.batch_size, "step_s": s, "images_per_s": cfg.batch_size / s,
+                         "first_step_s": compile_s})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def print_tables(rows):
+    sample_rows = [r for r in rows if r["section"] == "sample"]
+    if sample_rows:
+        print(f"\nsampling, {sample_rows[0]['steps']} Euler–Maruyama steps")
+        print(f"{'batch':>5} {'unguided img/s':>14} {'guided img/s':>12} {'guided ms/step':>14} "
+              f"{'guided/unguided time':>20}")
+        for b in sorted({r["batch"] for r in sample_rows}):
+            u = next(r for r in sample_rows if r["batch"] == b and not r["guided"])
+            g = next(r for r in sample_rows if r["batch"] == b and r["guided"])
+            print(f"{b:>5} {u['images_per_s']:>14.1f} {g['images_per_s']:>12.1f} "
+                  f"{g['ms_per_step']:>14.1f} {g['seconds'] / u['seconds']:>20.2f}")
+    comp = [r for r in rows if r["section"] == "compile"]
+    if comp:
+        print(f"\n{'steps':>5} {'trace s':>7} {'compile s':>9} {'memory MiB':>10}")
+        for r in comp:
+            mem = "n/a" if r["memory_mib"] is None else f"{r['memory_mib']:.1f}"
+            print(f"{r['steps']:>5} {r['trace_s']:>7.2f} {r['compile_s']:>9.2f} {mem:>10}")
+    train = [r for r in rows if r["section"] == "train"]
+    if train:
+        print(f"\ntraining, batch {train[0]['batch']}")
+        print(f"{'model':>10} {'xla img/s':>9} {'auto img/s':>10} {'gemm img/s':>10} "
+              f"{'auto/xla':>8} {'gemm/xla':>8}")
+        for m in dict.fromkeys(r["model"] for r in train):
+            ips = {r["convs"]: r["images_per_s"] for r in train if r["model"] == m}
+            print(f"{m:>10} {ips['xla']:>9.1f} {ips['auto']:>10.1f} {ips['gemm']:>10.1f} "
+                  f"{ips['auto'] / ips['xla']:>7.2f}x {ips['gemm'] / ips['xla']:>7.2f}x")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", default="sample,compile,train")
+    p.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints"))
+    p.add_argument("--batches", default="8,80,256")
+    p.add_argument("--steps", type=int, default=100, help="sampling steps per measurement")
+    p.add_argument("--train-batch", type=int, default=128)
+    p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput.jsonl"))
+    args = p.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    sections = args.sections.split(",")
+    header = {"section": "machine", "backend": jax.default_backend(),
+              "device": str(jax.devices()[0].device_kind), "cpu_count": jax.local_device_count()
+              if jax.default_backend() != "cpu" else __import__("os").cpu_count(),
+              "jax": jax.__version__, "python": platform.python_version(),
+              "date": time.strftime("%Y-%m-%d")}
+    print(json.dumps(header), flush=True)
+    rows = [header]
+    pipe = pipeline.load_pipeline(args.checkpoint_dir)
+    if "sample" in sections:
+        rows += section_sample(pipe, args)
+    if "compile" in sections:
+        rows += section_compile(pipe, args)
+    if "train" in sections:
+        rows += section_train(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print_tables(rows)
+
+
+if __name__ == "__main__":
+    main()

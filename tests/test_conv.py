@@ -1,0 +1,92 @@
+"""The CPU convolutions (jaxguide.nets.conv) against XLA's: outputs and both gradients agree
+to float32 rounding, and the networks keep the same parameters whichever is used."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxguide.nets import make_model
+from jaxguide.nets.conv import conv_general_dilated, conv_impl, gemm_conv
+
+CASES = [  # (batch, size, c_in, c_out, kernel, stride, groups, padding)
+    (3, 14, 8, 16, 3, 1, 1, "SAME"),
+    (3, 14, 8, 16, 3, 2, 1, "SAME"),
+    (3, 13, 4, 6, 3, 2, 1, ((1, 1), (1, 1))),
+    (3, 12, 3, 5, 5, 1, 1, "VALID"),
+    (3, 9, 6, 4, 1, 1, 1, "SAME"),
+    (3, 14, 6, 6, 3, 1, 6, ((1, 1), (1, 1))),   # depthwise, as in SeedUNet
+    (3, 14, 6, 6, 3, 2, 6, ((1, 1), (1, 1))),   # depthwise, stride 2
+    (3, 7, 6, 6, 3, 2, 6, ((1, 1), (1, 1))),    # odd size
+]
+
+
+def conv_and_grads(conv, x, w, stride, padding, groups):
+    def loss(x, w):
+        dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+        y = conv(x, w, (stride, stride), padding, dimension_numbers=dn, feature_group_count=groups)
+        return jnp.sum(jnp.sin(y)), y
+
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, w)
+    return y, grads
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"k{c[4]}s{c[5]}g{c[6]}" for c in CASES])
+def test_gemm_conv_matches_xla(case):
+    b, n, c_in, c_out, k, stride, groups, padding = case
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((b, n, n, c_in)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, c_in // groups, c_out)), jnp.float32)
+
+    def gemm(x, w, strides, padding, dimension_numbers, feature_group_count):
+        if isinstance(padding, str):
+            padding = lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding)
+        return gemm_conv(x, w, strides, padding, feature_group_count)
+
+    y_ref, g_ref = conv_and_grads(lax.conv_general_dilated, x, w, stride, padding, groups)
+    y, g = conv_and_grads(gemm, x, w, stride, padding, groups)
+    assert y.shape == y_ref.shape
+    for a, e in zip((y, *g), (y_ref, *g_ref)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()))
+
+
+def test_unsupported_convolutions_fall_back_to_xla():
+    x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 2, 4))  # 2 groups of 2 channels
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    with conv_impl("gemm"):
+        y = conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
+        y_dil = conv_general_dilated(x, w[..., :2, :].repeat(2, 2), (1, 1), "SAME",
+                                     rhs_dilation=(2, 2), dimension_numbers=dn)
+    assert y.shape == (1, 8, 8, 4) and y_dil.shape == (1, 8, 8, 4)
+    with pytest.raises(ValueError, match="conv_impl: got 'fast', accepted auto, xla, gemm"):
+        with conv_impl("fast"):
+            pass
+
+
+@pytest.mark.parametrize("name", ["seed", "unet", "classifier"])
+def test_networks_have_the_same_parameters(name):
+    model = make_model(name)
+    x, t = jnp.zeros((1, 28, 28, 1)), jnp.zeros(1)
+    shapes = {}
+    for impl in ("xla", "auto", "gemm"):
+        with conv_impl(impl):
+            shapes[impl] = jax.eval_shape(model.init, jax.random.key(0), x, t)
+    assert shapes["auto"] == shapes["xla"] and shapes["gemm"] == shapes["xla"]
+
+
+def test_seed_unet_same_outputs_with_shifted_depthwise_convs():
+    """SeedUNet is the network with depthwise convs: "auto" changes them on CPU."""
+    model = make_model("seed")
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(-1, 1, (2, 28, 28, 1)), jnp.float32)
+    t = jnp.asarray([0.1, 0.7])
+    variables = jax.jit(model.init)(jax.random.key(0), x, t)
+    outs = {}
+    for impl in ("xla", "auto"):
+        with conv_impl(impl):
+            outs[impl] = jax.jit(model.apply)(variables, x, t)
+    np.testing.assert_allclose(outs["auto"], outs["xla"], rtol=1e-4,
+                               atol=1e-5 * float(jnp.abs(outs["xla"]).max()))
