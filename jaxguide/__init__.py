@@ -10,6 +10,7 @@ from jaxguide.guidance import (add_scores, classifier_grad, classifier_guidance,
                                guidance_term, label_log_prob)
 from jaxguide.nets import (Evaluator, NoisyClassifier, SeedUNet, UNet, apply_fn,
                            load_torch_state_dict, make_model)
+from jaxguide.parallel import make_mesh
 from jaxguide.samplers import sample, score_from_eps, time_grid
 from jaxguide.sde import VPSDE
 
@@ -19,5 +20,5 @@ __all__ = [
     "CheckpointError", "DataError", "Evaluator", "NoisyClassifier", "SeedUNet", "UNet", "VPSDE",
     "add_scores", "apply_fn", "classifier_grad", "classifier_guidance", "density_grad",
     "guidance_term", "label_log_prob", "load_model", "load_mnist", "load_torch_state_dict",
-    "make_model", "sample", "save_model", "score_from_eps", "time_grid",
+    "make_mesh", "make_model", "sample", "save_model", "score_from_eps", "time_grid",
 ]

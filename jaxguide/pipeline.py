@@ -72,6 +72,8 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, n_steps: int,
     Args:
       labels: (B,) target classes; scale: () or (B,) guidance scale (0 = unguided).
       indices: (B,) global sample indices (noise of image i depends only on key and i).
+      sampler_kwargs: the rest of `sample`'s options, e.g. `mesh=make_mesh()` to split the
+        batch over devices.
 
     Returns:
       images (B, H, W, C), or (images, trajectory (F, B, H, W, C)) with `record_every`.

@@ -2,10 +2,11 @@
 (im2col). Same parameters and, up to float32 rounding, same outputs and gradients as
 `lax.conv_general_dilated`, which stays the choice on GPU and TPU.
 
-XLA's CPU backend runs depthwise convolutions (and their gradients) far slower than their
-arithmetic needs; as kh·kw shifted products they become elementwise ops that it fuses well
-(SeedUNet trains several times faster). For dense convolutions, the GEMM form is available
-but XLA's own convolution measured faster for this project's networks, so "auto" keeps it.
+XLA's CPU backend runs depthwise convolutions, and the kernel gradient of convolutions with
+few input channels, far slower than their arithmetic needs; as shifted products, slices and
+dots they become elementwise ops and GEMMs that it runs well. Measured on 2 CPU cores
+(benchmarks/throughput.py, training images/s): SeedUNet 3.4×, the noisy classifier 1.1×,
+the default UNet (3×3 convs on 64+ channels) unchanged.
 
     Conv(features, (3, 3))          # nn.Conv that uses conv_general_dilated below
     with conv_impl("xla"): ...      # trace with XLA's convolution everywhere (benchmarks)
@@ -32,10 +33,10 @@ def conv_impl(name: str):
     """Chooses the convolutions of networks traced inside (jit a new function inside: one
     traced before keeps its own):
 
-    * "auto" (default): on CPU, depthwise convs as shifted multiply-adds; dense convs by XLA,
-      which measured faster here than the GEMM form (benchmarks/throughput.py);
+    * "auto" (default): `gemm_conv` on CPU, XLA's convolution on GPU and TPU;
     * "xla": XLA's convolution everywhere;
-    * "gemm": every supported convolution by `gemm_conv`.
+    * "gemm": `gemm_conv` everywhere.
+    Convolutions `gemm_conv` does not cover (dilations, other groupings) always use XLA's.
     """
     if name not in IMPLS:
         raise ValueError(f"conv_impl: got {name!r}, accepted {', '.join(IMPLS)}")
@@ -92,8 +93,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     """`lax.conv_general_dilated`, or `gemm_conv` where `conv_impl` says so (2-D NHWC/HWIO
     convolutions without dilation, dense or depthwise)."""
     impl = _IMPL.get()
-    depthwise = feature_group_count > 1
-    wanted = impl == "gemm" or (impl == "auto" and depthwise and jax.default_backend() == "cpu")
+    wanted = impl == "gemm" or (impl == "auto" and jax.default_backend() == "cpu")
     if wanted and not kwargs and _supported(lhs, rhs, lhs_dilation, rhs_dilation,
                                             dimension_numbers, feature_group_count):
         if isinstance(padding, str):
