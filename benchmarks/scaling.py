@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def measure(devices: int, batch: int, steps: int, train_steps: int, repeats: int) -> dict:
@@ -32,24 +33,16 @@ def measure(devices: int, batch: int, steps: int, train_steps: int, repeats: int
     from jaxguide import parallel, pipeline, training
     from jaxguide.configs import get_config
     from jaxguide.nets import make_model
+    from throughput import best_time
 
     mesh = parallel.make_mesh(devices)
     pipe = pipeline.load_pipeline(ROOT / "checkpoints")
     labels = jnp.arange(batch) % pipe.num_classes
 
-    def run():
-        x = pipeline.generate(jax.random.key(0), pipe, labels, 32.0, n_steps=steps, mesh=mesh)
-        return x.block_until_ready()
-
-    t0 = time.perf_counter()
-    run()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    sample_s = min(times)
+    run = lambda: pipeline.generate(jax.random.key(0), pipe, labels, 32.0, n_steps=steps,
+                                    mesh=mesh)
+    compile_s = best_time(run, 1)  # The first call compiles.
+    sample_s = best_time(run, repeats)
 
     cfg = get_config("denoiser").replace(batch_size=batch)
     model, tx = make_model(cfg.model, cfg.kwargs), training.make_optimizer(cfg)

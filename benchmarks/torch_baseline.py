@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,9 @@ from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from throughput import best_time  # noqa: E402
 
 import jaxguide as jg  # noqa: E402
 from jaxguide.nets import NoisyClassifier, SeedUNet, apply_fn, load_torch_state_dict  # noqa: E402
@@ -216,15 +218,6 @@ def jax_sampler(score_fn, log_prob_fn, sde, n_steps, batch):
     return run
 
 
-def timed(fn, repeats):
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=1000)
@@ -275,10 +268,10 @@ def main():
         t0 = time.perf_counter()
         run(jax.random.key(0), labels, args.scale).block_until_ready()
         first = time.perf_counter() - t0
-        jax_s = timed(lambda: run(jax.random.key(1), labels, args.scale).block_until_ready(),
-                      args.repeats)
-        torch_s = timed(lambda: torch_sample(unet, classifier, torch.from_numpy(labels),
-                                             args.steps, args.scale, 0, sde), args.repeats)
+        jax_s = best_time(lambda: run(jax.random.key(1), labels, args.scale), args.repeats)
+        torch_s = best_time(lambda: torch_sample(unet, classifier, torch.from_numpy(labels),
+                                                 args.steps, args.scale, 0, sde).numpy(),
+                            args.repeats)
         row = {"batch": batch, "steps": args.steps, "jax_s": jax_s, "jax_first_call_s": first,
                "jax_compile_s": first - jax_s, "torch_s": torch_s,
                "jax_images_per_s": batch / jax_s, "torch_images_per_s": batch / torch_s,
