@@ -8,9 +8,11 @@ Sections (each prints JSON lines, then a table; everything lands in <out>):
   and 256: images/s, ms per step, and the compiled program's memory (XLA's own accounting).
 * compile: compilation time and memory of `sample` for 100 and 1000 steps (one lax.scan:
   neither should grow with the number of steps).
-* train: training images/s of each network with XLA's convolutions ("xla"), with what
-  jaxguide selects on CPU ("auto": depthwise convs as shifted adds) and with every conv as
-  a GEMM ("gemm"); same parameters, same outputs up to float32 rounding.
+* train: training images/s of each network: "naive" (XLA's convolutions under a plain
+  jax.jit), and under jaxguide's `jit` (jaxguide.compiler) with XLA's convolutions ("xla"),
+  with what jaxguide selects ("auto": on CPU depthwise convs as shifted adds, 1×1 convs as
+  dots) and with every conv in GEMM form ("gemm"); same parameters, same outputs up to
+  float32 rounding.
 Wall times are best-of-`--repeats`; on a shared machine compare ratios, not absolute times.
 """
 
@@ -104,6 +106,11 @@ def section_compile(pipe, args):
     return rows
 
 
+# (name, convs, jaxguide's compiler options): "naive" is plain Flax convs under plain jax.jit.
+TRAIN_VARIANTS = (("naive", "xla", False), ("xla", "xla", True), ("auto", "auto", True),
+                  ("gemm", "gemm", True))
+
+
 def section_train(args):
     rows = []
     tasks = {"unet": "denoiser", "seed": "denoiser", "classifier": "classifier"}
@@ -113,11 +120,13 @@ def section_train(args):
         rng = np.random.default_rng(0)
         images = jnp.asarray(rng.uniform(-1, 1, (cfg.batch_size, 28, 28, 1)), jnp.float32)
         labels = jnp.asarray(rng.integers(0, 10, cfg.batch_size), jnp.int32)
-        for convs in IMPLS:
+        for variant, convs, options in TRAIN_VARIANTS:
             with conv_impl(convs):
                 model, tx = make_model(cfg.model, cfg.kwargs), training.make_optimizer(cfg)
                 state = training.create_state(cfg, model, tx)
                 step = training.make_train_step(cfg, model, tx)
+                if not options:
+                    step = jax.jit(step.__wrapped__, donate_argnums=0)
                 t0 = time.perf_counter()
                 state, loss = step(state, images, labels)  # Traced here, inside the context.
                 jax.block_until_ready(loss)
@@ -130,8 +139,9 @@ def section_train(args):
                     return loss
 
                 s = best_time(run, args.repeats) / args.train_steps
-            rows.append({"section": "train", "model": model_name, "convs": convs,
-                         "batch": cfg.batch_size, "step_s": s, "images_per_s": cfg.batch_size / s,
+            rows.append({"section": "train", "model": model_name, "variant": variant,
+                         "convs": convs, "compiler_options": options, "batch": cfg.batch_size,
+                         "step_s": s, "images_per_s": cfg.batch_size / s,
                          "first_step_s": compile_s})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -156,13 +166,13 @@ def print_tables(rows):
             print(f"{r['steps']:>5} {r['trace_s']:>7.2f} {r['compile_s']:>9.2f} {mem:>10}")
     train = [r for r in rows if r["section"] == "train"]
     if train:
-        print(f"\ntraining, batch {train[0]['batch']}")
-        print(f"{'model':>10} {'xla img/s':>9} {'auto img/s':>10} {'gemm img/s':>10} "
-              f"{'auto/xla':>8} {'gemm/xla':>8}")
+        names = [v[0] for v in TRAIN_VARIANTS]
+        print(f"\ntraining images/s, batch {train[0]['batch']}")
+        print(f"{'model':>10} " + " ".join(f"{n:>7}" for n in names) + " auto/naive")
         for m in dict.fromkeys(r["model"] for r in train):
-            ips = {r["convs"]: r["images_per_s"] for r in train if r["model"] == m}
-            print(f"{m:>10} {ips['xla']:>9.1f} {ips['auto']:>10.1f} {ips['gemm']:>10.1f} "
-                  f"{ips['auto'] / ips['xla']:>7.2f}x {ips['gemm'] / ips['xla']:>7.2f}x")
+            ips = {r["variant"]: r["images_per_s"] for r in train if r["model"] == m}
+            print(f"{m:>10} " + " ".join(f"{ips[n]:>7.1f}" for n in names)
+                  + f" {ips['auto'] / ips['naive']:>9.2f}x")
 
 
 def main():

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxguide import checkpoint
+from jaxguide.compiler import jit
 
 
 REFERENCE_FILE = "reference_stats.npz"
@@ -35,7 +36,7 @@ class Evaluator:
         self.path = Path(path)
         self.model, self.variables, self.metadata = checkpoint.load_model(path, task="evaluator")
         self.batch_size = batch_size
-        self._fn = jax.jit(self._outputs)
+        self._fn = jit(self._outputs)
 
     def _outputs(self, variables, x):
         feats = self.model.apply(variables, x, method=type(self.model).features)

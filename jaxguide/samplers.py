@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from jax.tree_util import Partial
 
 from jaxguide import parallel
+from jaxguide.compiler import jit
 from jaxguide.guidance import _as_partial
 from jaxguide.sde import VPSDE, _expand
 
@@ -124,7 +125,7 @@ _STEPS = {"euler_maruyama": _euler_maruyama, "predictor_corrector": _predictor_c
           "heun": _heun, "dpm_solver_2m": _dpm_solver_2m}
 
 
-@functools.partial(jax.jit, static_argnames=(
+@functools.partial(jit, static_argnames=(
     "shape", "n_steps", "method", "grid", "init", "clip", "t_min", "denoise_last", "snr",
     "record_every", "mesh"))
 def _sample(key, score_fn, sde, indices, *, shape, n_steps, method, grid, init, clip, t_min,

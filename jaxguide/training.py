@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxguide import checkpoint, data, losses, parallel
+from jaxguide.compiler import jit
 from jaxguide.configs import TrainConfig
 from jaxguide.nets import make_model
 from jaxguide.sde import VPSDE
@@ -128,8 +129,8 @@ def make_train_step(cfg: TrainConfig, model: nn.Module, tx, mesh: Mesh | None = 
         return new, loss
 
     if mesh is None:
-        return jax.jit(train_step, donate_argnums=0)
-    return jax.jit(train_step, donate_argnums=0, out_shardings=parallel.replicated(mesh))
+        return jit(train_step, donate_argnums=0)
+    return jit(train_step, donate_argnums=0, out_shardings=parallel.replicated(mesh))
 
 
 def make_evaluate(cfg: TrainConfig, model: nn.Module, images, labels, n: int = 1000):
@@ -142,12 +143,12 @@ def make_evaluate(cfg: TrainConfig, model: nn.Module, images, labels, n: int = 1
     images, labels = jnp.asarray(images[:n]), jnp.asarray(labels[:n])
     key = jax.random.key(10_000 + cfg.seed)
 
-    @jax.jit
+    @jit
     def denoiser_loss(variables):
         apply = lambda x, t, k: (model.apply(variables, x, t), None)
         return losses.dsm_loss(apply, sde, key, images, cfg.t_min)[0]
 
-    @jax.jit
+    @jit
     def accuracy(variables, t):
         x = sde.marginal(key, images, t)[0] if cfg.task == "classifier" else images
         return jnp.mean(jnp.argmax(model.apply(variables, x, t), -1) == labels)
@@ -316,7 +317,7 @@ def _save_reference_stats(model_dir: Path, images, labels) -> None:
     np.savez(model_dir / metrics.REFERENCE_FILE, **metrics.reference_stats(feats, labels))
 
 
-@jax.jit
+@jit
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 

@@ -2,11 +2,14 @@
 (im2col). Same parameters and, up to float32 rounding, same outputs and gradients as
 `lax.conv_general_dilated`, which stays the choice on GPU and TPU.
 
-XLA's CPU backend runs depthwise convolutions, and the kernel gradient of convolutions with
-few input channels, far slower than their arithmetic needs; as shifted products, slices and
-dots they become elementwise ops and GEMMs that it runs well. Measured on 2 CPU cores
-(benchmarks/throughput.py, training images/s): SeedUNet 3.4×, the noisy classifier 1.1×,
-the default UNet (3×3 convs on 64+ channels) unchanged.
+XLA's CPU backend runs depthwise convolutions 20–80× slower than their arithmetic needs; as
+kh·kw shifted products they become elementwise ops it runs well (their kernel gradient, a
+reduction over the batch, stays XLA's, which is fast). 1×1 convolutions are dots: with
+XLA's convolutions between the depthwise ones, XLA:CPU transposes the activations back and
+forth (SeedUNet trains 1.5× faster with dots). Other dense convolutions stay XLA's: compiled
+with `jaxguide.compiler.COMPILER_OPTIONS` they run at 100–150 GFLOP/s on 2 cores, 3–5× the
+im2col GEMM form, whose patches cost memory bandwidth; "gemm" keeps that form selectable
+for comparison (benchmarks/throughput.py).
 
     Conv(features, (3, 3))          # nn.Conv that uses conv_general_dilated below
     with conv_impl("xla"): ...      # trace with XLA's convolution everywhere (benchmarks)
@@ -33,9 +36,10 @@ def conv_impl(name: str):
     """Chooses the convolutions of networks traced inside (jit a new function inside: one
     traced before keeps its own):
 
-    * "auto" (default): `gemm_conv` on CPU, XLA's convolution on GPU and TPU;
+    * "auto" (default): on CPU, `depthwise_conv` for depthwise convolutions and a dot for
+      1×1 ones, XLA's convolution for the rest; XLA's convolution on GPU and TPU;
     * "xla": XLA's convolution everywhere;
-    * "gemm": `gemm_conv` everywhere.
+    * "gemm": `gemm_conv` (im2col GEMMs, `depthwise_conv`) everywhere.
     Convolutions `gemm_conv` does not cover (dilations, other groupings) always use XLA's.
     """
     if name not in IMPLS:
@@ -56,26 +60,58 @@ def _taps(x, kernel_shape, strides):
             for i in range(kh) for j in range(kw)]
 
 
+def _shifted_adds(x, kernel, strides, padding):
+    kh, kw, _, c = kernel.shape
+    taps = _taps(jnp.pad(x, ((0, 0), *padding, (0, 0))), (kh, kw), strides)
+    w = kernel.reshape(kh * kw, c)
+    out = taps[0] * w[0]
+    for k in range(1, kh * kw):
+        out = out + taps[k] * w[k]
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv(x, kernel, strides, padding):
+    """Depthwise 2-D convolution: x (B, H, W, C), kernel (kh, kw, 1, C) → (B, H_out, W_out, C).
+
+    A sum of kh·kw shifted products; the input gradient is the same form, the kernel
+    gradient XLA's. strides (sh, sw) and padding ((top, bottom), (left, right)) are tuples.
+    """
+    return _shifted_adds(x, kernel, strides, padding)
+
+
+def _depthwise_fwd(x, kernel, strides, padding):
+    return _shifted_adds(x, kernel, strides, padding), (x, kernel)
+
+
+def _depthwise_bwd(strides, padding, residuals, dy):
+    x, kernel = residuals
+    _, vjp_x = jax.vjp(lambda x: _shifted_adds(x, kernel, strides, padding), x)
+    _, vjp_kernel = jax.vjp(lambda k: lax.conv_general_dilated(
+        x, k, strides, padding, dimension_numbers=NHWC, feature_group_count=x.shape[-1]), kernel)
+    return vjp_x(dy)[0], vjp_kernel(dy)[0]
+
+
+depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
 def gemm_conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), feature_group_count=1):
     """2-D convolution, NHWC × HWIO → NHWC, as slices + concatenate + one dot (im2col).
 
-    x (B, H, W, C), kernel (kh, kw, C / groups, O). Depthwise (groups = C = O) is a sum of
-    kh·kw shifted products instead; other grouped convolutions are not supported.
+    x (B, H, W, C), kernel (kh, kw, C / groups, O). Depthwise (groups = C = O) goes to
+    `depthwise_conv`; other grouped convolutions are not supported.
     """
+    strides = tuple(strides)
+    padding = tuple(tuple(p) for p in padding)
     kh, kw, c_in, c_out = kernel.shape
-    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-    taps = _taps(x, (kh, kw), strides)
-    if feature_group_count == 1:
-        if kh == kw == 1:
-            return taps[0] @ kernel[0, 0]
-        return jnp.concatenate(taps, axis=-1) @ kernel.reshape(kh * kw * c_in, c_out)
-    if c_in == 1 and feature_group_count == c_out == x.shape[-1]:
-        w = kernel.reshape(kh * kw, c_out)
-        out = taps[0] * w[0]
-        for k in range(1, kh * kw):
-            out = out + taps[k] * w[k]
-        return out
-    raise NotImplementedError(f"gemm_conv: {feature_group_count} groups of {c_in} channels")
+    if c_in == 1 and feature_group_count == c_out == x.shape[-1] > 1:
+        return depthwise_conv(x, kernel, strides, padding)
+    if feature_group_count != 1:
+        raise NotImplementedError(f"gemm_conv: {feature_group_count} groups of {c_in} channels")
+    taps = _taps(jnp.pad(x, ((0, 0), *padding, (0, 0))), (kh, kw), strides)
+    if kh == kw == 1:
+        return taps[0] @ kernel[0, 0]
+    return jnp.concatenate(taps, axis=-1) @ kernel.reshape(kh * kw * c_in, c_out)
 
 
 def _supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):
@@ -90,15 +126,17 @@ def _supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
-    """`lax.conv_general_dilated`, or `gemm_conv` where `conv_impl` says so (2-D NHWC/HWIO
-    convolutions without dilation, dense or depthwise)."""
+    """`lax.conv_general_dilated`, or `gemm_conv` / `depthwise_conv` where `conv_impl` says
+    so (2-D NHWC/HWIO convolutions without dilation, dense or depthwise)."""
     impl = _IMPL.get()
-    wanted = impl == "gemm" or (impl == "auto" and jax.default_backend() == "cpu")
-    if wanted and not kwargs and _supported(lhs, rhs, lhs_dilation, rhs_dilation,
-                                            dimension_numbers, feature_group_count):
+    if impl != "xla" and not kwargs and _supported(lhs, rhs, lhs_dilation, rhs_dilation,
+                                                   dimension_numbers, feature_group_count):
         if isinstance(padding, str):
             padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-        return gemm_conv(lhs, rhs, window_strides, padding, feature_group_count)
+        pointwise = rhs.shape[:2] == (1, 1) and all(p == (0, 0) for p in map(tuple, padding))
+        cpu_form = feature_group_count > 1 or (pointwise and tuple(window_strides) == (1, 1))
+        if impl == "gemm" or (cpu_form and jax.default_backend() == "cpu"):
+            return gemm_conv(lhs, rhs, window_strides, padding, feature_group_count)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)
