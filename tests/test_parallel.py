@@ -1,11 +1,11 @@
 """Data parallelism on 4 simulated CPU devices (a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=4), against this 1-device process.
 
-Sampling is bitwise equal on 1 and 4 devices: every operation of the sampler and of the
-networks acts on each image alone (the convolutions, the per-example classifier gradient),
-so splitting the batch changes no arithmetic. Training matches only within float32
-rounding: the loss and gradients are means over the batch, and N devices sum their shards
-in another order before the all-reduce.
+Sampling draws the same noise on 1 and 4 devices and gives the same images up to float32
+rounding: every operation acts on each image alone, but XLA:CPU's convolution kernels sum
+in an order that depends on the per-device batch. Training matches within float32 rounding
+too: the loss and gradients are means over the batch, and N devices sum their shards in
+another order before the all-reduce.
 """
 
 from __future__ import annotations
@@ -123,16 +123,20 @@ def four_devices(one_device, tiny_checkpoints, tmp_path_factory):
     return out
 
 
-def test_sharded_sampling_is_bitwise_equal_to_one_device(four_devices, tiny_checkpoints):
+def test_sharded_sampling_equals_one_device(four_devices, tiny_checkpoints):
+    """Same noise, same images: bitwise on one device of the 4-device process; to float32
+    rounding on 4 devices (XLA:CPU's convolutions sum in an order that depends on the
+    per-device batch)."""
     from jaxguide import pipeline
 
     arrays = np.load(four_devices / "arrays.npz")
     pipe = pipeline.load_pipeline(tiny_checkpoints)
     x, traj = pipeline.generate(jax.random.key(3), pipe, np.arange(8) % pipe.num_classes, 2.0,
                                 n_steps=4, record_every=2)
-    for n in (1, 4):
-        np.testing.assert_array_equal(arrays[f"x{n}"], np.asarray(x), err_msg=f"{n} devices")
-        np.testing.assert_array_equal(arrays[f"traj{n}"], np.asarray(traj), err_msg=f"{n} devices")
+    np.testing.assert_array_equal(arrays["x1"], np.asarray(x))
+    np.testing.assert_array_equal(arrays["traj1"], np.asarray(traj))
+    np.testing.assert_allclose(arrays["x4"], np.asarray(x), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(arrays["traj4"], np.asarray(traj), rtol=0, atol=1e-5)
 
 
 def test_sample_cli_on_four_devices_equals_one(four_devices, tiny_checkpoints, tmp_path):
@@ -143,7 +147,7 @@ def test_sample_cli_on_four_devices_equals_one(four_devices, tiny_checkpoints, t
                                    "--no-gif", "--out", str(tmp_path)])
     four, one = np.load(four_devices / "cli" / "samples.npz"), np.load(tmp_path / "samples.npz")
     np.testing.assert_array_equal(four["labels"], one["labels"])
-    np.testing.assert_array_equal(four["images"], one["images"])
+    np.testing.assert_allclose(four["images"], one["images"], rtol=0, atol=1e-4)
 
 
 def test_sharded_training_matches_one_device(four_devices, one_device):
