@@ -5,7 +5,8 @@
 
 Sections (each prints JSON lines, then a table; everything lands in <out>):
 * sample: guided and unguided Euler–Maruyama sampling with the bundled models, batch 8, 80
-  and 256: images/s, ms per step, and the compiled program's memory (XLA's own accounting).
+  and 256: images/s and ms per step; and guided batch 80 "naive" (XLA's convolutions under
+  a plain jax.jit) for comparison.
 * compile: compilation time and memory of `sample` for 100 and 1000 steps (one lax.scan:
   neither should grow with the number of steps).
 * train: training images/s of each network: "naive" (XLA's convolutions under a plain
@@ -19,6 +20,7 @@ Wall times are best-of-`--repeats`; on a shared machine compare ratios, not abso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -32,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jaxguide import pipeline, training  # noqa: E402
+from jaxguide import pipeline, samplers, training  # noqa: E402
 from jaxguide.configs import get_config  # noqa: E402
 from jaxguide.guidance import classifier_guidance  # noqa: E402
 from jaxguide.nets import make_model  # noqa: E402
@@ -73,14 +75,34 @@ def section_sample(pipe, args):
     rows = []
     for guided in (False, True):
         for batch in args.batches:
-            run = sampling_fn(pipe, batch, args.steps, guided)
-            jax.block_until_ready(run())  # Compile.
-            s = best_time(run, args.repeats)
-            rows.append({"section": "sample", "guided": guided, "batch": batch,
-                         "steps": args.steps, "seconds": s, "images_per_s": batch / s,
-                         "ms_per_step": 1e3 * s / args.steps})
-            print(json.dumps(rows[-1]), flush=True)
+            rows.append(time_sampling(pipe, args, batch, guided, "jaxguide"))
+    with naive_sampler():  # At the figure's batch (80) when measured.
+        batch = 80 if 80 in args.batches else args.batches[0]
+        rows.append(time_sampling(pipe, args, batch, True, "naive"))
     return rows
+
+
+def time_sampling(pipe, args, batch, guided, variant):
+    run = sampling_fn(pipe, batch, args.steps, guided)
+    jax.block_until_ready(run())  # Compile.
+    s = best_time(run, args.repeats)
+    row = {"section": "sample", "variant": variant, "guided": guided, "batch": batch,
+           "steps": args.steps, "seconds": s, "images_per_s": batch / s,
+           "ms_per_step": 1e3 * s / args.steps}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+@contextlib.contextmanager
+def naive_sampler():
+    """`sample` with XLA's convolutions under a plain jax.jit (no jaxguide compiler options)."""
+    jitted = samplers._sample
+    samplers._sample = jax.jit(jitted.__wrapped__, static_argnames=samplers._STATIC_ARGNAMES)
+    try:
+        with conv_impl("xla"):
+            yield
+    finally:
+        samplers._sample = jitted
 
 
 def section_compile(pipe, args):
@@ -148,7 +170,7 @@ def section_train(args):
 
 
 def print_tables(rows):
-    sample_rows = [r for r in rows if r["section"] == "sample"]
+    sample_rows = [r for r in rows if r["section"] == "sample" and r["variant"] == "jaxguide"]
     if sample_rows:
         print(f"\nsampling, {sample_rows[0]['steps']} Euler–Maruyama steps")
         print(f"{'batch':>5} {'unguided img/s':>14} {'guided img/s':>12} {'guided ms/step':>14} "
@@ -158,6 +180,12 @@ def print_tables(rows):
             g = next(r for r in sample_rows if r["batch"] == b and r["guided"])
             print(f"{b:>5} {u['images_per_s']:>14.1f} {g['images_per_s']:>12.1f} "
                   f"{g['ms_per_step']:>14.1f} {g['seconds'] / u['seconds']:>20.2f}")
+        naive = [r for r in rows if r["section"] == "sample" and r["variant"] == "naive"]
+        for n in naive:
+            g = next(r for r in sample_rows if r["batch"] == n["batch"] and r["guided"])
+            print(f"guided batch {n['batch']}: naive (plain jax.jit, XLA convs) "
+                  f"{n['images_per_s']:.2f} img/s, jaxguide {g['images_per_s']:.2f} img/s: "
+                  f"{n['seconds'] / g['seconds']:.2f}x")
     comp = [r for r in rows if r["section"] == "compile"]
     if comp:
         print(f"\n{'steps':>5} {'trace s':>7} {'compile s':>9} {'memory MiB':>10}")

@@ -125,9 +125,11 @@ _STEPS = {"euler_maruyama": _euler_maruyama, "predictor_corrector": _predictor_c
           "heun": _heun, "dpm_solver_2m": _dpm_solver_2m}
 
 
-@functools.partial(jit, static_argnames=(
-    "shape", "n_steps", "method", "grid", "init", "clip", "t_min", "denoise_last", "snr",
-    "record_every", "mesh"))
+_STATIC_ARGNAMES = ("shape", "n_steps", "method", "grid", "init", "clip", "t_min",
+                    "denoise_last", "snr", "record_every", "mesh")
+
+
+@functools.partial(jit, static_argnames=_STATIC_ARGNAMES)
 def _sample(key, score_fn, sde, indices, *, shape, n_steps, method, grid, init, clip, t_min,
             denoise_last, snr, record_every, mesh):
     tail = shape[1:]

@@ -90,3 +90,33 @@ def test_seed_unet_same_outputs_with_shifted_depthwise_convs():
             outs[impl] = jax.jit(model.apply)(variables, x, t)
     np.testing.assert_allclose(outs["auto"], outs["xla"], rtol=1e-4,
                                atol=1e-5 * float(jnp.abs(outs["xla"]).max()))
+
+
+def test_jaxguide_jit_keeps_dots_and_convolutions_with_xla():
+    """jaxguide.compiler.jit compiles without YNNPACK fusions on CPU; a plain jax.jit of the
+    same function uses them (if this jaxlib stops doing so, the option can go)."""
+    from jaxguide.compiler import jit
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("a CPU compiler option")
+    x, w = jnp.ones((16, 14, 14, 32)), jnp.ones((3, 3, 32, 32))  # Big enough for YNNPACK.
+    conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    plain = jax.jit(conv).lower(x, w).compile().as_text()
+    ours = jit(conv).lower(x, w).compile().as_text()
+    assert "ynn_fusion" in plain
+    assert "ynn_fusion" not in ours
+    np.testing.assert_allclose(jit(conv)(x, w), jax.jit(conv)(x, w), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 24, 4), (3, 9, 8, 5)])
+def test_max_pool_2x2_equals_flax_max_pool(shape):
+    import flax.linen as nn
+
+    from jaxguide.nets.classifier import max_pool_2x2
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)  # No ties.
+    flax_pool = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
+    grad = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
+    np.testing.assert_array_equal(grad(max_pool_2x2), grad(flax_pool))
