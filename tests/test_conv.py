@@ -120,3 +120,20 @@ def test_max_pool_2x2_equals_flax_max_pool(shape):
     np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
     grad = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
     np.testing.assert_array_equal(grad(max_pool_2x2), grad(flax_pool))
+
+
+@pytest.mark.parametrize("k,padding", [(5, ((0, 0), (0, 0))), (3, ((1, 1), (1, 1))),
+                                       (3, ((0, 2), (2, 1)))])
+def test_dense_conv_gradients_equal_xla(k, padding):
+    """dense_conv: XLA's forward, its own input gradient (flipped HWIO kernel)."""
+    from jaxguide.nets.conv import dense_conv
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((3, 12, 11, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, 4, 6)), jnp.float32)
+    ours = lambda x, w, strides, padding, dimension_numbers, feature_group_count: dense_conv(
+        x, w, tuple(map(tuple, padding)))
+    y_ref, g_ref = conv_and_grads(lax.conv_general_dilated, x, w, 1, padding, 1)
+    y, g = conv_and_grads(ours, x, w, 1, padding, 1)
+    for a, e in zip((y, *g), (y_ref, *g_ref)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()))

@@ -8,8 +8,9 @@ reduction over the batch, stays XLA's, which is fast). 1×1 convolutions are dot
 XLA's convolutions between the depthwise ones, XLA:CPU transposes the activations back and
 forth (SeedUNet trains 1.5× faster with dots). Other dense convolutions stay XLA's: compiled
 with `jaxguide.compiler.COMPILER_OPTIONS` they run at 100–150 GFLOP/s on 2 cores, 3–5× the
-im2col GEMM form, whose patches cost memory bandwidth; "gemm" keeps that form selectable
-for comparison (benchmarks/throughput.py).
+im2col GEMM form, whose patches cost memory bandwidth; stride-1 ones get `dense_conv`'s
+input gradient (the guidance gradient: 1.45× faster guided sampling). "gemm" keeps the
+GEMM form selectable for comparison (benchmarks/throughput.py).
 
     Conv(features, (3, 3))          # nn.Conv that uses conv_general_dilated below
     with conv_impl("xla"): ...      # trace with XLA's convolution everywhere (benchmarks)
@@ -36,8 +37,9 @@ def conv_impl(name: str):
     """Chooses the convolutions of networks traced inside (jit a new function inside: one
     traced before keeps its own):
 
-    * "auto" (default): on CPU, `depthwise_conv` for depthwise convolutions and a dot for
-      1×1 ones, XLA's convolution for the rest; XLA's convolution on GPU and TPU;
+    * "auto" (default): on CPU, `depthwise_conv` for depthwise convolutions, a dot for 1×1
+      ones, `dense_conv` for other stride-1 ones, XLA's convolution for the rest; XLA's
+      convolution on GPU and TPU;
     * "xla": XLA's convolution everywhere;
     * "gemm": `gemm_conv` (im2col GEMMs, `depthwise_conv`) everywhere.
     Convolutions `gemm_conv` does not cover (dilations, other groupings) always use XLA's.
@@ -95,6 +97,39 @@ def _depthwise_bwd(strides, padding, residuals, dy):
 depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
+def _xla_conv(x, kernel, padding):
+    return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense_conv(x, kernel, padding):
+    """XLA's stride-1 convolution, x (B, H, W, C) × kernel (kh, kw, C, O) → (B, H', W', O),
+    whose input gradient is XLA's convolution of dy with the flipped kernel laid out HWIO.
+
+    Autodiff's input gradient convolves with the kernel's in/out axes swapped, a layout that
+    XLA:CPU ran at 3–7 GFLOP/s in the guided sampler's loop. padding ((top, bottom),
+    (left, right)), each in [0, k - 1].
+    """
+    return _xla_conv(x, kernel, padding)
+
+
+def _dense_fwd(x, kernel, padding):
+    return _xla_conv(x, kernel, padding), (x, kernel)
+
+
+def _dense_bwd(padding, residuals, dy):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = padding
+    flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+    dx = _xla_conv(dy, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
+    _, vjp_kernel = jax.vjp(lambda k: _xla_conv(x, k, padding), kernel)
+    return dx, vjp_kernel(dy)[0]
+
+
+dense_conv.defvjp(_dense_fwd, _dense_bwd)
+
+
 def gemm_conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), feature_group_count=1):
     """2-D convolution, NHWC × HWIO → NHWC, as slices + concatenate + one dot (im2col).
 
@@ -133,10 +168,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                                    dimension_numbers, feature_group_count):
         if isinstance(padding, str):
             padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-        pointwise = rhs.shape[:2] == (1, 1) and all(p == (0, 0) for p in map(tuple, padding))
-        cpu_form = feature_group_count > 1 or (pointwise and tuple(window_strides) == (1, 1))
-        if impl == "gemm" or (cpu_form and jax.default_backend() == "cpu"):
+        padding = tuple(tuple(p) for p in padding)
+        pointwise = rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0))
+        stride_1 = tuple(window_strides) == (1, 1)
+        cpu = jax.default_backend() == "cpu"
+        if impl == "gemm" or (cpu and (feature_group_count > 1 or (pointwise and stride_1))):
             return gemm_conv(lhs, rhs, window_strides, padding, feature_group_count)
+        if cpu and stride_1 and all(0 <= p <= k - 1 for pad, k in zip(padding, rhs.shape[:2])
+                                    for p in pad):
+            return dense_conv(lhs, rhs, padding)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)
