@@ -1,7 +1,8 @@
 """Throughput of sampling and training, with ratios measured side by side in one run.
 
-    python benchmarks/throughput.py                    # all sections (about 10 min on 2 cores)
-    python benchmarks/throughput.py --sections train   # one section: sample, compile, train
+    python benchmarks/throughput.py                    # all sections (about 18 min on 2 cores)
+    python benchmarks/throughput.py --sections train   # one section: sample, compile, train,
+                                                       # roofline
 
 Sections (each prints JSON lines, then a table; everything lands in <out>):
 * sample: guided and unguided Euler–Maruyama sampling with the bundled models, batch 8, 80
@@ -12,8 +13,10 @@ Sections (each prints JSON lines, then a table; everything lands in <out>):
 * train: training images/s of each network: "naive" (XLA's convolutions under a plain
   jax.jit), and under jaxguide's `jit` (jaxguide.compiler) with XLA's convolutions ("xla"),
   with what jaxguide selects ("auto": on CPU depthwise convs as shifted adds, 1×1 convs as
-  dots) and with every conv in GEMM form ("gemm"); same parameters, same outputs up to
-  float32 rounding.
+  dots, dense_conv for the rest) and with every conv in GEMM form ("gemm"); same
+  parameters, same outputs up to float32 rounding.
+* roofline: this machine's GFLOP/s on a 2048³ matmul and the FLOPs of each training step
+  (XLA's cost analysis), to put the training rates in proportion.
 Wall times are best-of-`--repeats`; on a shared machine compare ratios, not absolute times.
 """
 
@@ -35,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jaxguide import pipeline, samplers, training  # noqa: E402
+from jaxguide.compiler import jit  # noqa: E402
 from jaxguide.configs import get_config  # noqa: E402
 from jaxguide.guidance import classifier_guidance  # noqa: E402
 from jaxguide.nets import make_model  # noqa: E402
@@ -169,6 +173,32 @@ def section_train(args):
     return rows
 
 
+def section_roofline(args):
+    """This machine's dense-GEMM rate and each training step's FLOPs (XLA's cost analysis):
+    how far a network's training could go if every FLOP ran at GEMM speed."""
+    n = 2048
+    a = jnp.ones((n, n), jnp.float32)
+    matmul = jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    rows = [{"section": "roofline", "what": f"matmul {n}^3",
+             "gflop_per_s": 2 * n**3 / best_time(lambda: matmul(a), 5) / 1e9}]
+    print(json.dumps(rows[-1]), flush=True)
+    tasks = {"unet": "denoiser", "seed": "denoiser", "classifier": "classifier"}
+    for model_name in args.models.split(","):
+        cfg = get_config(tasks[model_name], model_name).replace(batch_size=args.train_batch)
+        model, tx = make_model(cfg.model, cfg.kwargs), training.make_optimizer(cfg)
+        state = training.create_state(cfg, model, tx)
+        images = jnp.zeros((cfg.batch_size, 28, 28, 1))
+        labels = jnp.zeros(cfg.batch_size, jnp.int32)
+        cost = training.make_train_step(cfg, model, tx).lower(
+            state, images, labels).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        rows.append({"section": "roofline", "what": f"train step {model_name}",
+                     "batch": cfg.batch_size, "gflop": cost["flops"] / 1e9})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def print_tables(rows):
     sample_rows = [r for r in rows if r["section"] == "sample" and r["variant"] == "jaxguide"]
     if sample_rows:
@@ -201,11 +231,16 @@ def print_tables(rows):
             ips = {r["variant"]: r["images_per_s"] for r in train if r["model"] == m}
             print(f"{m:>10} " + " ".join(f"{ips[n]:>7.1f}" for n in names)
                   + f" {ips['auto'] / ips['naive']:>9.2f}x")
+    roof = [r for r in rows if r["section"] == "roofline"]
+    if roof:
+        print(f"\n{roof[0]['what']}: {roof[0]['gflop_per_s']:.1f} GFLOP/s")
+        for r in roof[1:]:
+            print(f"{r['what']} (batch {r['batch']}): {r['gflop']:.2f} GFLOP")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", default="sample,compile,train")
+    p.add_argument("--sections", default="sample,compile,train,roofline")
     p.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints"))
     p.add_argument("--batches", default="8,80,256")
     p.add_argument("--steps", type=int, default=100, help="sampling steps per measurement")
@@ -231,6 +266,8 @@ def main():
         rows += section_compile(pipe, args)
     if "train" in sections:
         rows += section_train(args)
+    if "roofline" in sections:
+        rows += section_roofline(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     print_tables(rows)
