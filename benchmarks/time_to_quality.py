@@ -1,7 +1,7 @@
 """Time to quality: the fewest network evaluations (NFE) at which each sampler matches
 1000-step Euler–Maruyama, with the bundled models at sample.py's guidance scale.
 
-    python benchmarks/time_to_quality.py --n 200            # about 25 min on 2 CPU cores
+    python benchmarks/time_to_quality.py --n 200            # about 13 min on 2 CPU cores
 
 "Matches" means evaluator accuracy within 0.5 points of the reference and class-FD no worse.
 All points share the seed (the same initial noise per image). Each sampler climbs the NFE
