@@ -1,10 +1,10 @@
 """How jaxguide compiles: `jit` is `jax.jit` with `COMPILER_OPTIONS`.
 
 XLA:CPU (jaxlib 0.10 and 0.11) hands dots and convolutions to YNNPACK fusions by default.
-On the AVX2 x86-64 CPU measured here those ran the UNet's 3×3 convolutions at 25–40
-GFLOP/s against 55–95 for XLA's own (Eigen) kernels; turning them off made the UNet's
-forward pass 2× and its training step 2.1× faster (benchmarks/throughput.py, section
-`options`). The option is one of XLA's CPU debug options: GPU and TPU compilations ignore it.
+On the AVX2 x86-64 CPU measured here those ran the UNet's 3×3 convolutions at 25–90
+GFLOP/s against 100–150 for XLA's own kernels; turning them off made the UNet's training
+step 2.2× faster (benchmarks/throughput.py, section `train`: columns naive and xla). The
+option is one of XLA's debug options for CPU: GPU and TPU compilations ignore it.
 
     from jaxguide.compiler import jit, COMPILER_OPTIONS
     fast = jit(score_fn)                                        # jaxguide's own choice

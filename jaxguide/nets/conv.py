@@ -161,8 +161,8 @@ def _supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
-    """`lax.conv_general_dilated`, or `gemm_conv` / `depthwise_conv` where `conv_impl` says
-    so (2-D NHWC/HWIO convolutions without dilation, dense or depthwise)."""
+    """`lax.conv_general_dilated`, or `gemm_conv` / `depthwise_conv` / `dense_conv` where
+    `conv_impl` says so (2-D NHWC/HWIO convolutions without dilation, dense or depthwise)."""
     impl = _IMPL.get()
     if impl != "xla" and not kwargs and _supported(lhs, rhs, lhs_dilation, rhs_dilation,
                                                    dimension_numbers, feature_group_count):
