@@ -42,7 +42,7 @@ from jaxguide.compiler import jit  # noqa: E402
 from jaxguide.configs import get_config  # noqa: E402
 from jaxguide.guidance import classifier_guidance  # noqa: E402
 from jaxguide.nets import make_model  # noqa: E402
-from jaxguide.nets.conv import IMPLS, conv_impl  # noqa: E402
+from jaxguide.nets.conv import conv_impl  # noqa: E402
 from jaxguide.samplers import sample  # noqa: E402
 
 
@@ -137,20 +137,26 @@ TRAIN_VARIANTS = (("naive", "xla", False), ("xla", "xla", True), ("auto", "auto"
                   ("gemm", "gemm", True))
 
 
+TASK_OF = {"unet": "denoiser", "seed": "denoiser", "classifier": "classifier"}
+
+
+def train_parts(model_name, batch):
+    """(config, initial state, jitted train step) of `model_name`, traced in the current
+    conv_impl."""
+    cfg = get_config(TASK_OF[model_name], model_name).replace(batch_size=batch)
+    model, tx = make_model(cfg.model, cfg.kwargs), training.make_optimizer(cfg)
+    return cfg, training.create_state(cfg, model, tx), training.make_train_step(cfg, model, tx)
+
+
 def section_train(args):
     rows = []
-    tasks = {"unet": "denoiser", "seed": "denoiser", "classifier": "classifier"}
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.uniform(-1, 1, (args.train_batch, 28, 28, 1)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, args.train_batch), jnp.int32)
     for model_name in args.models.split(","):
-        task = tasks[model_name]
-        cfg = get_config(task, model_name).replace(batch_size=args.train_batch)
-        rng = np.random.default_rng(0)
-        images = jnp.asarray(rng.uniform(-1, 1, (cfg.batch_size, 28, 28, 1)), jnp.float32)
-        labels = jnp.asarray(rng.integers(0, 10, cfg.batch_size), jnp.int32)
         for variant, convs, options in TRAIN_VARIANTS:
             with conv_impl(convs):
-                model, tx = make_model(cfg.model, cfg.kwargs), training.make_optimizer(cfg)
-                state = training.create_state(cfg, model, tx)
-                step = training.make_train_step(cfg, model, tx)
+                cfg, state, step = train_parts(model_name, args.train_batch)
                 if not options:
                     step = jax.jit(step.__wrapped__, donate_argnums=0)
                 t0 = time.perf_counter()
@@ -183,15 +189,11 @@ def section_roofline(args):
     rows = [{"section": "roofline", "what": f"matmul {n}^3",
              "gflop_per_s": 2 * n**3 / best_time(lambda: matmul(a), 5) / 1e9}]
     print(json.dumps(rows[-1]), flush=True)
-    tasks = {"unet": "denoiser", "seed": "denoiser", "classifier": "classifier"}
     for model_name in args.models.split(","):
-        cfg = get_config(tasks[model_name], model_name).replace(batch_size=args.train_batch)
-        model, tx = make_model(cfg.model, cfg.kwargs), training.make_optimizer(cfg)
-        state = training.create_state(cfg, model, tx)
+        cfg, state, step = train_parts(model_name, args.train_batch)
         images = jnp.zeros((cfg.batch_size, 28, 28, 1))
         labels = jnp.zeros(cfg.batch_size, jnp.int32)
-        cost = training.make_train_step(cfg, model, tx).lower(
-            state, images, labels).compile().cost_analysis()
+        cost = step.lower(state, images, labels).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         rows.append({"section": "roofline", "what": f"train step {model_name}",
                      "batch": cfg.batch_size, "gflop": cost["flops"] / 1e9})
