@@ -109,6 +109,24 @@ def test_jaxguide_jit_keeps_dots_and_convolutions_with_xla():
     np.testing.assert_allclose(jit(conv)(x, w), jax.jit(conv)(x, w), rtol=1e-6)
 
 
+def test_jaxguide_jit_nests_inside_other_transformations():
+    """JAX takes compiler options only on top-level jits: inside the caller's jit, scan,
+    vmap or grad, jaxguide.compiler.jit is a plain jit (and gives the same values)."""
+    from jaxguide.compiler import jit
+
+    f = jit(lambda x, n: jnp.sin(x) * n, static_argnames="n")
+    x = jnp.arange(3.0)
+    want = np.sin(np.arange(3.0)) * 2
+    np.testing.assert_allclose(f(x, n=2), want, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda x: f(x, n=2))(x), want, rtol=1e-6)
+    np.testing.assert_allclose(jax.lax.scan(lambda c, _: (c, f(x, n=2)), 0, None, 2)[1][1], want,
+                               rtol=1e-6)
+    np.testing.assert_allclose(jax.vmap(lambda x: f(x, n=2))(x), want, rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda x: f(x, n=2).sum())(x), 2 * np.cos(np.arange(3.0)),
+                               rtol=1e-6)
+    assert f.__name__ == "<lambda>" and callable(f.lower)
+
+
 @pytest.mark.parametrize("shape", [(2, 24, 24, 4), (3, 9, 8, 5)])
 def test_max_pool_2x2_equals_flax_max_pool(shape):
     import flax.linen as nn

@@ -171,6 +171,26 @@ def test_noise_is_per_sample_not_per_batch():
     assert not np.any(later == full[:8])
 
 
+def test_sample_composes_inside_jit_vmap_scan_and_grad():
+    """sample is a function like any other: inside the caller's jit (with a traced or a
+    captured key), vmap, scan and grad it gives the top-level result."""
+    score, key = Partial(std_normal_score), jax.random.key(9)
+    run = lambda k: sample(k, score, SDE, (4, D), **SMALL)
+    want = np.asarray(run(key))
+    np.testing.assert_allclose(jax.jit(run)(key), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda: run(key))(), want, rtol=1e-6, atol=1e-6)
+    keys = jax.random.split(key, 3)
+    batched = jax.vmap(run)(keys)
+    np.testing.assert_allclose(batched[1], run(keys[1]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(jax.vmap(run))(keys), batched, rtol=1e-6, atol=1e-6)
+    _, scanned = jax.lax.scan(lambda c, k: (c, run(k)), 0, keys)
+    np.testing.assert_allclose(scanned, batched, rtol=1e-6, atol=1e-6)
+    # d/ds of sum(x) for the score -s·x: finite differences against jax.grad.
+    total = lambda s: sample(key, Partial(lambda s, x, t: -s * x, s), SDE, (4, D), **SMALL).sum()
+    fd = (total(1.0 + 1e-2) - total(1.0 - 1e-2)) / 2e-2
+    np.testing.assert_allclose(jax.grad(total)(1.0), fd, rtol=1e-2)
+
+
 # ------------------------------------------------------------------ trajectories
 
 
