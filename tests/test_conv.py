@@ -21,6 +21,8 @@ CASES = [  # (batch, size, c_in, c_out, kernel, stride, groups, padding)
     (3, 14, 6, 6, 3, 1, 6, ((1, 1), (1, 1))),   # depthwise, as in SeedUNet
     (3, 14, 6, 6, 3, 2, 6, ((1, 1), (1, 1))),   # depthwise, stride 2
     (3, 7, 6, 6, 3, 2, 6, ((1, 1), (1, 1))),    # odd size
+    (3, 12, 1, 5, 5, 1, 1, "VALID"),             # one input channel: the classifier's first
+    (3, 14, 1, 7, 3, 1, 1, "SAME"),              # and SeedUNet's first layer
 ]
 
 

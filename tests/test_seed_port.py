@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxguide.nets.seed_unet import SeedUNet, load_torch_state_dict, upsample2x
+from jaxguide.nets.seed_unet import SeedUNet, load_torch_state_dict, shuffle_concat, upsample2x
 
 SEED_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "seed"
 STATE_DICT = SEED_DIR / "tutorial_denoiser_state_dict.npz"
@@ -56,6 +56,17 @@ def _torch_bilinear_up2(x):
 def test_upsample_matches_torch_align_corners_false():
     x = np.random.default_rng(0).normal(size=(2, 7, 5, 3)).astype(np.float32)
     np.testing.assert_allclose(upsample2x(jnp.asarray(x)), _torch_bilinear_up2(x), atol=1e-6)
+
+
+def test_shuffle_concat_matches_torch_channel_shuffle():
+    """The tutorial's shuffle on NCHW: cat -> view(n, 2, c/2, h, w) -> transpose(1, 2)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 4, 5))  # NHWC, 5 channels each
+    cat = np.concatenate([a, b], -1).transpose(0, 3, 1, 2)                 # NCHW, 10 channels
+    n, c, h, w = cat.shape
+    torch_shuffled = cat.reshape(n, 2, c // 2, h, w).swapaxes(1, 2).reshape(n, c, h, w)
+    np.testing.assert_array_equal(shuffle_concat(jnp.asarray(a), jnp.asarray(b)),
+                                  torch_shuffled.transpose(0, 2, 3, 1).astype(np.float32))
 
 
 @needs_seed

@@ -6,7 +6,9 @@ XLA's CPU backend runs depthwise convolutions 20–80× slower than their arithm
 kh·kw shifted products they become elementwise ops it runs well (their kernel gradient, a
 reduction over the batch, stays XLA's, which is fast). 1×1 convolutions are dots: with
 XLA's convolutions between the depthwise ones, XLA:CPU transposes the activations back and
-forth (SeedUNet trains 1.5× faster with dots). Other dense convolutions stay XLA's: compiled
+forth (SeedUNet trains 1.5× faster with dots). Convolutions of one input channel (every
+MNIST net's first layer) are im2col GEMMs too: XLA ran the classifier's first-layer input
+gradient at 4 GFLOP/s (the guidance gradient: 1.9× faster). Other dense ones stay XLA's: compiled
 with `jaxguide.compiler.COMPILER_OPTIONS` they run at 100–150 GFLOP/s on 2 cores, 3–5× the
 im2col GEMM form, whose patches cost memory bandwidth; stride-1 ones get `dense_conv`'s
 input gradient (the guidance gradient: 1.45× faster guided sampling). "gemm" keeps the
@@ -38,7 +40,8 @@ def conv_impl(name: str):
     traced before keeps its own):
 
     * "auto" (default): on CPU, `depthwise_conv` for depthwise convolutions, a dot for 1×1
-      ones, `dense_conv` for other stride-1 ones, XLA's convolution for the rest; XLA's
+      ones, `gemm_conv` for those of one input channel, `dense_conv` for other stride-1
+      ones, XLA's convolution for the rest; XLA's
       convolution on GPU and TPU;
     * "xla": XLA's convolution everywhere;
     * "gemm": `gemm_conv` (im2col GEMMs, `depthwise_conv`) everywhere.
@@ -172,7 +175,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         pointwise = rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0))
         stride_1 = tuple(window_strides) == (1, 1)
         cpu = jax.default_backend() == "cpu"
-        if impl == "gemm" or (cpu and (feature_group_count > 1 or (pointwise and stride_1))):
+        single_input = rhs.shape[2] == 1 and feature_group_count == 1
+        if impl == "gemm" or (cpu and (feature_group_count > 1 or single_input
+                                         or (pointwise and stride_1))):
             return gemm_conv(lhs, rhs, window_strides, padding, feature_group_count)
         if cpu and stride_1 and all(0 <= p <= k - 1 for pad, k in zip(padding, rhs.shape[:2])
                                     for p in pad):

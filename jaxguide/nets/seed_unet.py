@@ -38,12 +38,15 @@ def _depthwise(x: jax.Array, stride: int, train: bool, conv_name: str, bn_name: 
     return _batch_norm(bn_name, train)(x)
 
 
-def channel_shuffle(x: jax.Array, groups: int = 2) -> jax.Array:
-    """PyTorch's NCHW channel shuffle on the last axis: (..., C) with channel g*C/groups + j
-    moved to j*groups + g."""
-    *batch, c = x.shape
-    x = x.reshape(*batch, groups, c // groups)
-    return jnp.swapaxes(x, -1, -2).reshape(*batch, c)
+def shuffle_concat(a: jax.Array, b: jax.Array) -> jax.Array:
+    """PyTorch's channel shuffle (2 groups) of the concatenation [a, b] on the last axis:
+    (..., C) twice -> (..., 2C) with channel 2j = a_j and 2j + 1 = b_j.
+
+    Written as an interleave (stack + reshape): XLA:CPU runs it 10 % faster (SeedUNet
+    forward) than a concatenation followed by the shuffle's transpose.
+    """
+    *batch, c = a.shape
+    return jnp.stack([a, b], axis=-1).reshape(*batch, 2 * c)
 
 
 def upsample2x(x: jax.Array) -> jax.Array:
@@ -90,7 +93,7 @@ class ResidualBottleneck(nn.Module):
         b = ConvBnSiLU(b.shape[-1], name="branch2_0")(b, train)
         b = _depthwise(b, 1, train, "branch2_1", "branch2_2")
         b = ConvBnSiLU(self.out_channels // 2, name="branch2_3")(b, train)
-        return channel_shuffle(jnp.concatenate([a, b], axis=-1))
+        return shuffle_concat(a, b)
 
 
 class ResidualDownsample(nn.Module):
@@ -108,7 +111,7 @@ class ResidualDownsample(nn.Module):
         b = ConvBnSiLU(self.out_channels // 2, name="branch2_0")(x, train)
         b = _depthwise(b, 2, train, "branch2_1", "branch2_2")
         b = ConvBnSiLU(self.out_channels // 2, name="branch2_3")(b, train)
-        return channel_shuffle(jnp.concatenate([a, b], axis=-1))
+        return shuffle_concat(a, b)
 
 
 def _stack(x: jax.Array, out_channels: int, n: int, name: str, train: bool) -> jax.Array:
