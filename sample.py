@@ -113,8 +113,9 @@ def make_outdir(path: str) -> Path:
     return out
 
 
-def generate_all(pipe, labels, scale, args, record_every=None, desc="sampling"):
-    """Guided samples for `labels` (N,) in jitted chunks of --batch-size, with a progress bar.
+def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampling"):
+    """Guided samples for `labels` (N,) in jitted chunks of --batch-size (rounded up to a
+    multiple of the mesh's devices), with a progress bar.
 
     Returns images (N, 28, 28, 1) and, with `record_every`, frames (F, N, 28, 28, 1).
     """
@@ -125,7 +126,6 @@ def generate_all(pipe, labels, scale, args, record_every=None, desc="sampling"):
     from jaxguide import parallel, pipeline
 
     key = jax.random.key(args.seed)
-    mesh = parallel.make_mesh(args.devices)
     batch = -(-args.batch_size // mesh.size) * mesh.size
     n = len(labels)
     images, frames = [], []
@@ -154,7 +154,7 @@ def load_evaluator(args):
     return metrics.Evaluator(path) if path.is_dir() else None
 
 
-def run_sample(args):
+def run_sample(args, mesh):
     import jax
     import numpy as np
 
@@ -169,7 +169,7 @@ def run_sample(args):
     classes = check_args(args, pipe.num_classes)
     labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
     record_every = None if args.no_gif else max(1, args.steps // 20)
-    images, frames = generate_all(pipe, labels, args.scale, args, record_every)
+    images, frames = generate_all(pipe, labels, args.scale, args, mesh, record_every)
     if jax.process_index() > 0:  # Every process holds all images; process 0 writes them.
         return
     meta = {"seed": args.seed, "scale": args.scale, "steps": args.steps, "sampler": args.sampler,
@@ -190,7 +190,7 @@ def run_sample(args):
               f"class-FD {res['class_fd']:.2f} (few samples per class inflate FDs)")
 
 
-def run_figures(args):
+def run_figures(args, mesh):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -207,7 +207,7 @@ def run_figures(args):
         x0, y = jnp.asarray(x_test[:1]), int(y_test[0])
     else:
         y = 7
-        x0 = jnp.asarray(generate_all(pipe, np.array([y]), 8.0, args, desc="test digit")[0][:1])
+        x0 = jnp.asarray(generate_all(pipe, np.array([y]), 8.0, args, mesh, desc="test digit")[0][:1])
     ts = jnp.linspace(0.0, 1.0, 16) ** 2 * pipe.sde.T
     x_ts, _ = pipe.sde.marginal(jax.random.fold_in(key, 1), jnp.repeat(x0, len(ts), 0), ts)
     probs = np.exp(np.asarray(pipe.log_prob_fn(x_ts, ts)))
@@ -219,7 +219,7 @@ def run_figures(args):
     evaluator = load_evaluator(args)
     if evaluator is not None:
         labels = np.repeat(np.arange(pipe.num_classes, dtype=np.int32), args.per_class)
-        accs = [metrics.guided_accuracy(evaluator(generate_all(pipe, labels, s, args,
+        accs = [metrics.guided_accuracy(evaluator(generate_all(pipe, labels, s, args, mesh,
                                                                desc=f"scale {s:g}")[0]).predictions,
                                         labels)[0] for s in FIGURE_SCALES]
         paths.append(viz.plot_accuracy_vs_scale(FIGURE_SCALES, accs, out / "accuracy_vs_scale.png",
@@ -230,8 +230,8 @@ def run_figures(args):
 
 def main(argv):
     args = parse_args(argv)
-    cli.init_devices(args)
-    (run_figures if args.command == "figures" else run_sample)(args)
+    mesh = cli.init_devices(args)
+    (run_figures if args.command == "figures" else run_sample)(args, mesh)
 
 
 if __name__ == "__main__":

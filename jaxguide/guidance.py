@@ -36,7 +36,15 @@ def add_scores(*score_fns) -> Partial:
     return Partial(_sum_of, tuple(_as_partial(f) for f in score_fns))
 
 
+def _check_batch(name, value, x):
+    """A per-example value must be () or (B,) for x (B, ...): checked when traced."""
+    if jnp.ndim(value) > 1 or (jnp.ndim(value) == 1 and jnp.shape(value)[0] != x.shape[0]):
+        raise ValueError(f"{name}: got shape {jnp.shape(value)} for a batch of {x.shape[0]} "
+                         f"images, accepted () or ({x.shape[0]},)")
+
+
 def _label_log_prob(log_prob_fn, labels, x, t):
+    _check_batch("labels", labels, x)
     log_probs = log_prob_fn(x, t)
     labels = jnp.broadcast_to(labels, log_probs.shape[:1])
     return jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
@@ -63,6 +71,7 @@ def classifier_grad(log_prob_fn, labels) -> Partial:
 
 
 def _scaled(fn, scale, x, t):
+    _check_batch("scale", scale, x)
     return _expand(scale, x) * fn(x, t)
 
 

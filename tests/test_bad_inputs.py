@@ -291,6 +291,14 @@ API_CASES = {
     "guidance-scale-nan-in-array": (
         lambda: classifier_guidance(_score, _log_probs, jnp.array([1, 2]), jnp.array([1.0, jnp.nan])),
         ValueError, r"scale: got .*accepted a finite number"),
+    "guidance-labels-other-batch": (
+        lambda: sample(KEY, classifier_guidance(_score, _log_probs, jnp.zeros(3, int), 1.0),
+                       VPSDE(), (2, 4), n_steps=2),
+        ValueError, r"labels: got shape \(3,\) for a batch of 2 images, accepted \(\) or \(2,\)"),
+    "guidance-scale-other-batch": (
+        lambda: sample(KEY, classifier_guidance(_score, _log_probs, 1, jnp.ones(3)),
+                       VPSDE(), (2, 4), n_steps=2),
+        ValueError, r"scale: got shape \(3,\) for a batch of 2 images, accepted \(\) or \(2,\)"),
     "vpsde-beta_min": (lambda: VPSDE(beta_min=-1.0), ValueError, r"beta_min must be .* > 0, got -1"),
     "vpsde-T": (lambda: VPSDE(T=0.0), ValueError, r"\bT must be a finite number > 0, got 0"),
     "vpsde-beta_max-below-min": (lambda: VPSDE(beta_min=2.0, beta_max=1.0),
