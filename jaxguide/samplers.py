@@ -72,6 +72,15 @@ def _batch_t(t, x):
     return jnp.full(x.shape[:1], t)
 
 
+def _checked_score(score_fn, x, t):
+    """score_fn(x, t), whose shape must be x's (checked when traced, not run)."""
+    score = score_fn(x, t)
+    if jnp.shape(score) != x.shape:
+        raise ValueError(f"score_fn: returned shape {jnp.shape(score)} for x of shape {x.shape}, "
+                         "accepted the shape of x")
+    return score
+
+
 # Each step maps (score_fn, sde, x, state, t, t_next, noise, last) to (x, state); `noise(j)`
 # draws the j-th standard normal of this step, `last` is a traced bool for the final step.
 
@@ -138,6 +147,7 @@ def _sample(key, score_fn, sde, indices, *, shape, n_steps, method, grid, init, 
     if init == "clipped":
         x = jnp.clip(x, -1.0, 1.0)
     ts = time_grid(sde, n_steps, t_min, grid)
+    score_fn = functools.partial(_checked_score, score_fn)
     step_fn = functools.partial(_STEPS[method], denoise_last=denoise_last, snr=snr)
     state = (jnp.zeros_like(x), jnp.float32(0.0)) if method == "dpm_solver_2m" else ()
     n_slots = -(-n_steps // record_every) + 1 if record_every else 0

@@ -279,6 +279,9 @@ API_CASES = {
     "sample-indices": (lambda: sample(KEY, _score, VPSDE(), (2, 4), n_steps=2,
                                       indices=jnp.arange(3)),
                        ValueError, r"indices: expected shape \(2,\)"),
+    "sample-score-shape": (lambda: sample(KEY, lambda x, t: x.sum(-1), VPSDE(), (2, 4), n_steps=2),
+                           ValueError, r"score_fn: returned shape \(2,\) for x of shape \(2, 4\), "
+                           r"accepted the shape of x"),
     "guidance-label-10": (lambda: classifier_guidance(_score, _log_probs, jnp.array([1, 10]), 1.0,
                                                       num_classes=10),
                           ValueError, r"labels: got 10, accepted \[0, 9\]"),
