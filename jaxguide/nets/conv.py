@@ -8,11 +8,11 @@ reduction over the batch, stays XLA's, which is fast). 1×1 convolutions are dot
 XLA's convolutions between the depthwise ones, XLA:CPU transposes the activations back and
 forth (SeedUNet trains 1.5× faster with dots). Convolutions of one input channel (every
 MNIST net's first layer) are im2col GEMMs too: XLA ran the classifier's first-layer input
-gradient at 4 GFLOP/s (the guidance gradient: 1.9× faster). Other dense ones stay XLA's: compiled
-with `jaxguide.compiler.COMPILER_OPTIONS` they run at 100–150 GFLOP/s on 2 cores, 3–5× the
-im2col GEMM form, whose patches cost memory bandwidth; stride-1 ones get `dense_conv`'s
-input gradient (the guidance gradient: 1.45× faster guided sampling). "gemm" keeps the
-GEMM form selectable for comparison (benchmarks/throughput.py).
+gradient at 4 GFLOP/s (the guidance gradient: 1.9× faster). Other dense ones stay XLA's:
+compiled with `jaxguide.compiler.COMPILER_OPTIONS` they run at 100–150 GFLOP/s on 2 cores,
+3–5× the im2col GEMM form, whose patches cost memory bandwidth; stride-1 ones get
+`dense_conv`'s input gradient (the guidance gradient: 1.45× faster guided sampling). "gemm"
+keeps the GEMM form selectable for comparison (benchmarks/throughput.py).
 
     Conv(features, (3, 3))          # nn.Conv that uses conv_general_dilated below
     with conv_impl("xla"): ...      # trace with XLA's convolution everywhere (benchmarks)
@@ -41,8 +41,7 @@ def conv_impl(name: str):
 
     * "auto" (default): on CPU, `depthwise_conv` for depthwise convolutions, a dot for 1×1
       ones, `gemm_conv` for those of one input channel, `dense_conv` for other stride-1
-      ones, XLA's convolution for the rest; XLA's
-      convolution on GPU and TPU;
+      ones, XLA's convolution for the rest; XLA's convolution on GPU and TPU;
     * "xla": XLA's convolution everywhere;
     * "gemm": `gemm_conv` (im2col GEMMs, `depthwise_conv`) everywhere.
     Convolutions `gemm_conv` does not cover (dilations, other groupings) always use XLA's.
