@@ -102,17 +102,6 @@ def load_pipeline(args):
         raise checkpoint.CheckpointError(f"--checkpoint-dir: {msg}") from e
 
 
-def make_outdir(path: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".probe").touch()
-        (out / ".probe").unlink()
-    except OSError as e:
-        raise ValueError(f"--out {out}: not writable ({e.strerror or e})") from e
-    return out
-
-
 def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampling"):
     """Guided samples for `labels` (N,) in jitted chunks of --batch-size (rounded up to a
     multiple of the mesh's devices), with a progress bar.
@@ -161,7 +150,7 @@ def run_sample(args, mesh):
     from jaxguide import checkpoint, metrics, viz
 
     check_args(args)
-    out = make_outdir(args.out)
+    out = checkpoint.ensure_writable_dir(args.out, "--out")
     pipe = load_pipeline(args)
     evaluator = load_evaluator(args) if args.evaluate else None
     if args.evaluate and evaluator is None:
@@ -195,10 +184,10 @@ def run_figures(args, mesh):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxguide import data, guidance, metrics, viz
+    from jaxguide import checkpoint, data, guidance, metrics, viz
 
     check_args(args)
-    out = make_outdir(args.out)
+    out = checkpoint.ensure_writable_dir(args.out, "--out")
     pipe = load_pipeline(args)
     check_args(args, pipe.num_classes)
     key = jax.random.key(args.seed)

@@ -48,9 +48,8 @@ def _as_flag_error(e: Exception, names) -> Exception:
 def main(argv):
     args = parse_args(argv)
     import math
-    from pathlib import Path
 
-    from jaxguide import data, parallel, training
+    from jaxguide import checkpoint, data, parallel, training
 
     mesh = cli.init_devices(args)
 
@@ -75,10 +74,7 @@ def main(argv):
             raise ValueError("--epochs: give either --steps or --epochs, not both")
         if not (math.isfinite(args.epochs) and args.epochs > 0):
             raise ValueError(f"--epochs: got {args.epochs}, accepted a finite number > 0")
-    try:
-        training.check_workdir(Path(args.workdir))
-    except training.TrainingError as e:
-        raise training.TrainingError(f"--{e}") from e
+    checkpoint.ensure_writable_dir(args.workdir, "--workdir")
     try:
         train_set = data.load_mnist("train", args.data_dir)
         test_set = data.load_mnist("test", args.data_dir)

@@ -61,6 +61,23 @@ def check_format(metadata: Any, where: str) -> dict[str, Any]:
 
 # Training checkpoints ---------------------------------------------------------------------
 
+def ensure_writable_dir(path: str | Path, name: str, probe_bytes: int = 1 << 20) -> Path:
+    """Creates directory `path` and proves it writable with a `probe_bytes` file.
+
+    Raises a ValueError naming `name` (the argument `path` came from) before any work starts,
+    rather than a failed save after it.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe.{jax.process_index()}"
+        probe.write_bytes(b"\0" * probe_bytes)
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{name} {path}: not writable ({e.strerror or e})") from e
+    return path
+
+
 def manager(workdir: str | Path, keep: int = 2) -> ocp.CheckpointManager:
     """A synchronous CheckpointManager over `<workdir>/checkpoints`, keeping the last `keep`."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,

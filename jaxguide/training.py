@@ -186,17 +186,6 @@ class _StopRequest:
             signal.signal(s, h)
 
 
-def check_workdir(workdir: Path) -> None:
-    """Creates `workdir` and proves it writable (1 MiB probe), before any training starts."""
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f".write_probe.{jax.process_index()}"
-        probe.write_bytes(b"\0" * (1 << 20))
-        probe.unlink()
-    except OSError as e:
-        raise TrainingError(f"workdir {workdir}: not writable ({e.strerror or e})") from e
-
-
 def check_disk_space(workdir: Path, state: TrainState, keep: int) -> None:
     """Fails early unless `workdir` has room for `keep` checkpoints, one in flight and the export.
 
@@ -231,7 +220,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     workdir = Path(workdir)
     mesh = parallel.make_mesh(devices)
     parallel.check_divisible("batch_size", cfg.batch_size, mesh)
-    check_workdir(workdir)
+    checkpoint.ensure_writable_dir(workdir, "workdir")
     (x_train, y_train), (x_test, y_test) = dataset or (
         data.load_mnist("train", data_dir), data.load_mnist("test", data_dir))
     data.steps_per_epoch(len(x_train), cfg.batch_size)  # Validates batch_size against n.

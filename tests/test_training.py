@@ -555,7 +555,7 @@ def test_unwritable_workdir(tmp_path):
     blocker.write_text("not a directory")
     workdir = blocker / "sub"
     # A data_dir that does not exist: the work dir must be refused before any data is read.
-    with pytest.raises(TrainingError, match=re.escape(f"workdir {workdir}: not writable")):
+    with pytest.raises(ValueError, match=re.escape(f"workdir {workdir}: not writable")):
         training.train(CFG, workdir, data_dir=tmp_path / "no-mnist", progress=False)
     assert blocker.read_text() == "not a directory"
 
