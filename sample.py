@@ -21,20 +21,36 @@ from jaxguide import cli
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_STEPS = 50
+MAX_CLASSES = 1000  # Bound on class indices before the classifier says how many it has.
+MAX_STEPS = 100_000
+MAX_IMAGES = 100_000
+MAX_BATCH = 8192
+MAX_SCALE = 1e6
+MAX_SEED = 2**32 - 1  # JAX keys take 32-bit seeds: larger ones would repeat smaller ones.
 FIGURE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
-def parse_classes(text: str) -> list[int]:
-    """'0-9' or '0,3,7' (or a mix, '0-2,7') → list of ints."""
+def parse_classes(text: str, num_classes: int | None = None) -> list[int]:
+    """'0-9' or '0,3,7' (or a mix, '0-2,7') → list of ints, each in [0, num_classes).
+
+    Bounds are checked before a range is expanded (without `num_classes`, against
+    MAX_CLASSES), so a huge range fails at once instead of filling memory.
+    """
+    form = f"--classes: got {text!r}, accepted digits like 0,3,7 or a range like 0-9"
+    hi_max = (num_classes or MAX_CLASSES) - 1
     out = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-    except ValueError:
-        raise ValueError(f"--classes: got {text!r}, accepted digits like 0,3,7 or a range like 0-9")
-    if not out:
-        raise ValueError(f"--classes: got {text!r}, accepted digits like 0,3,7 or a range like 0-9")
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            lo, hi = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ValueError(form) from None
+        if lo > hi:
+            raise ValueError(form)
+        if not 0 <= lo <= hi <= hi_max:
+            bad = lo if not 0 <= lo <= hi_max else hi
+            raise ValueError(f"--classes: got {bad}, accepted 0-{hi_max}")
+        out.extend(range(lo, hi + 1))
     return out
 
 
@@ -62,26 +78,44 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def _check_int(name: str, value: int, hi: int) -> None:
+    if not 1 <= value <= hi:
+        raise ValueError(f"--{name}: got {value}, accepted an integer in 1..{hi}")
+
+
+def _check_path(name: str, value: str | None) -> None:
+    if value is not None and not value.strip():
+        raise ValueError(f"--{name}: got {value!r}, accepted a folder path")
+
+
 def check_args(args, num_classes: int | None = None) -> list[int]:
     """Validates the arguments (classes against `num_classes` when given); returns the classes.
 
     Called before anything is loaded or written, and again once the classifier's number of
     classes is known.
     """
-    classes = parse_classes(args.classes)
-    hi = math.inf if num_classes is None else num_classes
-    bad = [c for c in classes if not 0 <= c < hi]
-    if bad:
-        accepted = "digits >= 0" if num_classes is None else f"0-{num_classes - 1}"
-        raise ValueError(f"--classes: got {bad[0]}, accepted {accepted}")
-    for name in ("per_class", "steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: got {getattr(args, name)}, "
-                             "accepted an integer >= 1")
-    if not (math.isfinite(args.scale) and args.scale >= 0):
-        raise ValueError(f"--scale: got {args.scale}, accepted a finite number >= 0")
-    if args.seed < 0:
-        raise ValueError(f"--seed: got {args.seed}, accepted an integer >= 0")
+    classes = parse_classes(args.classes, num_classes)
+    _check_int("per-class", args.per_class, MAX_IMAGES)
+    if len(classes) * args.per_class > MAX_IMAGES:
+        raise ValueError(f"--per-class: got {args.per_class} for {len(classes)} classes, "
+                         f"{len(classes) * args.per_class} images; accepted at most {MAX_IMAGES}")
+    _check_int("steps", args.steps, MAX_STEPS)
+    _check_int("batch-size", args.batch_size, MAX_BATCH)
+    if not (math.isfinite(args.scale) and 0 <= args.scale <= MAX_SCALE):
+        raise ValueError(f"--scale: got {args.scale}, accepted a finite number >= 0 "
+                         f"(at most {MAX_SCALE:g})")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed: got {args.seed}, accepted an integer in 0..{MAX_SEED}")
+    if args.evaluate and args.per_class < 2:
+        raise ValueError(f"--per-class: got {args.per_class}; --evaluate needs >= 2 samples "
+                         "per class (class-wise Fréchet distances)")
+    if args.command == "sample" and args.data_dir is not None:
+        raise ValueError("--data-dir: used only by `sample.py figures` (its test digit)")
+    for name in ("out", "checkpoint_dir", "data_dir"):
+        _check_path(name.replace("_", "-"), getattr(args, name))
+    if Path(args.checkpoint_dir).is_file():
+        raise ValueError(f"--checkpoint-dir {args.checkpoint_dir}: is a file, accepted a "
+                         "folder holding denoiser/ and classifier/")
     from jaxguide.samplers import METHODS
 
     if args.sampler not in METHODS:
@@ -115,8 +149,8 @@ def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampl
     from jaxguide import parallel, pipeline
 
     key = jax.random.key(args.seed)
-    batch = -(-args.batch_size // mesh.size) * mesh.size
     n = len(labels)
+    batch = -(-min(args.batch_size, n) // mesh.size) * mesh.size
     images, frames = [], []
     with tqdm(total=n, desc=f"{desc} ({args.steps} {args.sampler} steps)", unit="img",
               disable=jax.process_index() > 0) as bar:
@@ -132,15 +166,25 @@ def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampl
             if traj is not None:
                 frames.append(parallel.to_host(traj)[:, :len(idx)])
             bar.update(len(idx))
-    return np.concatenate(images), (np.concatenate(frames, axis=1) if frames else None)
+    images = np.concatenate(images)
+    bad = int(np.sum(~np.isfinite(images).all(axis=(1, 2, 3))))
+    if bad:
+        raise RuntimeError(f"sampling produced non-finite values in {bad} of {n} images; "
+                           "nothing written (try a lower --scale or more --steps)")
+    return images, (np.concatenate(frames, axis=1) if frames else None)
 
 
-def load_evaluator(args):
-    """The evaluator beside the checkpoints, or None when there is none."""
+def load_evaluator(args, required: bool = False):
+    """The evaluator beside the checkpoints, or None when there is none (an error if
+    `required`)."""
     from jaxguide import metrics
 
     path = Path(args.checkpoint_dir) / "evaluator"
-    return metrics.Evaluator(path) if path.is_dir() else None
+    if not path.is_dir():
+        if required:
+            raise ValueError(f"--evaluate: no evaluator/ in --checkpoint-dir {args.checkpoint_dir}")
+        return None
+    return metrics.Evaluator(path)
 
 
 def run_sample(args, mesh):
@@ -150,12 +194,11 @@ def run_sample(args, mesh):
     from jaxguide import checkpoint, metrics, viz
 
     check_args(args)
-    out = checkpoint.ensure_writable_dir(args.out, "--out")
     pipe = load_pipeline(args)
-    evaluator = load_evaluator(args) if args.evaluate else None
-    if args.evaluate and evaluator is None:
-        raise ValueError(f"--evaluate: no evaluator/ in --checkpoint-dir {args.checkpoint_dir}")
     classes = check_args(args, pipe.num_classes)
+    evaluator = load_evaluator(args, required=True) if args.evaluate else None
+    reference = evaluator.reference() if evaluator else None  # Read before sampling.
+    out = checkpoint.ensure_writable_dir(args.out, "--out")
     labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
     record_every = None if args.no_gif else max(1, args.steps // 20)
     images, frames = generate_all(pipe, labels, args.scale, args, mesh, record_every)
@@ -174,7 +217,7 @@ def run_sample(args, mesh):
     for p in paths:
         print(p)
     if evaluator is not None:
-        res = metrics.evaluate_samples(evaluator, images, labels, evaluator.reference())
+        res = metrics.evaluate_samples(evaluator, images, labels, reference)
         print(f"evaluator accuracy {res['accuracy']:.4f} on {res['n']} samples; FD {res['fd']:.2f}, "
               f"class-FD {res['class_fd']:.2f} (few samples per class inflate FDs)")
 
@@ -187,9 +230,9 @@ def run_figures(args, mesh):
     from jaxguide import checkpoint, data, guidance, metrics, viz
 
     check_args(args)
-    out = checkpoint.ensure_writable_dir(args.out, "--out")
     pipe = load_pipeline(args)
     check_args(args, pipe.num_classes)
+    out = checkpoint.ensure_writable_dir(args.out, "--out")
     key = jax.random.key(args.seed)
     if args.data_dir:
         x_test, y_test = data.load_mnist("test", args.data_dir)

@@ -74,15 +74,26 @@ def main(argv):
             raise ValueError("--epochs: give either --steps or --epochs, not both")
         if not (math.isfinite(args.epochs) and args.epochs > 0):
             raise ValueError(f"--epochs: got {args.epochs}, accepted a finite number > 0")
+    for name in ("workdir", "data_dir"):
+        value = getattr(args, name)
+        if value is not None and not value.strip():
+            raise ValueError(f"--{name.replace('_', '-')}: got {value!r}, accepted a folder path")
     checkpoint.ensure_writable_dir(args.workdir, "--workdir")
     try:
         train_set = data.load_mnist("train", args.data_dir)
         test_set = data.load_mnist("test", args.data_dir)
     except data.DataError as e:
         raise data.DataError(f"--data-dir: {e}" if args.data_dir else str(e)) from e
+    n = len(train_set[0])
+    if cfg.batch_size > n:
+        flag = "--batch-size" if args.batch_size is not None else f"--config {args.config}: batch_size"
+        raise ValueError(f"{flag}: got {cfg.batch_size}, accepted at most the {n} training images")
     if args.epochs is not None:
-        per_epoch = data.steps_per_epoch(len(train_set[0]), cfg.batch_size)
-        cfg = cfg.replace(steps=max(1, round(args.epochs * per_epoch)))
+        steps = max(1, round(args.epochs * data.steps_per_epoch(n, cfg.batch_size)))
+        try:
+            cfg = cfg.replace(steps=steps)
+        except ValueError as e:
+            raise ValueError(f"--epochs: got {args.epochs:g}, {steps} steps; {e}") from e
     training.train(cfg, args.workdir, dataset=(train_set, test_set), progress=not args.no_progress,
                    devices=mesh.size)
     print(f"model: {args.workdir}/model")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from jaxguide import parallel
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.data import DataError
 
+_HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}")  # host:port, [v6]:port
 USER_ERRORS = (ValueError, TypeError, CheckpointError, DataError, FileNotFoundError,
                PermissionError, RuntimeError)
 
@@ -47,15 +49,18 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
 
 def init_devices(args) -> "parallel.Mesh":
     """Joins the multi-process run if asked; returns the mesh of --devices."""
-    n, i = args.num_processes, args.process_id
+    n, i, address = args.num_processes, args.process_id, args.coordinator_address
+    if address is not None and not _HOST_PORT.fullmatch(address):
+        raise ValueError(f"--coordinator-address: got {address!r}, accepted host:port "
+                         "(e.g. 10.0.0.1:1234)")
     if n is not None and n < 1:
         raise ValueError(f"--num-processes: got {n}, accepted an integer >= 1")
     if i is not None and not 0 <= i < (n or 1 << 31):
         raise ValueError(f"--process-id: got {i}, accepted 0..{'N-1' if n is None else n - 1} "
                          "(N = --num-processes)")
-    if args.distributed or any(v is not None for v in (args.coordinator_address, n, i)):
+    if args.distributed or any(v is not None for v in (address, n, i)):
         try:
-            parallel.initialize(args.coordinator_address, n, i)
+            parallel.initialize(address, n, i)
         except ValueError as e:
             raise ValueError(str(e).replace("distributed:", "--distributed:", 1).replace(
                 "coordinator_address, num_processes and process_id",

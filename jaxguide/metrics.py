@@ -8,6 +8,7 @@ features (128-d) in float64.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from pathlib import Path
 
 import jax
@@ -49,8 +50,15 @@ class Evaluator:
         if not path.is_file():
             raise checkpoint.CheckpointError(f"{path}: not found (run benchmarks/quality.py "
                                              "with --data-dir to compute it)")
-        with np.load(path, allow_pickle=False) as f:
-            return dict(f)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                stats = dict(f)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise checkpoint.CheckpointError(f"{path}: unreadable ({e})") from e
+        if not {"mu", "cov"} <= set(stats):
+            raise checkpoint.CheckpointError(f"{path}: has {sorted(stats)}, expected the "
+                                             "statistics mu, cov, mu_<c>, cov_<c>")
+        return stats
 
     def __call__(self, images) -> Evaluation:
         images = check_images(images)

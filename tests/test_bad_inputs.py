@@ -95,16 +95,16 @@ SAMPLE_CASES = {
     "classes-empty-range": (["--classes", "3-1"], ["--classes", "'3-1'", "accepted"]),
     "classes-double-comma": (["--classes", "0,,3"], ["--classes", "'0,,3'", "accepted"]),
     "classes-in-range-list": (["--classes", "0-3,12"], ["--classes", "got 12", "accepted 0-9"]),
-    "per-class-0": (["--per-class", "0"], ["--per-class", "got 0", "accepted an integer >= 1"]),
-    "per-class-negative": (["--per-class", "-3"], ["--per-class", "got -3", ">= 1"]),
-    "steps-negative": (["--steps", "-1"], ["--steps", "got -1", ">= 1"]),
-    "steps-0": (["--steps", "0"], ["--steps", "got 0", ">= 1"]),
+    "per-class-0": (["--per-class", "0"], ["--per-class", "got 0", "accepted an integer in 1.."]),
+    "per-class-negative": (["--per-class", "-3"], ["--per-class", "got -3", "in 1.."]),
+    "steps-negative": (["--steps", "-1"], ["--steps", "got -1", "in 1.."]),
+    "steps-0": (["--steps", "0"], ["--steps", "got 0", "in 1.."]),
     "scale-nan": (["--scale", "nan"], ["--scale", "got nan", "accepted a finite number >= 0"]),
     "scale-inf": (["--scale", "inf"], ["--scale", "got inf", "finite"]),
     "scale-negative": (["--scale", "-1"], ["--scale", "got -1", ">= 0"]),
-    "seed-negative": (["--seed", "-1"], ["--seed", "got -1", ">= 0"]),
+    "seed-negative": (["--seed", "-1"], ["--seed", "got -1", "in 0.."]),
     "sampler-bogus": (["--sampler", "bogus"], ["--sampler", "'bogus'", "euler_maruyama, "]),
-    "batch-size-0": (["--batch-size", "0"], ["--batch-size", "got 0", ">= 1"]),
+    "batch-size-0": (["--batch-size", "0"], ["--batch-size", "got 0", "in 1.."]),
     "checkpoint-dir-missing": (["--checkpoint-dir", "{missing}"],
                                ["--checkpoint-dir", "does-not-exist", "not found"]),
     "checkpoint-dir-empty": (["--checkpoint-dir", "{empty}"],
@@ -124,7 +124,29 @@ SAMPLE_CASES = {
     "num-processes-0": (["--num-processes", "0"], ["--num-processes", "got 0", ">= 1"]),
     "process-id-out-of-range": (["--num-processes", "2", "--process-id", "2"],
                                 ["--process-id", "got 2", "accepted 0..1"]),
-    "figures-steps-0": (["figures", "--steps", "0"], ["--steps", "got 0", ">= 1"]),
+    "classes-open-range": (["--classes", "0-"], ["--classes", "'0-'", "accepted"]),
+    "classes-huge-range": (["--classes", "0-100000000"],  # Refused before it is expanded.
+                           ["--classes", "got 100000000", "accepted 0-999"]),
+    "per-class-huge": (["--per-class", "1000000000"],
+                       ["--per-class", "got 1000000000", "accepted an integer in 1..100000"]),
+    "too-many-images": (["--per-class", "20000", "--classes", "0-9"],
+                        ["--per-class", "200000 images", "at most 100000"]),
+    "steps-huge": (["--steps", "3000000000"], ["--steps", "got 3000000000", "in 1..100000"]),
+    "batch-size-huge": (["--batch-size", "100000"], ["--batch-size", "got 100000", "1..8192"]),
+    "scale-overflows-float32": (["--scale", "1e39"], ["--scale", "got 1e+39", "at most"]),
+    "seed-beyond-32-bits": (["--seed", "4294967296"],
+                            ["--seed", "got 4294967296", "accepted an integer in 0..4294967295"]),
+    "evaluate-one-per-class": (["--evaluate", "--per-class", "1"],
+                               ["--per-class", "got 1", "--evaluate needs >= 2"]),
+    "data-dir-without-figures": (["--data-dir", "{missing}"], ["--data-dir", "figures"]),
+    "out-empty": (["--out", ""], ["--out", "got ''", "accepted a folder path"]),
+    "checkpoint-dir-empty-string": (["--checkpoint-dir", " "],
+                                    ["--checkpoint-dir", "got ' '", "folder path"]),
+    "checkpoint-dir-a-file": (["--checkpoint-dir", "{file}"],
+                              ["--checkpoint-dir", "a-file", "is a file"]),
+    "coordinator-address-bad": (["--coordinator-address", "not an address"],
+                                ["--coordinator-address", "'not an address'", "host:port"]),
+    "figures-steps-0": (["figures", "--steps", "0"], ["--steps", "got 0", "in 1.."]),
     "figures-checkpoint-dir-empty": (["figures", "--checkpoint-dir", "{empty}"],
                                      ["--checkpoint-dir", "no denoiser/"]),
 }
@@ -140,6 +162,51 @@ def test_sample_bad_input(case, bad, capsys):
     if case != "out-under-a-file":
         # Arguments are validated before anything is written (checkpoint errors aside).
         assert not (bad["out"] / "sample" / "grid.png").exists()
+
+
+def test_sample_refuses_to_write_non_finite_images(bad, capsys, monkeypatch):
+    def nan_images(key, pipe, labels, scale, **kwargs):
+        return jnp.full((len(labels), 28, 28, 1), jnp.nan)
+
+    monkeypatch.setattr(pipeline, "generate", nan_images)
+    argv = fill(SAMPLE_BASE + ["--no-gif", "--out", "{out}/nan"], bad)
+    rc = cli.run(load_script("sample.py").main, argv)
+    err = capsys.readouterr().err.splitlines()[-1]  # After the progress bar.
+    assert_one_line_error(rc, err, ["non-finite values in 2 of 2 images", "nothing written"])
+    assert not list((bad["out"] / "nan").glob("*"))
+
+
+def test_sample_reads_evaluator_statistics_before_sampling(bad, capsys, monkeypatch, tmp_path):
+    from jaxguide import training
+
+    ck = tmp_path / "ck"
+    shutil.copytree(bad["ck"], ck)
+    cfg = get_config("evaluator", preset="tiny")
+    variables = make_model(cfg.model, cfg.kwargs).init(KEY, jnp.zeros((1, 28, 28, 1)))
+    checkpoint.save_model(ck / "evaluator", variables,
+                          {**training.model_metadata(cfg, (28, 28, 1)), "step": 0})
+    (ck / "evaluator" / metrics.REFERENCE_FILE).write_bytes(b"not an npz file")
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before reading the evaluator's statistics")
+
+    monkeypatch.setattr(pipeline, "generate", no_sampling)
+    argv = fill(SAMPLE_BASE + ["--evaluate", "--per-class", "2", "--out", "{out}/ev"], bad)
+    rc = cli.run(load_script("sample.py").main, argv + ["--checkpoint-dir", str(ck)])
+    assert_one_line_error(rc, capsys.readouterr().err, [metrics.REFERENCE_FILE, "unreadable"])
+
+
+def test_sample_batch_never_exceeds_the_images_asked_for(bad, capsys, monkeypatch):
+    batches = []
+
+    def record(key, pipe, labels, scale, **kwargs):
+        batches.append(len(labels))
+        return jnp.zeros((len(labels), 28, 28, 1))
+
+    monkeypatch.setattr(pipeline, "generate", record)
+    argv = fill(SAMPLE_BASE + ["--batch-size", "4096", "--no-gif", "--out", "{out}/bs"], bad)
+    assert cli.run(load_script("sample.py").main, argv) == 0, capsys.readouterr().err
+    assert batches == [2]
 
 
 # ------------------------------------------------------------------------ train.py
@@ -173,6 +240,8 @@ TRAIN_CASES = {
                                 ["--process-id", "got 2", "accepted 0..1"]),
     "workdir-under-a-file": (["--workdir", "{file}/run"], ["--workdir", "a-file/run",
                                                            "not writable"]),
+    "workdir-empty": (["--workdir", ""], ["--workdir", "got ''", "accepted a folder path"]),
+    "data-dir-empty": (["--data-dir", ""], ["--data-dir", "got ''", "accepted a folder path"]),
 }
 
 
@@ -242,7 +311,7 @@ def test_debug_shows_the_traceback(bad):
                    timeout=240)
     assert proc.returncode != 0
     assert "Traceback (most recent call last)" in proc.stderr
-    assert "ValueError: --steps: got 0, accepted an integer >= 1" in proc.stderr
+    assert "ValueError: --steps: got 0, accepted an integer in 1..100000" in proc.stderr
 
 
 # ------------------------------------------------------------------------ Python API
