@@ -10,20 +10,29 @@ Two kinds, both plain directories of arrays (no pickle: restoring never runs cod
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+import reprlib
 import shutil
+import sys
 import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from jaxguide.configs import TASKS
+from jaxguide.sde import VPSDE
+
 FORMAT = "jaxguide.checkpoint"
 FORMAT_VERSION = 1
+_ORBAX_DIR = os.path.dirname(ocp.__file__)
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "jaxguide")
 
 
@@ -57,6 +66,48 @@ def check_format(metadata: Any, where: str) -> dict[str, Any]:
             f"{where}: format version {version!r} is newer than this jaxguide reads "
             f"({FORMAT_VERSION}); upgrade jaxguide")
     return metadata
+
+
+def _reason(e: BaseException, limit: int = 200) -> str:
+    """The root cause of `e` in one short line (TensorStore appends its whole spec to it)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    line = (str(e).splitlines() or [type(e).__name__])[0].split(" [tensorstore_spec")[0]
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _reading(what: str):
+    """Turns a failure of the Orbax reads inside into one CheckpointError: `what (reason)`."""
+    _drop_abandoned_read_reports()  # Before: they may report before the error reaches here.
+    try:
+        yield
+    except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
+        raise CheckpointError(f"{what} ({_reason(e)})") from e
+
+
+def _drop_abandoned_read_reports() -> None:
+    """Keeps stderr to the one error message when an Orbax read fails.
+
+    Orbax then closes its event loop with its other reads still in flight. As each one ends
+    it reports to `sys.unraisablehook` (printed as a traceback, after the error): its
+    TensorStore callback finds the event loop closed, or its coroutine raises as it is
+    collected. Wraps the installed hook (once) so that such reports are dropped; all others
+    still reach it.
+    """
+    hook = sys.unraisablehook
+    if getattr(hook, "drops_abandoned_reads", False):
+        return
+
+    def filtered(report):
+        code = getattr(report.object, "cr_code", None)
+        abandoned = (str(report.exc_value) == "Event loop is closed"
+                     or (code is not None and code.co_filename.startswith(_ORBAX_DIR)))
+        if not abandoned:
+            hook(report)
+
+    filtered.drops_abandoned_reads = True
+    sys.unraisablehook = filtered
 
 
 # Training checkpoints ---------------------------------------------------------------------
@@ -95,58 +146,107 @@ def save_train(mgr: ocp.CheckpointManager, step: int, state, metadata: dict[str,
 def read_train_metadata(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     """The metadata of training checkpoint `step`, validated, without reading arrays."""
     where = f"{mgr.directory}/{step}"
-    try:
+    with _reading(f"{where}: unreadable checkpoint metadata"):
         restored = mgr.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-    except Exception as e:  # Orbax raises several types for unreadable directories.
-        raise CheckpointError(f"{where}: unreadable checkpoint metadata ({e})") from e
     return check_format(restored.metadata, where)
 
 
 def restore_train(mgr: ocp.CheckpointManager, step: int, abstract_state):
     """Restores training checkpoint `step` into the structure of `abstract_state`."""
-    try:
+    with _reading(f"{mgr.directory}/{step}: arrays do not match the configured model"):
         restored = mgr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
-    except Exception as e:
-        raise CheckpointError(
-            f"{mgr.directory}/{step}: arrays do not match the configured model ({e})") from e
     return restored.state
 
 
 # Model checkpoints -------------------------------------------------------------------------
 
+def _as_path(path) -> Path:
+    """`path` as a Path; a TypeError names the argument unless it is a str or os.PathLike."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: got {reprlib.repr(path)}; accepted a str or os.PathLike folder")
+    return Path(path)
+
+
+def _is_model_checkpoint(path: Path) -> bool:
+    """Whether `path` is a folder (not a link) whose metadata.json has the jaxguide format."""
+    try:
+        _read_metadata_file(path)
+    except CheckpointError:
+        return False
+    return not path.is_symlink()
+
+
+def check_replaceable(path: str | Path) -> Path:
+    """Raises unless `path` is free or holds a jaxguide model checkpoint (which `save_model`
+    replaces): a user's own file or folder there is never deleted."""
+    path = _as_path(path)
+    if os.path.lexists(path) and not _is_model_checkpoint(path):
+        raise CheckpointError(
+            f"{path}: exists and is not a jaxguide model checkpoint, so it is not replaced; "
+            "accepted a new path or a model checkpoint to overwrite")
+    return path
+
+
 def save_model(path: str | Path, variables, metadata: dict[str, Any]) -> Path:
-    """Writes eval-mode `variables` and metadata to `path` (replaced atomically).
+    """Writes eval-mode `variables` and metadata to `path`, a new path or a model checkpoint
+    (replaced, once the new one is complete); anything else there is refused before writing.
 
     In a multi-process run every process calls it (Orbax writes the arrays collectively);
     process 0 writes the metadata and commits.
     """
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if jax.process_count() == 1:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared.
-    else:  # A name every process agrees on, cleared by process 0 first.
-        tmp = path.parent / f".{path.name}.tmp"
-        if jax.process_index() == 0 and tmp.exists():
-            shutil.rmtree(tmp)
-        multihost_utils.sync_global_devices(f"save_model {path}: start")
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp / "state", variables)
-        ckptr.wait_until_finished()
-    if jax.process_index() == 0:
-        (tmp / "metadata.json").write_text(json.dumps(stamp(metadata), indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+    path = check_replaceable(path).absolute()
+    tmp = _staging_dir(path)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "state", variables)
+            ckptr.wait_until_finished()
+        if jax.process_index() == 0:
+            (tmp / "metadata.json").write_text(json.dumps(stamp(metadata), indent=2))
+            _move_into_place(tmp, path)
+    finally:
+        if jax.process_index() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # Gone already after a commit.
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"save_model {path}: done")
     return path
 
 
-def read_model_metadata(path: str | Path) -> dict[str, Any]:
-    """The validated metadata of the model checkpoint at `path`; reads no arrays."""
-    path = Path(path)
+def _staging_dir(path: Path) -> Path:
+    """A new hidden folder beside `path`, written by `save_model` and then renamed to `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if jax.process_count() == 1:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared.
+        else:  # A name every process agrees on, cleared by process 0 first.
+            tmp = path.parent / f".{path.name}.tmp"
+            if jax.process_index() == 0 and tmp.exists():
+                shutil.rmtree(tmp)
+            multihost_utils.sync_global_devices(f"save_model {path}: start")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write in {path.parent} ({e.strerror or e}); "
+                              "accepted a path in a writable folder") from e
+    return tmp
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """Renames `tmp` to `path`. A model checkpoint at `path` is first moved aside, then
+    deleted once `tmp` has taken its place (or put back if that fails)."""
+    old = tmp.with_name(tmp.name + ".replaced")
+    if path.exists():
+        path.rename(old)
+    try:
+        tmp.rename(path)
+    except OSError:
+        if old.exists():
+            old.rename(path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_metadata_file(path: Path) -> dict[str, Any]:
+    """The format-checked `<path>/metadata.json` of a model checkpoint."""
     if not path.is_dir():
         raise CheckpointError(f"checkpoint dir {path}: not found")
     meta_file = path / "metadata.json"
@@ -160,16 +260,79 @@ def read_model_metadata(path: str | Path) -> dict[str, Any]:
     return check_format(meta, str(path))
 
 
+def _positive_ints(value, n: int) -> bool:
+    """Whether `value` is a list of `n` integers > 0 (bools excluded)."""
+    return (isinstance(value, list) and len(value) == n
+            and all(type(v) is int and v > 0 for v in value))
+
+
+_SDE_FIELDS = ("beta_min", "beta_max", "T")
+# The fields `load_model` needs: field -> (is the value valid, what is accepted).
+_MODEL_FIELDS = {
+    "task": (lambda v: v in TASKS, f"one of {', '.join(TASKS)}"),
+    "model": (lambda v: isinstance(v, str), "a model name (a string)"),
+    "model_kwargs": (lambda v: isinstance(v, dict), "an object of the model's arguments"),
+    "sde": (lambda v: isinstance(v, dict) and v.keys() == set(_SDE_FIELDS),
+            f"an object with exactly {', '.join(_SDE_FIELDS)} (numbers > 0)"),
+    "image_shape": (lambda v: _positive_ints(v, 3), "a list of 3 integers > 0 [H, W, C]"),
+}
+
+
+def read_model_metadata(path: str | Path) -> dict[str, Any]:
+    """The validated metadata of the model checkpoint at `path`; reads no arrays."""
+    path = _as_path(path)
+    meta = _read_metadata_file(path)
+    meta_file = path / "metadata.json"
+    for field, (valid, accepted) in _MODEL_FIELDS.items():
+        if field not in meta:
+            raise CheckpointError(f"{meta_file}: no {field!r} field; accepted {accepted}")
+        if not valid(meta[field]):
+            raise CheckpointError(f"{meta_file}: {field}: got {reprlib.repr(meta[field])}; "
+                                  f"accepted {accepted}")
+    try:
+        VPSDE(**meta["sde"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{meta_file}: sde: {e}") from e
+    return meta
+
+
 def load_variables(path: str | Path, abstract_variables):
-    """Restores the arrays of a model checkpoint into the structure of `abstract_variables`."""
-    state_dir = Path(path).absolute() / "state"
+    """Restores the arrays of a model checkpoint into the structure of `abstract_variables`.
+
+    Orbax's metadata of `state/` is compared with the target first: a checkpoint of another
+    model is told apart from a corrupt one, and no array is read unless all fit.
+    """
+    path = _as_path(path)
+    state_dir = path.absolute() / "state"
     if not state_dir.is_dir():
         raise CheckpointError(f"checkpoint dir {path}: no state/ (half-written?)")
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(state_dir, abstract_variables)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint dir {path}: arrays do not match the model ({e})") from e
+    unreadable = f"checkpoint dir {path}: state/ unreadable: corrupt or incomplete"
+    with _reading(unreadable):
+        stored = ocp.StandardCheckpointHandler().metadata(state_dir).tree
+    _check_arrays_match(path, stored, abstract_variables)
+    with _reading(unreadable), ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(state_dir, abstract_variables)
+
+
+def _check_arrays_match(path, stored, expected) -> None:
+    """Raises unless the arrays of `stored` have the names and shapes of `expected`."""
+    have, want = _shapes(stored), _shapes(expected)
+    problems = [f"{k} is missing" for k in want if k not in have]
+    problems += [f"{k} is not in the model" for k in have if k not in want]
+    problems += [f"{k} has shape {have[k]}, the model expects {want[k]}"
+                 for k in want if k in have and have[k] != want[k]]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(
+            f"checkpoint dir {path}: arrays do not match the model: {problems[0]}{more}; "
+            "accepted arrays of the model that metadata.json describes (model_kwargs, "
+            "image_shape)")
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """keystr(path) -> shape of each array (or array metadata) in `tree`."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(k): tuple(x.shape) for k, x in leaves}
 
 
 def abstract(tree):
@@ -194,19 +357,21 @@ def load_model(path: str | Path, task: str | None = None):
     from jaxguide.nets import make_model  # Local: nets are only needed to restore.
 
     meta = read_model_metadata(path)
-    if task is not None and meta.get("task") != task:
-        raise CheckpointError(f"checkpoint dir {path}: holds a {meta.get('task')!r} model, "
+    if task is not None and meta["task"] != task:
+        raise CheckpointError(f"checkpoint dir {path}: holds a {meta['task']!r} model, "
                               f"expected a {task!r} model")
     try:
-        model = make_model(meta["model"], meta.get("model_kwargs", {}))
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint dir {path}: unknown model in metadata ({e})") from e
-    shapes = jax.eval_shape(model.init, jax.random.key(0), *_example_inputs(meta))
-    variables = load_variables(path, abstract(shapes))
-    return model, variables, meta
-
-
-def _example_inputs(meta):
-    import jax.numpy as jnp
-    shape = tuple(meta.get("image_shape", (28, 28, 1)))
-    return jnp.zeros((1,) + shape), jnp.zeros((1,))
+        model = make_model(meta["model"], meta["model_kwargs"])
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint dir {path}: unknown model or model_kwargs in "
+                              f"metadata.json ({e})") from e
+    x = jax.ShapeDtypeStruct((1, *meta["image_shape"]), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)
+    try:  # Traces the model without computing anything.
+        shapes = jax.eval_shape(model.init, jax.random.key(0), x, t)
+    except Exception as e:  # Flax, JAX and the model's own code: all say the same here.
+        raise CheckpointError(
+            f"{Path(path) / 'metadata.json'}: model {meta['model']!r} does not run with "
+            f"model_kwargs {reprlib.repr(meta['model_kwargs'])} on image_shape "
+            f"{meta['image_shape']} ({_reason(e)}); accepted values the model runs with") from e
+    return model, load_variables(path, abstract(shapes)), meta

@@ -221,6 +221,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     mesh = parallel.make_mesh(devices)
     parallel.check_divisible("batch_size", cfg.batch_size, mesh)
     checkpoint.ensure_writable_dir(workdir, "workdir")
+    checkpoint.check_replaceable(workdir / "model")  # Fails now, not after the training.
     (x_train, y_train), (x_test, y_test) = dataset or (
         data.load_mnist("train", data_dir), data.load_mnist("test", data_dir))
     data.steps_per_epoch(len(x_train), cfg.batch_size)  # Validates batch_size against n.
@@ -282,19 +283,25 @@ def export(workdir: str | Path, step: int | None = None, out: str | Path | None 
     """Exports training checkpoint `step` (default: the latest) of `workdir` as a model
     checkpoint (EMA variables + metadata) in `out` (default `<workdir>/model`)."""
     workdir = Path(workdir)
-    mgr = checkpoint.manager(workdir)
-    step = mgr.latest_step() if step is None else step
-    if step is None or step not in mgr.all_steps():
-        raise TrainingError(f"workdir {workdir}: no training checkpoint {'' if step is None else step}"
-                            f" (have {list(mgr.all_steps())})")
-    meta = checkpoint.read_train_metadata(mgr, step)
-    cfg = TrainConfig.from_dict(meta["config"])
-    model = make_model(cfg.model, cfg.kwargs)
-    tx = make_optimizer(cfg)
-    abstract = jax.eval_shape(lambda: create_state(cfg, model, tx, tuple(meta["image_shape"])))
-    state = checkpoint.restore_train(mgr, step, checkpoint.abstract(abstract))
+    out = checkpoint.check_replaceable(out or workdir / "model")
+    if not (workdir / "checkpoints").is_dir():
+        raise TrainingError(f"workdir {workdir}: no checkpoints/ folder; accepted a work dir "
+                            "that train.py wrote")
+    with checkpoint.manager(workdir) as mgr:
+        steps = list(mgr.all_steps())
+        step = mgr.latest_step() if step is None else step
+        if step not in steps:
+            which = "" if step is None else f" {step}"
+            raise TrainingError(f"workdir {workdir}: no training checkpoint{which}; accepted "
+                                f"a step in {steps}")
+        meta = checkpoint.read_train_metadata(mgr, step)
+        cfg = TrainConfig.from_dict(meta["config"])
+        model = make_model(cfg.model, cfg.kwargs)
+        tx = make_optimizer(cfg)
+        abstract = jax.eval_shape(lambda: create_state(cfg, model, tx, tuple(meta["image_shape"])))
+        state = checkpoint.restore_train(mgr, step, checkpoint.abstract(abstract))
     keep = ("task", "model", "model_kwargs", "config", "image_shape", "sde", "step", "metrics")
-    return checkpoint.save_model(out or workdir / "model", eval_variables(state),
+    return checkpoint.save_model(out, eval_variables(state),
                                  {k: meta[k] for k in keep if k in meta})
 
 
