@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+from collections.abc import Callable, Sequence
 from typing import Any
 
 TASKS = ("denoiser", "classifier", "evaluator")
@@ -13,10 +16,51 @@ PRESETS = ("default", "tiny")
 # Fields that change how a run is watched, not what it computes: they may differ on resume.
 OPERATIONAL_FIELDS = ("log_every", "eval_every", "ckpt_every", "keep")
 
+INT32_MAX = 2**31 - 1   # Step counters and batch sizes are int32 under jit.
+SEED_MAX = 2**32 - 1    # jax.random.key keeps 32 bits of a seed.
+
+
+def check_number(name: str, value, accepted: str, ok: Callable[[Any], bool], *,
+                 integer: bool = False) -> int | float:
+    """`value` as a Python int (`integer`) or float, if it is such a number for which `ok` holds.
+
+    Python and numpy numbers are accepted alike; bools are not numbers here. Raises
+    TypeError (not a number) or ValueError (another number, NaN included), both saying
+    `name: got <value>, accepted <accepted>`.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: got {value!r}, accepted {accepted}")
+    if (integer and not isinstance(value, numbers.Integral)) or value != value or not ok(value):
+        raise ValueError(f"{name}: got {value!r}, accepted {accepted}")
+    return int(value) if integer else float(value)
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """`value` as a Python int, if it is an integer in [lo, hi] (hi None: no upper bound)."""
+    accepted = f"an integer >= {lo}" + ("" if hi is None else f" and <= {hi}")
+    return check_number(name, value, accepted, lambda v: lo <= v and (hi is None or v <= hi),
+                        integer=True)
+
+
+def check_ints(name: str, values, lo: int) -> tuple[int, ...]:
+    """`values` as a tuple of Python ints, if it is a non-empty sequence of integers >= lo."""
+    accepted = f"a non-empty sequence of integers >= {lo}"
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name}: got {values!r}, accepted {accepted}")
+    if not values or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                             and v >= lo for v in values):
+        raise ValueError(f"{name}: got {values!r}, accepted {accepted}")
+    return tuple(int(v) for v in values)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run (and its resumption)."""
+    """Everything that determines a training run (and its resumption).
+
+    Every field is checked on construction (`replace` and `from_dict` included). Numbers
+    may be Python or numpy scalars and are stored as Python ints and floats; model_kwargs
+    may be a dict and is stored as sorted (name, value) pairs, lists as tuples.
+    """
 
     task: str = "denoiser"
     model: str = "unet"
@@ -44,20 +88,33 @@ class TrainConfig:
         if self.model not in MODELS[self.task]:
             raise ValueError(f"model: got {self.model!r} for task {self.task!r}, "
                              f"accepted {', '.join(MODELS[self.task])}")
-        for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every", "keep"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: got {value!r}, accepted an integer >= 1")
-        if not (isinstance(self.seed, int) and self.seed >= 0):
-            raise ValueError(f"seed: got {self.seed!r}, accepted an integer >= 0")
-        if not (0 < self.lr < 1):
-            raise ValueError(f"lr: got {self.lr!r}, accepted a number in (0, 1)")
-        if not (0 <= self.warmup_frac < 1):
-            raise ValueError(f"warmup_frac: got {self.warmup_frac!r}, accepted [0, 1)")
-        if self.ema_decay is not None and not (0 < self.ema_decay < 1):
-            raise ValueError(f"ema_decay: got {self.ema_decay!r}, accepted (0, 1) or None")
-        if not (0 <= self.t_min < self.T):
-            raise ValueError(f"t_min: got {self.t_min!r}, accepted [0, T={self.T})")
+        self._set("model_kwargs", _frozen_kwargs(self.model, self.model_kwargs))
+        for name, lo, hi in (("steps", 1, INT32_MAX), ("batch_size", 1, INT32_MAX),
+                             ("seed", 0, SEED_MAX), ("log_every", 1, None),
+                             ("eval_every", 1, None), ("ckpt_every", 1, None), ("keep", 1, None)):
+            self._set(name, check_int(name, getattr(self, name), lo, hi))
+        finite = math.isfinite
+        self._check_real("lr", "a number in (0, 1)", lambda v: 0 < v < 1)
+        self._check_real("weight_decay", "a finite number >= 0", lambda v: finite(v) and v >= 0)
+        self._check_real("warmup_frac", "a number in [0, 1)", lambda v: 0 <= v < 1)
+        self._check_real("grad_clip", "a finite number > 0, or None (no clipping)",
+                         lambda v: finite(v) and v > 0, optional=True)
+        self._check_real("ema_decay", "a number in (0, 1), or None (no EMA)",
+                         lambda v: 0 < v < 1, optional=True)
+        self._check_real("beta_min", "a finite number > 0", lambda v: finite(v) and v > 0)
+        self._check_real("beta_max", f"a finite number >= beta_min={self.beta_min}",
+                         lambda v: finite(v) and v >= self.beta_min)
+        self._check_real("T", "a finite number > 0", lambda v: finite(v) and v > 0)
+        self._check_real("t_min", f"a number in [0, T={self.T})", lambda v: 0 <= v < self.T)
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)  # The dataclass is frozen.
+
+    def _check_real(self, name: str, accepted: str, ok: Callable[[float], bool],
+                    optional: bool = False) -> None:
+        value = getattr(self, name)
+        if not (optional and value is None):
+            self._set(name, check_number(name, value, accepted, ok))
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -70,9 +127,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        d["model_kwargs"] = tuple(
-            (k, tuple(v) if isinstance(v, list) else v) for k, v in d.get("model_kwargs", {}).items())
+        """The inverse of `to_dict`."""
         return cls(**d)
 
     def replace(self, **changes) -> "TrainConfig":
@@ -83,6 +138,22 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {json.dumps(a[k])} vs {json.dumps(b[k])}" for k in a
                 if k not in OPERATIONAL_FIELDS and a[k] != b[k]]
+
+
+def _frozen_kwargs(model: str, kwargs) -> tuple[tuple[str, Any], ...]:
+    """model_kwargs (a dict or (name, value) pairs) as sorted pairs, lists as tuples, after
+    checking that `make_model(model, kwargs)` accepts them."""
+    from jaxguide.nets import make_model  # Local: jaxguide.nets imports this module.
+
+    accepted = "a dict of keyword arguments (or (name, value) pairs) for the model"
+    if isinstance(kwargs, (str, bytes)):
+        raise TypeError(f"model_kwargs: got {kwargs!r}, accepted {accepted}")
+    try:
+        pairs = dict(kwargs)
+    except (TypeError, ValueError):
+        raise TypeError(f"model_kwargs: got {kwargs!r}, accepted {accepted}") from None
+    make_model(model, pairs)
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in pairs.items()))
 
 
 def get_config(task: str, model: str | None = None, preset: str = "default") -> TrainConfig:

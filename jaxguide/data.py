@@ -288,13 +288,16 @@ def load_mnist(
       (``x / 127.5 - 1`` of the uint8 pixels), labels ``int32 (N,)`` in ``0..9``.
 
     Raises:
-      ValueError: ``split`` is not ``"train"`` or ``"test"``.
+      ValueError: ``split`` is not ``"train"`` or ``"test"``, or a directory is ``""``.
+      TypeError: ``data_dir`` or ``tfds_data_dir`` is neither a path nor None.
       DataError: a file is missing or malformed, the counts disagree, or the
         tensorflow-datasets source is unavailable (one-line message saying
         what to do).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS!r}, got {split!r}")
+    _check_dir("data_dir", data_dir)
+    _check_dir("tfds_data_dir", tfds_data_dir)
     if data_dir is None:
         env = os.environ.get(ENV_DATA_DIR, "")
         data_dir = env or None
@@ -303,6 +306,14 @@ def load_mnist(
     else:
         images, labels = _load_tfds_split(split, tfds_data_dir)
     return _to_model_arrays(images, labels)
+
+
+def _check_dir(name: str, value) -> None:
+    """Checks that `value` is None or a non-empty path (str or os.PathLike)."""
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name}: got {value!r}, accepted a path (str or os.PathLike) or None")
+    if value is not None and not os.fspath(value):
+        raise ValueError(f"{name}: got {value!r}, accepted a non-empty path or None")
 
 
 def _to_model_arrays(

@@ -1,6 +1,8 @@
 """Flax Linen networks, used through pure `model.apply(variables, x, t)`."""
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 from jax.tree_util import Partial
@@ -28,13 +30,29 @@ def apply_fn(model: nn.Module, variables) -> Partial:
 MODELS = {"unet": UNet, "seed": SeedUNet, "classifier": NoisyClassifier, "evaluator": Evaluator}
 
 
-def make_model(name: str, kwargs: dict | None = None) -> nn.Module:
-    """The network called `name` ("unet", "seed", "classifier", "evaluator") with `kwargs`."""
+def make_model(name: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """The network called `name` ("unet", "seed", "classifier", "evaluator") with `kwargs`.
+
+    Raises ValueError for an unknown name, and for unknown or invalid kwargs (the message
+    starts "model_kwargs for '<name>': ...", then names the argument); TypeError for a name
+    or kwargs of the wrong type.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"model: got {name!r}, accepted a name: {', '.join(MODELS)}")
     if name not in MODELS:
         raise ValueError(f"model: got {name!r}, accepted {', '.join(MODELS)}")
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"model_kwargs: got {kwargs!r}, accepted a dict of keyword arguments")
+    module = MODELS[name]
+    fields = [f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name")]
+    unknown = [k for k in kwargs if k not in fields]
+    if unknown:
+        raise ValueError(f"model_kwargs for {name!r}: got unknown {', '.join(map(repr, unknown))}, "
+                         f"accepted {', '.join(fields)}")
     try:
-        return MODELS[name](**(kwargs or {}))
-    except TypeError as e:
+        return module(**kwargs)
+    except (TypeError, ValueError) as e:
         raise ValueError(f"model_kwargs for {name!r}: {e}") from e
 
 

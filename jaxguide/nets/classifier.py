@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from jaxguide.configs import check_int, check_number
 from jaxguide.nets.conv import Conv
-from jaxguide.nets.unet import fourier_features
+from jaxguide.nets.unet import check_images, check_times, fitted_channels, fourier_features
+
+IMAGE_SIZE = (28, 28)  # The flattened features (and so the parameters) fix the image size.
+TIME_EMBEDDINGS = ("add", "fourier")
+
+
+def check_head(num_classes, dropout) -> None:
+    """Checks a classifier's class count (>= 2) and dropout rate ([0, 1))."""
+    check_int("num_classes", num_classes, 2)
+    check_number("dropout", dropout, "a number in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -40,8 +49,18 @@ class NoisyClassifier(nn.Module):
     width: int = 1
     dropout: float = 0.5
 
+    def __post_init__(self):
+        check_head(self.num_classes, self.dropout)
+        if self.time_embed not in TIME_EMBEDDINGS:
+            raise ValueError(f"time_embed: got {self.time_embed!r}, "
+                             f"accepted {', '.join(TIME_EMBEDDINGS)}")
+        check_int("width", self.width, 1)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x, t, train: bool = False):
+        t = check_times(t, check_images(x, channels=fitted_channels(self, "Conv_0"),
+                                        size=IMAGE_SIZE))
         c1, c2, hidden = 10 * self.width, 20 * self.width, 50 * self.width
         h = Conv(c1, (5, 5), padding="VALID")(x)
         h = nn.relu(max_pool_2x2(h))
@@ -50,12 +69,9 @@ class NoisyClassifier(nn.Module):
         h = nn.relu(max_pool_2x2(h))
         h = h.reshape(h.shape[0], -1)
         if self.time_embed == "add":
-            h = nn.relu(h + jnp.reshape(t, (-1, 1)))
-        elif self.time_embed == "fourier":
-            emb = nn.Dense(h.shape[-1])(fourier_features(jnp.broadcast_to(t, h.shape[:1]), 64))
-            h = nn.relu(h + emb)
+            h = nn.relu(h + t[:, None])
         else:
-            raise ValueError(f"time_embed: got {self.time_embed!r}, accepted 'add' or 'fourier'")
+            h = nn.relu(h + nn.Dense(h.shape[-1])(fourier_features(t, 64)))
         h = nn.relu(nn.Dense(hidden)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         return jax.nn.log_softmax(nn.Dense(self.num_classes)(h))
@@ -72,6 +88,10 @@ class Evaluator(nn.Module):
     num_classes: int = 10
     dropout: float = 0.3
 
+    def __post_init__(self):
+        check_head(self.num_classes, self.dropout)
+        super().__post_init__()
+
     def setup(self):
         self.conv1 = Conv(32, (3, 3))
         self.conv2 = Conv(64, (3, 3))
@@ -80,6 +100,7 @@ class Evaluator(nn.Module):
         self.drop = nn.Dropout(self.dropout)
 
     def features(self, x, train: bool = False):
+        check_images(x, channels=fitted_channels(self, "conv1"), size=IMAGE_SIZE)
         h = max_pool_2x2(nn.relu(self.conv1(x)))
         h = max_pool_2x2(nn.relu(self.conv2(h)))
         h = self.drop(h.reshape(h.shape[0], -1), deterministic=not train)

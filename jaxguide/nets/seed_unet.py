@@ -9,6 +9,7 @@ the tutorial's weights one to one.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping
 
@@ -18,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxguide.configs import check_int, check_ints, check_number
 from jaxguide.nets.conv import Conv
+from jaxguide.nets.unet import check_images, check_times
 
 
 def _batch_norm(name: str, train: bool) -> nn.BatchNorm:
@@ -175,9 +178,10 @@ class DecoderBlock(nn.Module):
 class SeedUNet(nn.Module):
     """The tutorial's noise-prediction UNet (248k parameters with the defaults).
 
-    x (B, 28, 28, in_channels) float32, t (B,) or scalar in [0, 1]
-    -> eps_hat (B, 28, 28, out_channels). BatchNorm uses its running statistics unless
-    train=True, in which case apply with mutable=["batch_stats"].
+    x (B, H, W, in_channels) float32 with H and W multiples of 2^len(dim_mults) (4 with the
+    defaults), t (B,) or scalar in [0, 1] -> eps_hat (B, H, W, out_channels). BatchNorm
+    uses its running statistics unless train=True, in which case apply with
+    mutable=["batch_stats"].
     """
 
     base_dim: int = 28
@@ -188,12 +192,23 @@ class SeedUNet(nn.Module):
     dim_mults: tuple[int, ...] = (2, 4)
     temp: float = 100.0
 
+    def __post_init__(self):
+        for name in ("in_channels", "out_channels", "time_embedding_dim", "timesteps"):
+            check_int(name, getattr(self, name), 1)
+        check_number("base_dim", self.base_dim, "an even integer >= 4",
+                     lambda v: v >= 4 and v % 2 == 0, integer=True)
+        object.__setattr__(self, "dim_mults", check_ints("dim_mults", self.dim_mults, 1))
+        if any(self.base_dim * m % 4 for m in self.dim_mults):
+            raise ValueError(f"dim_mults: got {self.dim_mults} for base_dim={self.base_dim}, "
+                             "accepted multipliers m with base_dim * m a multiple of 4 "
+                             "(the shuffle units halve even channel counts)")
+        check_number("temp", self.temp, "a finite number > 0", lambda v: 0 < v < math.inf)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
-        if x.shape[-1] != self.in_channels:
-            raise ValueError(f"SeedUNet: expected {self.in_channels} input channels (NHWC), "
-                             f"got x of shape {x.shape}")
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
+        batch = check_images(x, channels=self.in_channels, multiple=2 ** len(self.dim_mults))
+        t = check_times(t, batch)
         centers = (jnp.arange(self.timesteps, dtype=jnp.float32) + 0.5) / self.timesteps
         weights = nn.softmax(-self.temp * jnp.abs(t[:, None] - centers), axis=-1)
         t_emb = nn.Dense(self.time_embedding_dim, name="time_embedding")(weights)

@@ -4,17 +4,64 @@ The image is folded 2×2 into channels (space-to-depth: 28×28×1 → 14×14×4)
 runs at 14×14 or 7×7: no convolution at full resolution, plain 3×3 convs (fast in XLA on
 CPU, unlike depthwise ones), GroupNorm (no batch statistics), and a Fourier time embedding
 that shifts every residual block. It predicts the noise ε.
+
+The input checks every network runs when traced (`check_images`, `check_times`) live here.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxguide.configs import check_int, check_ints
 from jaxguide.nets.conv import Conv
+
+
+def check_images(x, *, channels: int | None, multiple: int = 1,
+                 size: tuple[int, int] | None = None) -> int:
+    """Checks a network's input images when traced; returns the batch size B.
+
+    x: a floating (B, H, W, C) array of images scaled to [-1, 1], with C = `channels` (None:
+    any), H and W positive multiples of `multiple` or, given `size`, (H, W) = size.
+    """
+    accepted = f"(B, {'H, W' if size is None else '%d, %d' % size}, {channels or 'C'})"
+    if multiple > 1:
+        accepted += f" with H and W positive multiples of {multiple}"
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(f"x: got a {type(x).__name__}, accepted an array of shape {accepted}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"x: got dtype {x.dtype}, accepted a floating array scaled to [-1, 1]")
+    shape = tuple(x.shape)
+    if (len(shape) != 4 or shape[3] != (channels or shape[3])
+            or shape[1:3] != (size or shape[1:3])
+            or any(d < multiple or d % multiple for d in shape[1:3])):
+        raise ValueError(f"x: got shape {shape}, accepted {accepted}")
+    return shape[0]
+
+
+def check_times(t, batch: int) -> jax.Array:
+    """Checks a network's times t, a number or a real () or (batch,) array, when traced;
+    returns them as float32 (batch,)."""
+    dtype = getattr(t, "dtype", None)
+    if isinstance(t, bool) or not (isinstance(t, numbers.Real) or dtype is not None and (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))):
+        raise TypeError(f"t: got {t!r}, accepted a number or a real array of shape () or "
+                        f"({batch},)")
+    if jnp.shape(t) not in ((), (batch,)):
+        raise ValueError(f"t: got shape {jnp.shape(t)} for a batch of {batch} images, "
+                         f"accepted () or ({batch},)")
+    return jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
+
+
+def fitted_channels(module: nn.Module, conv: str, fold: int = 1) -> int | None:
+    """The image channels fixed by the parameters of `module`'s first convolution `conv`
+    (which sees `fold` channels per image channel), or None while initializing."""
+    kernel = module.variables.get("params", {}).get(conv, {}).get("kernel")
+    return None if kernel is None else kernel.shape[-2] // fold
 
 
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:
@@ -69,13 +116,16 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """Noise predictor ε̂(x, t): x (B, 28, 28, C), t (B,) → (B, 28, 28, C).
+    """Noise predictor ε̂(x, t): x (B, H, W, C), t (B,) or scalar → (B, H, W, C).
+
+    H and W are multiples of patch · 2^(len(channels) - 1) (4 with the defaults).
 
     Attributes:
       channels: width at each resolution, starting at (H/patch, W/patch).
       blocks: residual blocks per resolution on the way down (one more on the way up).
       emb_dim: width of the time embedding.
       patch: space-to-depth factor.
+      groups: GroupNorm groups; divides every width in `channels`.
     """
 
     channels: tuple[int, ...] = (64, 128)
@@ -84,9 +134,23 @@ class UNet(nn.Module):
     patch: int = 2
     groups: int = 8
 
+    def __post_init__(self):
+        object.__setattr__(self, "channels", check_ints("channels", self.channels, 1))
+        check_int("blocks", self.blocks, 0)
+        check_int("emb_dim", self.emb_dim, 2)
+        check_int("patch", self.patch, 1)
+        check_int("groups", self.groups, 1)
+        if any(c % self.groups for c in self.channels):
+            raise ValueError(f"groups: got {self.groups!r}, accepted a divisor of every width "
+                             f"in channels={self.channels}")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x, t, train: bool = False):
         del train  # No dropout or batch statistics.
+        batch = check_images(x, channels=fitted_channels(self, "Conv_0", self.patch**2),
+                             multiple=self.patch * 2 ** (len(self.channels) - 1))
+        t = check_times(t, batch)
         out_channels = x.shape[-1]
         emb = TimeEmbedding(self.emb_dim)(t)
         h = Conv(self.channels[0], (3, 3))(space_to_depth(x, self.patch))
