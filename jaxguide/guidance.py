@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxguide.sde import _expand
+from jaxguide.sde import _check_batch, _check_positive_int, _expand, _is_concrete
 
 
 def _sum_of(fns, x, t):
@@ -33,26 +33,35 @@ def add_scores(*score_fns) -> Partial:
     """Returns the score function x, t ↦ Σᵢ score_fnᵢ(x, t)."""
     if not score_fns:
         raise ValueError("add_scores: needs at least one score function")
-    return Partial(_sum_of, tuple(_as_partial(f) for f in score_fns))
-
-
-def _check_batch(name, value, x):
-    """A per-example value must be () or (B,) for x (B, ...): checked when traced."""
-    if jnp.ndim(value) > 1 or (jnp.ndim(value) == 1 and jnp.shape(value)[0] != x.shape[0]):
-        raise ValueError(f"{name}: got shape {jnp.shape(value)} for a batch of {x.shape[0]} "
-                         f"images, accepted () or ({x.shape[0]},)")
+    fns = tuple(_as_partial(f, f"score_fns[{i}]") for i, f in enumerate(score_fns))
+    return Partial(_sum_of, fns)
 
 
 def _label_log_prob(log_prob_fn, labels, x, t):
     _check_batch("labels", labels, x)
     log_probs = log_prob_fn(x, t)
+    if jnp.ndim(log_probs) != 2 or jnp.shape(log_probs)[0] != x.shape[0] or not log_probs.shape[1]:
+        raise ValueError(f"log_prob_fn: returned shape {jnp.shape(log_probs)} for x of shape "
+                         f"{x.shape}, accepted ({x.shape[0]}, K) per-class log-probabilities")
+    k = log_probs.shape[1]
     labels = jnp.broadcast_to(labels, log_probs.shape[:1])
-    return jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+    picked = jnp.take_along_axis(log_probs, jnp.clip(labels, 0, k - 1)[:, None], axis=1)[:, 0]
+    # Labels are traced, so a label outside [0, K) cannot raise here (an out-of-range gather
+    # would just drop the gradient, and so the guidance). It makes the value and the gradient
+    # with respect to every pixel of its image NaN instead; other images are unchanged.
+    nan_if_bad = jnp.where((labels >= 0) & (labels < k), 0.0, jnp.nan)
+    return picked + nan_if_bad * jnp.sum(x.reshape(x.shape[0], -1), axis=1)
 
 
-def label_log_prob(log_prob_fn, labels) -> Partial:
-    """The log-density x, t ↦ log q(labels | x, t), shape (B,)."""
-    return Partial(_label_log_prob, _as_partial(log_prob_fn), jnp.asarray(labels, jnp.int32))
+def label_log_prob(log_prob_fn, labels, *, num_classes: int | None = None) -> Partial:
+    """The log-density x, t ↦ log q(labels | x, t), shape (B,).
+
+    Labels are checked against num_classes, or the classes of log_prob_fn's model when it was
+    made by `jaxguide.nets.apply_fn`; a label found out of range only when traced gives NaN.
+    """
+    num_classes = _check_num_classes(num_classes, log_prob_fn)
+    return Partial(_label_log_prob, _as_partial(log_prob_fn, "log_prob_fn"),
+                   _check_labels(labels, num_classes))
 
 
 def _density_grad(log_density_fn, x, t):
@@ -62,12 +71,12 @@ def _density_grad(log_density_fn, x, t):
 
 def density_grad(log_density_fn) -> Partial:
     """x, t ↦ ∇ₓ log_density_fn(x, t), shape (B, ...), via `jax.grad` of the batch sum."""
-    return Partial(_density_grad, _as_partial(log_density_fn))
+    return Partial(_density_grad, _as_partial(log_density_fn, "log_density_fn"))
 
 
-def classifier_grad(log_prob_fn, labels) -> Partial:
-    """x, t ↦ ∇ₓ log q(labels | x, t), shape (B, ...)."""
-    return density_grad(label_log_prob(log_prob_fn, labels))
+def classifier_grad(log_prob_fn, labels, *, num_classes: int | None = None) -> Partial:
+    """x, t ↦ ∇ₓ log q(labels | x, t), shape (B, ...); labels as in `label_log_prob`."""
+    return density_grad(label_log_prob(log_prob_fn, labels, num_classes=num_classes))
 
 
 def _scaled(fn, scale, x, t):
@@ -89,24 +98,38 @@ def classifier_guidance(score_fn, log_prob_fn, labels, scale, *, num_classes: in
       score_fn: x (B, ...), t (B,) ↦ ∇ₓ log p_t(x), shape (B, ...).
       log_prob_fn: x, t ↦ per-class log-probabilities (B, K).
       labels: target classes, () or (B,) integers in [0, K).
-      scale: guidance scale s ≥ 0, () or (B,).
-      num_classes: K, if known: labels are then checked against it.
+      scale: guidance scale s ≥ 0, () or (B,); a finite float32 (at most 3.4e38).
+      num_classes: K, an integer >= 1. By default the model's `num_classes` when log_prob_fn
+        was made by `jaxguide.nets.apply_fn`. Concrete labels are checked against K; labels
+        out of range that only show when traced make the score NaN.
     """
-    labels = _check_labels(labels, num_classes)
-    term = guidance_term(label_log_prob(log_prob_fn, labels), scale)
+    score_fn = _as_partial(score_fn, "score_fn")
+    term = guidance_term(label_log_prob(log_prob_fn, labels, num_classes=num_classes), scale)
     return add_scores(score_fn, term)
 
 
-def _as_partial(fn) -> Partial:
+def _as_partial(fn, name) -> Partial:
+    """fn as a `Partial` (a pytree, so that `jit` traces its arrays); fn must be callable."""
     if isinstance(fn, Partial):
         return fn
     if not callable(fn):
-        raise TypeError(f"expected a function of (x, t), got {type(fn).__name__}")
+        raise TypeError(f"{name}: expected a function of (x, t), got {type(fn).__name__}")
     return Partial(fn)
 
 
-def _is_concrete(a) -> bool:
-    return not isinstance(a, jax.core.Tracer)
+def _check_num_classes(num_classes, log_prob_fn):
+    """num_classes, else that of log_prob_fn's model (`nets.apply_fn`), else None."""
+    model = getattr(getattr(log_prob_fn, "func", None), "model", None)
+    model_k = getattr(model, "num_classes", None)
+    if not isinstance(model_k, int):
+        model_k = None
+    if num_classes is None:
+        return model_k
+    num_classes = _check_positive_int("num_classes", num_classes)
+    if model_k is not None and num_classes != model_k:
+        raise ValueError(f"num_classes: got {num_classes}, accepted {model_k} (the classes of "
+                         "log_prob_fn's model)")
+    return num_classes
 
 
 def _check_labels(labels, num_classes):
@@ -124,9 +147,13 @@ def _check_labels(labels, num_classes):
 
 
 def _check_scale(scale):
+    """A real scale >= 0, () or (B,), finite in float32 (the dtype it is applied in)."""
     if _is_concrete(scale):
-        arr = np.asarray(scale, dtype=np.float64)
-        if arr.ndim > 1 or not np.all(np.isfinite(arr)) or np.any(arr < 0):
-            raise ValueError(
-                f"scale: got {scale!r}, accepted a finite number >= 0 (a scalar or one per example)")
+        arr = np.asarray(scale)
+        real = jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
+        with np.errstate(over="ignore"):  # 1e39 becomes inf, and is rejected
+            as32 = arr.astype(np.float32) if real else np.float32(np.nan)
+        if arr.ndim > 1 or not np.all(np.isfinite(as32)) or np.any(as32 < 0):
+            raise ValueError(f"scale: got {scale!r}, accepted a finite number >= 0 that fits "
+                             "float32 (<= 3.4e38), a scalar or one per example")
     return jnp.asarray(scale, jnp.float32)

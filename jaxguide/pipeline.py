@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.tree_util import Partial
 
 from jaxguide import checkpoint
@@ -70,7 +71,7 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, n_steps: int,
     """Class-guided samples, clipped to [−1, 1].
 
     Args:
-      labels: (B,) target classes; scale: () or (B,) guidance scale (0 = unguided).
+      labels: (B,) target classes, B >= 1; scale: () or (B,) guidance scale (0 = unguided).
       indices: (B,) global sample indices (noise of image i depends only on key and i).
       sampler_kwargs: the rest of `sample`'s options, e.g. `mesh=make_mesh()` to split the
         batch over devices.
@@ -78,6 +79,11 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, n_steps: int,
     Returns:
       images (B, H, W, C), or (images, trajectory (F, B, H, W, C)) with `record_every`.
     """
+    shape = np.shape(labels)
+    if len(shape) != 1:
+        raise ValueError(f"labels: got shape {shape}, accepted a 1-D sequence of class indices")
+    if not shape[0]:
+        raise ValueError("labels: got an empty sequence, accepted at least one label")
     labels = jnp.asarray(labels)
     score_fn = classifier_guidance(pipe.score_fn, pipe.log_prob_fn, labels, scale,
                                    num_classes=pipe.num_classes)

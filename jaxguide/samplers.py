@@ -19,22 +19,23 @@ Shapes: score_fn(x, t) with x (B, ...) and t (B,) → (B, ...).
 from __future__ import annotations
 
 import functools
-import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 from jax.tree_util import Partial
 
 from jaxguide import parallel
 from jaxguide.compiler import jit
 from jaxguide.guidance import _as_partial
-from jaxguide.sde import VPSDE, _expand
+from jaxguide.sde import VPSDE, _check_key, _check_positive_int, _check_shape, _expand, _is_real
 
 NFE_PER_STEP = {"euler_maruyama": 1, "predictor_corrector": 2, "heun": 2, "dpm_solver_2m": 1}
 METHODS = tuple(NFE_PER_STEP)
 GRIDS = ("uniform", "quadratic", "logsnr")
 INITS = ("prior", "clipped")
+T_MIN_FRACTION = 1e-5  # the smallest t_min, as a fraction of T (see `sample`)
 DEFAULT_GRID = {"euler_maruyama": "uniform", "predictor_corrector": "uniform", "heun": "quadratic",
                 "dpm_solver_2m": "logsnr"}
 
@@ -44,8 +45,15 @@ def _eps_score(eps_fn, sde, min_std, x, t):
 
 
 def score_from_eps(eps_fn, sde: VPSDE, min_std: float = 0.01) -> Partial:
-    """Turns a noise predictor ε̂(x, t) into the score −ε̂ / max(σ(t), min_std)."""
-    return Partial(_eps_score, _as_partial(eps_fn), sde, jnp.float32(min_std))
+    """Turns a noise predictor ε̂(x, t) into the score −ε̂ / max(σ(t), min_std).
+
+    min_std is a number in [1.2e-38, 1] (positive in float32; σ(t) <= 1, so a larger floor
+    would replace σ everywhere).
+    """
+    _check_sde(sde)
+    if not (_is_real(min_std) and np.finfo(np.float32).tiny <= min_std <= 1):
+        raise ValueError(f"min_std: got {min_std!r}, accepted a number in [1.2e-38, 1]")
+    return Partial(_eps_score, _as_partial(eps_fn, "eps_fn"), sde, jnp.float32(min_std))
 
 
 def time_grid(sde: VPSDE, n_steps: int, t_min: float = 1e-3, kind: str = "uniform") -> jax.Array:
@@ -186,10 +194,14 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
       method: one of METHODS.
       grid: "uniform", "quadratic" or "logsnr" (default: DEFAULT_GRID[method]).
       init: "prior" (x_T ~ N(0, I)) or "clipped" (the tutorial's clip(N(0, I), −1, 1)).
-      clip: clip each state to [−clip, clip] (the tutorial uses 10), or None.
-      t_min: the last time of the grid, in (0, T).
+      clip: clip each state to [−clip, clip] (the tutorial uses 10), or None; clip >= 1,
+        so that the data range [−1, 1] is kept.
+      t_min: the last time of the grid, in [1e-5·T, T). Far below, float32 cannot resolve
+        the uniform grid's end T + (t_min − T): it is 0.3% off at 1e-5·T, 0 under 3e-8·T.
       denoise_last: stochastic methods take the last step without noise.
-      snr: signal-to-noise ratio of the Langevin corrector ("predictor_corrector").
+      snr: signal-to-noise ratio of the Langevin corrector ("predictor_corrector"), in (0, 1].
+        Its step 2 (snr σ)² is stable for snr <= 1, as the score's curvature is at most 1/σ²;
+        a larger snr diverges.
       record_every: if k, also return the trajectory (ceil(n_steps / k) + 1, B, ...):
         the initial state, every k-th state and the final state.
       indices: (B,) global sample indices for the per-sample noise; default arange(B).
@@ -199,6 +211,9 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
     Returns:
       x (B, ...) at t_min, or (x, trajectory) when `record_every` is given.
     """
+    _check_key(key)
+    score_fn = _as_partial(score_fn, "score_fn")
+    _check_sde(sde)
     shape = _check_shape(shape)
     n_steps = _check_positive_int("n_steps", n_steps)
     if method not in METHODS:
@@ -208,21 +223,21 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
         raise ValueError(f"grid: got {grid!r}, accepted {', '.join(GRIDS)}")
     if init not in INITS:
         raise ValueError(f"init: got {init!r}, accepted {', '.join(INITS)}")
-    if clip is not None and not (_is_real(clip) and clip > 0):
-        raise ValueError(f"clip: got {clip!r}, accepted a number > 0 or None")
-    if not (_is_real(t_min) and 0 < t_min < sde.T):
-        raise ValueError(f"t_min: got {t_min!r}, accepted (0, T={sde.T})")
-    if not (_is_real(snr) and snr > 0):
-        raise ValueError(f"snr: got {snr!r}, accepted a number > 0")
+    if clip is not None and not (_is_real(clip) and clip >= 1):
+        raise ValueError(f"clip: got {clip!r}, accepted a number >= 1 (states span at least the "
+                         "data range [-1, 1]) or None")
+    if not (_is_real(t_min) and T_MIN_FRACTION * sde.T <= t_min < sde.T):
+        raise ValueError(
+            f"t_min: got {t_min!r}, accepted [{T_MIN_FRACTION * sde.T:g}, T={sde.T:g})")
+    if not (_is_real(snr) and 0 < snr <= 1):
+        raise ValueError(f"snr: got {snr!r}, accepted a number in (0, 1]")
     if record_every is not None:
         record_every = _check_positive_int("record_every", record_every)
-    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-        raise TypeError(f"key: expected a typed key from jax.random.key(seed), got {type(key).__name__}")
     if indices is None:
         indices = jnp.arange(shape[0], dtype=jnp.uint32)
     elif jnp.shape(indices) != shape[:1]:
         raise ValueError(f"indices: expected shape {shape[:1]}, got {jnp.shape(indices)}")
-    indices, score_fn = jnp.asarray(indices, jnp.uint32), _as_partial(score_fn)
+    indices = jnp.asarray(indices, jnp.uint32)
     if mesh is not None:
         parallel.check_divisible("batch size (shape[0])", shape[0], mesh)
         key, score_fn = parallel.replicate(mesh, (key, score_fn))
@@ -234,22 +249,7 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
                    mesh=mesh)
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}: got {value!r}, accepted an integer >= 1")
-    return int(value)
-
-
-def _check_shape(shape):
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise ValueError(f"shape: got {shape!r}, accepted a tuple of positive integers (B, ...)")
-    if not shape or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
-                        for d in shape):
-        raise ValueError(f"shape: got {shape!r}, accepted a tuple of positive integers (B, ...)")
-    return tuple(int(d) for d in shape)
+def _check_sde(sde) -> None:
+    """The samplers integrate a `VPSDE` (its closed forms and static fields)."""
+    if not isinstance(sde, VPSDE):
+        raise TypeError(f"sde: expected a jaxguide.VPSDE, got {type(sde).__name__}")
