@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import reprlib
 import shutil
 import sys
 import tempfile
+import traceback
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -90,10 +92,10 @@ def _drop_abandoned_read_reports() -> None:
     """Keeps stderr to the one error message when an Orbax read fails.
 
     Orbax then closes its event loop with its other reads still in flight. As each one ends
-    it reports to `sys.unraisablehook` (printed as a traceback, after the error): its
-    TensorStore callback finds the event loop closed, or its coroutine raises as it is
-    collected. Wraps the installed hook (once) so that such reports are dropped; all others
-    still reach it.
+    it reports, after the error: to `sys.unraisablehook` (its TensorStore callback finds the
+    event loop closed, or its coroutine raises as it is collected) or to the "asyncio" logger
+    (a future whose exception was never retrieved). Installs (once) a wrapper of the hook
+    and a filter of that logger which drop such reports from Orbax's code; all others pass.
     """
     hook = sys.unraisablehook
     if getattr(hook, "drops_abandoned_reads", False):
@@ -108,6 +110,16 @@ def _drop_abandoned_read_reports() -> None:
 
     filtered.drops_abandoned_reads = True
     sys.unraisablehook = filtered
+    logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
+
+
+def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
+    """False for an asyncio report of an Orbax read's exception that nobody retrieved."""
+    exc = record.exc_info[1] if record.exc_info else None
+    tb = exc.__traceback__ if exc is not None else None
+    files = [f.filename for f in traceback.extract_tb(tb)] if tb is not None else []
+    return not ("never retrieved" in record.getMessage()
+                and any(f.startswith(_ORBAX_DIR) for f in files))
 
 
 # Training checkpoints ---------------------------------------------------------------------

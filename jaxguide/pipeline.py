@@ -55,6 +55,10 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         raise checkpoint.CheckpointError(
             f"{root}: the classifier was trained for SDE {cls_meta['sde']}, the denoiser for "
             f"{den_meta['sde']}")
+    if cls_meta["image_shape"] != den_meta["image_shape"]:
+        raise checkpoint.CheckpointError(
+            f"{root}: the classifier was trained on images of shape {cls_meta['image_shape']}, "
+            f"the denoiser on {den_meta['image_shape']}")
     return Pipeline(
         sde=sde,
         score_fn=score_from_eps(apply_fn(den_model, den_vars), sde),

@@ -130,6 +130,18 @@ def test_bad_metadata_field(case, tiny_checkpoints, tmp_path):
     assert_short(str(e.value))
 
 
+def test_pipeline_refuses_models_of_different_image_shapes(tiny_checkpoints, tmp_path):
+    """A denoiser that runs at 32×32 loads by itself; beside a 28×28 classifier it is refused."""
+    from jaxguide import pipeline
+
+    copy_model(tiny_checkpoints, tmp_path, "denoiser", {"image_shape": [32, 32, 1]})
+    shutil.copytree(tiny_checkpoints / "classifier", tmp_path / "classifier")
+    checkpoint.load_model(tmp_path / "denoiser")
+    with pytest.raises(CheckpointError, match=r"classifier was trained on images of shape "
+                       r"\[28, 28, 1\], the denoiser on \[32, 32, 1\]"):
+        pipeline.load_pipeline(tmp_path)
+
+
 # ----------------------------------------------------------------------- arrays of another model
 
 MISMATCH_CASES = {
