@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
+
+from jaxguide.checks import check_int, check_number
 
 TASKS = ("denoiser", "classifier", "evaluator")
 MODELS = {"denoiser": ("unet", "seed"), "classifier": ("classifier",), "evaluator": ("evaluator",)}
@@ -18,39 +19,6 @@ OPERATIONAL_FIELDS = ("log_every", "eval_every", "ckpt_every", "keep")
 
 INT32_MAX = 2**31 - 1   # Step counters and batch sizes are int32 under jit.
 SEED_MAX = 2**32 - 1    # jax.random.key keeps 32 bits of a seed.
-
-
-def check_number(name: str, value, accepted: str, ok: Callable[[Any], bool], *,
-                 integer: bool = False) -> int | float:
-    """`value` as a Python int (`integer`) or float, if it is such a number for which `ok` holds.
-
-    Python and numpy numbers are accepted alike; bools are not numbers here. Raises
-    TypeError (not a number) or ValueError (another number, NaN included), both saying
-    `name: got <value>, accepted <accepted>`.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: got {value!r}, accepted {accepted}")
-    if (integer and not isinstance(value, numbers.Integral)) or value != value or not ok(value):
-        raise ValueError(f"{name}: got {value!r}, accepted {accepted}")
-    return int(value) if integer else float(value)
-
-
-def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    """`value` as a Python int, if it is an integer in [lo, hi] (hi None: no upper bound)."""
-    accepted = f"an integer >= {lo}" + ("" if hi is None else f" and <= {hi}")
-    return check_number(name, value, accepted, lambda v: lo <= v and (hi is None or v <= hi),
-                        integer=True)
-
-
-def check_ints(name: str, values, lo: int) -> tuple[int, ...]:
-    """`values` as a tuple of Python ints, if it is a non-empty sequence of integers >= lo."""
-    accepted = f"a non-empty sequence of integers >= {lo}"
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"{name}: got {values!r}, accepted {accepted}")
-    if not values or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                             and v >= lo for v in values):
-        raise ValueError(f"{name}: got {values!r}, accepted {accepted}")
-    return tuple(int(v) for v in values)
 
 
 @dataclasses.dataclass(frozen=True)

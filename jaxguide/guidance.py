@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxguide.sde import _check_batch, _check_positive_int, _expand, _is_concrete
+from jaxguide.checks import check_batch, check_positive_int, is_concrete
+from jaxguide.sde import _expand
 
 
 def _sum_of(fns, x, t):
@@ -38,7 +39,7 @@ def add_scores(*score_fns) -> Partial:
 
 
 def _label_log_prob(log_prob_fn, labels, x, t):
-    _check_batch("labels", labels, x)
+    check_batch("labels", labels, x)
     log_probs = log_prob_fn(x, t)
     if jnp.ndim(log_probs) != 2 or jnp.shape(log_probs)[0] != x.shape[0] or not log_probs.shape[1]:
         raise ValueError(f"log_prob_fn: returned shape {jnp.shape(log_probs)} for x of shape "
@@ -80,7 +81,7 @@ def classifier_grad(log_prob_fn, labels, *, num_classes: int | None = None) -> P
 
 
 def _scaled(fn, scale, x, t):
-    _check_batch("scale", scale, x)
+    check_batch("scale", scale, x)
     return _expand(scale, x) * fn(x, t)
 
 
@@ -125,7 +126,7 @@ def _check_num_classes(num_classes, log_prob_fn):
         model_k = None
     if num_classes is None:
         return model_k
-    num_classes = _check_positive_int("num_classes", num_classes)
+    num_classes = check_positive_int("num_classes", num_classes)
     if model_k is not None and num_classes != model_k:
         raise ValueError(f"num_classes: got {num_classes}, accepted {model_k} (the classes of "
                          "log_prob_fn's model)")
@@ -133,7 +134,7 @@ def _check_num_classes(num_classes, log_prob_fn):
 
 
 def _check_labels(labels, num_classes):
-    if _is_concrete(labels):
+    if is_concrete(labels):
         arr = np.asarray(labels)
         if arr.ndim > 1 or not np.issubdtype(arr.dtype, np.integer) and not (
                 np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
@@ -148,7 +149,7 @@ def _check_labels(labels, num_classes):
 
 def _check_scale(scale):
     """A real scale >= 0, () or (B,), finite in float32 (the dtype it is applied in)."""
-    if _is_concrete(scale):
+    if is_concrete(scale):
         arr = np.asarray(scale)
         real = jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
         with np.errstate(over="ignore"):  # 1e39 becomes inf, and is rejected

@@ -11,7 +11,6 @@ import dataclasses
 import zipfile
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

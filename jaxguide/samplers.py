@@ -29,7 +29,8 @@ from jax.tree_util import Partial
 from jaxguide import parallel
 from jaxguide.compiler import jit
 from jaxguide.guidance import _as_partial
-from jaxguide.sde import VPSDE, _check_key, _check_positive_int, _check_shape, _expand, _is_real
+from jaxguide.checks import check_key, check_positive_int, check_shape, is_real
+from jaxguide.sde import VPSDE, _expand
 
 NFE_PER_STEP = {"euler_maruyama": 1, "predictor_corrector": 2, "heun": 2, "dpm_solver_2m": 1}
 METHODS = tuple(NFE_PER_STEP)
@@ -51,7 +52,7 @@ def score_from_eps(eps_fn, sde: VPSDE, min_std: float = 0.01) -> Partial:
     would replace σ everywhere).
     """
     _check_sde(sde)
-    if not (_is_real(min_std) and np.finfo(np.float32).tiny <= min_std <= 1):
+    if not (is_real(min_std) and np.finfo(np.float32).tiny <= min_std <= 1):
         raise ValueError(f"min_std: got {min_std!r}, accepted a number in [1.2e-38, 1]")
     return Partial(_eps_score, _as_partial(eps_fn, "eps_fn"), sde, jnp.float32(min_std))
 
@@ -211,11 +212,11 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
     Returns:
       x (B, ...) at t_min, or (x, trajectory) when `record_every` is given.
     """
-    _check_key(key)
+    check_key(key)
     score_fn = _as_partial(score_fn, "score_fn")
     _check_sde(sde)
-    shape = _check_shape(shape)
-    n_steps = _check_positive_int("n_steps", n_steps)
+    shape = check_shape(shape)
+    n_steps = check_positive_int("n_steps", n_steps)
     if method not in METHODS:
         raise ValueError(f"method: got {method!r}, accepted {', '.join(METHODS)}")
     grid = DEFAULT_GRID[method] if grid is None else grid
@@ -223,16 +224,16 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
         raise ValueError(f"grid: got {grid!r}, accepted {', '.join(GRIDS)}")
     if init not in INITS:
         raise ValueError(f"init: got {init!r}, accepted {', '.join(INITS)}")
-    if clip is not None and not (_is_real(clip) and clip >= 1):
+    if clip is not None and not (is_real(clip) and clip >= 1):
         raise ValueError(f"clip: got {clip!r}, accepted a number >= 1 (states span at least the "
                          "data range [-1, 1]) or None")
-    if not (_is_real(t_min) and T_MIN_FRACTION * sde.T <= t_min < sde.T):
+    if not (is_real(t_min) and T_MIN_FRACTION * sde.T <= t_min < sde.T):
         raise ValueError(
             f"t_min: got {t_min!r}, accepted [{T_MIN_FRACTION * sde.T:g}, T={sde.T:g})")
-    if not (_is_real(snr) and 0 < snr <= 1):
+    if not (is_real(snr) and 0 < snr <= 1):
         raise ValueError(f"snr: got {snr!r}, accepted a number in (0, 1]")
     if record_every is not None:
-        record_every = _check_positive_int("record_every", record_every)
+        record_every = check_positive_int("record_every", record_every)
     if indices is None:
         indices = jnp.arange(shape[0], dtype=jnp.uint32)
     elif jnp.shape(indices) != shape[:1]:

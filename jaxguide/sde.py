@@ -9,86 +9,19 @@ Times `t` have shape (B,) (or are scalars) and broadcast over the trailing dims 
 from __future__ import annotations
 
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
+
+from jaxguide.checks import (check_batch, check_float_dtype, check_key, check_shape, check_times,
+                             is_real)
 
 
 def _expand(v: jax.Array, x: jax.Array) -> jax.Array:
     """Reshapes per-example values (B,) (or a scalar) to broadcast against x (B, ...)."""
     v = jnp.asarray(v, x.dtype)
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
-
-
-# ------------------------------------------------------------------ argument checks
-# Shared by the modules above this one. Values are checked when concrete; inside `jit`,
-# `grad` or `vmap` only shapes and dtypes are known, and those are checked at trace time.
-
-
-def _is_concrete(a) -> bool:
-    """Whether a's value is known now (it is not a tracer)."""
-    return not isinstance(a, jax.core.Tracer)
-
-
-def _is_real(value) -> bool:
-    """A real Python or NumPy number, not a bool and not NaN."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
-
-
-def _check_positive_int(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}: got {value!r}, accepted an integer >= 1")
-    return int(value)
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    """A batch shape (B, ...) of positive integers."""
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        dims = ()
-    if not dims or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
-                       for d in dims):
-        raise ValueError(f"shape: got {shape!r}, accepted a tuple of positive integers (B, ...)")
-    return tuple(int(d) for d in dims)
-
-
-def _check_key(key) -> None:
-    """One typed PRNG key, shape ()."""
-    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-        raise TypeError("key: expected a typed key from jax.random.key(seed), got "
-                        f"{type(key).__name__}")
-    if key.shape != ():
-        raise ValueError(f"key: got keys of shape {key.shape}, accepted a single key (shape ()) "
-                         "from jax.random.key(seed)")
-
-
-def _check_batch(name, value, x) -> None:
-    """A per-example value must be () or (B,) for x (B, ...): checked when traced."""
-    if jnp.ndim(value) > 1 or (jnp.ndim(value) == 1 and jnp.shape(value)[0] != x.shape[0]):
-        raise ValueError(f"{name}: got shape {jnp.shape(value)} for a batch of {x.shape[0]} "
-                         f"images, accepted () or ({x.shape[0]},)")
-
-
-def _check_float_dtype(name, dtype) -> None:
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"{name}: got dtype {np.dtype(dtype).name}, accepted a floating dtype")
-
-
-def _check_times(t, hi=math.inf) -> None:
-    """Concrete times must be finite and in [0, hi] (compared in t's own precision)."""
-    if not _is_concrete(t):
-        return
-    arr = np.asarray(t)
-    if arr.dtype not in (np.float16, np.float32, np.float64):
-        arr = arr.astype(np.float64)
-    bad = ~(np.isfinite(arr) & (arr >= 0) & (arr <= arr.dtype.type(hi)))
-    if np.any(bad):
-        accepted = "a finite time >= 0" if hi == math.inf else f"a time in [0, T={hi}]"
-        raise ValueError(f"t: got {arr[bad].ravel()[0]}, accepted {accepted}")
 
 
 @struct.dataclass
@@ -106,7 +39,7 @@ class VPSDE:
     def __post_init__(self):
         for name in ("beta_min", "beta_max", "T"):
             value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value <= 0:
+            if not is_real(value) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"VPSDE: {name} must be a finite number > 0, got {value!r}")
             object.__setattr__(self, name, float(value))  # NumPy scalars too; JSON-friendly
         if self.beta_max < self.beta_min:
@@ -116,12 +49,12 @@ class VPSDE:
 
     def beta(self, t):
         """β(t), same shape as t."""
-        _check_times(t)
+        check_times(t)
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
     def integral_beta(self, t):
         """∫₀ᵗ β(s) ds, same shape as t."""
-        _check_times(t)
+        check_times(t)
         return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
 
     def mean_coeff(self, t):
@@ -154,20 +87,20 @@ class VPSDE:
     def marginal(self, key: jax.Array, x0: jax.Array, t):
         """Samples x_t ~ p(x_t | x₀). x0 (B, ...) floating, t () or (B,) in [0, T] → (x_t, ε),
         both (B, ...)."""
-        _check_key(key)
+        check_key(key)
         x0 = jnp.asarray(x0)
-        _check_float_dtype("x0", x0.dtype)
+        check_float_dtype("x0", x0.dtype)
         if x0.ndim < 1:
             raise ValueError(f"x0: got shape {x0.shape}, accepted (B, ...)")
-        _check_batch("t", t, x0)
-        _check_times(t, self.T)
+        check_batch("t", t, x0)
+        check_times(t, self.T)
         noise = jax.random.normal(key, x0.shape, x0.dtype)
         x_t = _expand(self.mean_coeff(t), x0) * x0 + _expand(self.std(t), x0) * noise
         return x_t, noise
 
     def prior(self, key: jax.Array, shape, dtype=jnp.float32):
         """A sample of the terminal distribution N(0, I) (exact up to m(T)² ≈ 0)."""
-        _check_key(key)
-        _check_float_dtype("dtype", dtype)
-        shape = _check_shape(shape)
+        check_key(key)
+        check_float_dtype("dtype", dtype)
+        shape = check_shape(shape)
         return jax.random.normal(key, shape, dtype)

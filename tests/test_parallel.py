@@ -10,7 +10,6 @@ their shards in another order before the all-reduce.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket

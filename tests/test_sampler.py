@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from jaxguide import samplers
 from jaxguide.guidance import classifier_guidance
 from jaxguide.samplers import sample, score_from_eps, time_grid
 from jaxguide.sde import VPSDE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxguide.configs import check_int, check_number
+from jaxguide.checks import check_int, check_number
 from jaxguide.nets.conv import Conv
 from jaxguide.nets.unet import check_images, check_times, fitted_channels, fourier_features
 

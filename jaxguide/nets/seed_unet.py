@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxguide.configs import check_int, check_ints, check_number
+from jaxguide.checks import check_int, check_ints, check_number
 from jaxguide.nets.conv import Conv
 from jaxguide.nets.unet import check_images, check_times
 

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxguide.configs import check_int, check_ints
+from jaxguide.checks import check_int, check_ints
 from jaxguide.nets.conv import Conv
 
 

@@ -1,0 +1,113 @@
+"""Argument checks shared by jaxguide's modules: each raises a ValueError or TypeError that
+says `name: got <value>, accepted <range>`.
+
+Values are checked when concrete; inside `jit`, `grad` or `vmap` only shapes and dtypes are
+known, and those are checked at trace time.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_number(name: str, value, accepted: str, ok: Callable[[Any], bool], *,
+                 integer: bool = False) -> int | float:
+    """`value` as a Python int (`integer`) or float, if it is such a number for which `ok` holds.
+
+    Python and numpy numbers are accepted alike; bools are not numbers here. Raises
+    TypeError (not a number) or ValueError (another number, NaN included), both saying
+    `name: got <value>, accepted <accepted>`.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: got {value!r}, accepted {accepted}")
+    if (integer and not isinstance(value, numbers.Integral)) or value != value or not ok(value):
+        raise ValueError(f"{name}: got {value!r}, accepted {accepted}")
+    return int(value) if integer else float(value)
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """`value` as a Python int, if it is an integer in [lo, hi] (hi None: no upper bound)."""
+    accepted = f"an integer >= {lo}" + ("" if hi is None else f" and <= {hi}")
+    return check_number(name, value, accepted, lambda v: lo <= v and (hi is None or v <= hi),
+                        integer=True)
+
+
+def check_ints(name: str, values, lo: int) -> tuple[int, ...]:
+    """`values` as a tuple of Python ints, if it is a non-empty sequence of integers >= lo."""
+    accepted = f"a non-empty sequence of integers >= {lo}"
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name}: got {values!r}, accepted {accepted}")
+    if not values or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                             and v >= lo for v in values):
+        raise ValueError(f"{name}: got {values!r}, accepted {accepted}")
+    return tuple(int(v) for v in values)
+
+
+def is_concrete(a) -> bool:
+    """Whether a's value is known now (it is not a tracer)."""
+    return not isinstance(a, jax.core.Tracer)
+
+
+def is_real(value) -> bool:
+    """A real Python or NumPy number, not a bool and not NaN."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+
+
+def check_positive_int(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: got {value!r}, accepted an integer >= 1")
+    return int(value)
+
+
+def check_shape(shape) -> tuple[int, ...]:
+    """A batch shape (B, ...) of positive integers."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = ()
+    if not dims or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
+                       for d in dims):
+        raise ValueError(f"shape: got {shape!r}, accepted a tuple of positive integers (B, ...)")
+    return tuple(int(d) for d in dims)
+
+
+def check_key(key) -> None:
+    """One typed PRNG key, shape ()."""
+    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        raise TypeError("key: expected a typed key from jax.random.key(seed), got "
+                        f"{type(key).__name__}")
+    if key.shape != ():
+        raise ValueError(f"key: got keys of shape {key.shape}, accepted a single key (shape ()) "
+                         "from jax.random.key(seed)")
+
+
+def check_batch(name, value, x) -> None:
+    """A per-example value must be () or (B,) for x (B, ...): checked when traced."""
+    if jnp.ndim(value) > 1 or (jnp.ndim(value) == 1 and jnp.shape(value)[0] != x.shape[0]):
+        raise ValueError(f"{name}: got shape {jnp.shape(value)} for a batch of {x.shape[0]} "
+                         f"images, accepted () or ({x.shape[0]},)")
+
+
+def check_float_dtype(name, dtype) -> None:
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{name}: got dtype {np.dtype(dtype).name}, accepted a floating dtype")
+
+
+def check_times(t, hi=math.inf) -> None:
+    """Concrete times must be finite and in [0, hi] (compared in t's own precision)."""
+    if not is_concrete(t):
+        return
+    arr = np.asarray(t)
+    if arr.dtype not in (np.float16, np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    bad = ~(np.isfinite(arr) & (arr >= 0) & (arr <= arr.dtype.type(hi)))
+    if np.any(bad):
+        accepted = "a finite time >= 0" if hi == math.inf else f"a time in [0, T={hi}]"
+        raise ValueError(f"t: got {arr[bad].ravel()[0]}, accepted {accepted}")
