@@ -57,10 +57,12 @@ def parse_classes(text: str, num_classes: int | None = None) -> list[int]:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", default="sample", choices=["sample", "figures"])
-    p.add_argument("--classes", default="0-9", help="digits to generate: 0,3,7 or 0-9")
+    p.add_argument("--classes", default="0-9", help="digits to generate: 0,3,7 or 0-9 (figures "
+                   "uses all classes)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="reverse-SDE steps")
-    p.add_argument("--scale", type=float, default=32.0, help="guidance scale s >= 0")
+    p.add_argument("--scale", type=float, default=32.0, help="guidance scale s >= 0 (figures "
+                   "sweeps 0-32)")
     p.add_argument("--sampler", default="euler_maruyama",
                    help="euler_maruyama, predictor_corrector, heun or dpm_solver_2m")
     p.add_argument("--seed", type=int, default=0)
@@ -235,7 +237,10 @@ def run_figures(args, mesh):
     out = checkpoint.ensure_writable_dir(args.out, "--out")
     key = jax.random.key(args.seed)
     if args.data_dir:
-        x_test, y_test = data.load_mnist("test", args.data_dir)
+        try:
+            x_test, y_test = data.load_mnist("test", args.data_dir)
+        except data.DataError as e:
+            raise data.DataError(f"--data-dir: {e}") from e
         x0, y = jnp.asarray(x_test[:1]), int(y_test[0])
     else:
         y = 7

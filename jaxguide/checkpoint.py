@@ -131,6 +131,8 @@ def ensure_writable_dir(path: str | Path, name: str, probe_bytes: int = 1 << 20)
     rather than a failed save after it.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {path}: is a file, accepted a folder (new or existing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write_probe.{jax.process_index()}"
