@@ -12,6 +12,7 @@ versions (a JSON string)).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -189,6 +190,17 @@ def load_evaluator(args, required: bool = False):
     return metrics.Evaluator(path)
 
 
+@contextlib.contextmanager
+def writing_to(out: Path):
+    """Turns a failed write under --out (a folder in a file's place, a full disk) into one
+    error naming the file."""
+    try:
+        yield
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write {e.filename or 'a file'} "
+                         f"({e.strerror or e})") from e
+
+
 def run_sample(args, mesh):
     import jax
     import numpy as np
@@ -199,7 +211,7 @@ def run_sample(args, mesh):
     pipe = load_pipeline(args)
     classes = check_args(args, pipe.num_classes)
     evaluator = load_evaluator(args, required=True) if args.evaluate else None
-    reference = evaluator.reference() if evaluator else None  # Read before sampling.
+    reference = evaluator.reference(classes) if evaluator else None  # Read before sampling.
     out = checkpoint.ensure_writable_dir(args.out, "--out")
     labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
     record_every = None if args.no_gif else max(1, args.steps // 20)
@@ -209,12 +221,14 @@ def run_sample(args, mesh):
     meta = {"seed": args.seed, "scale": args.scale, "steps": args.steps, "sampler": args.sampler,
             "versions": checkpoint.versions()}
     ncol = min(args.per_class, 16)
-    paths = [viz.save_grid(images, labels, out / "grid.png", ncol=ncol,
-                           title=f"guided samples, scale {args.scale:g}, {args.steps} {args.sampler} steps")]
-    if frames is not None:
-        paths.append(viz.save_gif(frames, out / "trajectory.gif", ncol=ncol))
-    np.savez(out / "samples.npz", images=images.astype(np.float32), labels=labels,
-             **{k: np.asarray(json.dumps(v) if isinstance(v, dict) else v) for k, v in meta.items()})
+    with writing_to(out):
+        paths = [viz.save_grid(images, labels, out / "grid.png", ncol=ncol, title=f"guided "
+                               f"samples, scale {args.scale:g}, {args.steps} {args.sampler} steps")]
+        if frames is not None:
+            paths.append(viz.save_gif(frames, out / "trajectory.gif", ncol=ncol))
+        np.savez(out / "samples.npz", images=images.astype(np.float32), labels=labels,
+                 **{k: np.asarray(json.dumps(v) if isinstance(v, dict) else v)
+                    for k, v in meta.items()})
     paths.append(out / "samples.npz")
     for p in paths:
         print(p)
@@ -251,16 +265,20 @@ def run_figures(args, mesh):
     targets = [y, (y + 1) % pipe.num_classes]
     grads = jnp.stack([guidance.classifier_grad(pipe.log_prob_fn, jnp.full(len(ts), c))(x_ts, ts)
                        for c in targets])
-    paths = [viz.plot_classifier_over_time(ts, x_ts, probs, out / "classifier_over_time.png", y),
-             viz.plot_gradient_maps(ts, x_ts, grads, out / "gradient_maps.png", targets)]
+    with writing_to(out):
+        paths = [viz.plot_classifier_over_time(ts, x_ts, probs, out / "classifier_over_time.png",
+                                               y),
+                 viz.plot_gradient_maps(ts, x_ts, grads, out / "gradient_maps.png", targets)]
     evaluator = load_evaluator(args)
     if evaluator is not None:
         labels = np.repeat(np.arange(pipe.num_classes, dtype=np.int32), args.per_class)
         accs = [metrics.guided_accuracy(evaluator(generate_all(pipe, labels, s, args, mesh,
                                                                desc=f"scale {s:g}")[0]).predictions,
                                         labels)[0] for s in FIGURE_SCALES]
-        paths.append(viz.plot_accuracy_vs_scale(FIGURE_SCALES, accs, out / "accuracy_vs_scale.png",
-                                                f"{len(labels)} samples, {args.steps} {args.sampler} steps"))
+        with writing_to(out):
+            paths.append(viz.plot_accuracy_vs_scale(
+                FIGURE_SCALES, accs, out / "accuracy_vs_scale.png",
+                f"{len(labels)} samples, {args.steps} {args.sampler} steps"))
     for p in paths:
         print(p)
 

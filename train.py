@@ -89,11 +89,12 @@ def main(argv):
         flag = "--batch-size" if args.batch_size is not None else f"--config {args.config}: batch_size"
         raise ValueError(f"{flag}: got {cfg.batch_size}, accepted at most the {n} training images")
     if args.epochs is not None:
-        steps = max(1, round(args.epochs * data.steps_per_epoch(n, cfg.batch_size)))
-        try:
-            cfg = cfg.replace(steps=steps)
-        except ValueError as e:
-            raise ValueError(f"--epochs: got {args.epochs:g}, {steps} steps; {e}") from e
+        per_epoch = data.steps_per_epoch(n, cfg.batch_size)
+        steps = args.epochs * per_epoch
+        if steps > configs.INT32_MAX:
+            raise ValueError(f"--epochs: got {args.epochs:g}, {steps:g} steps of {per_epoch} per "
+                             f"epoch; accepted at most {configs.INT32_MAX} steps")
+        cfg = cfg.replace(steps=max(1, round(steps)))
     training.train(cfg, args.workdir, dataset=(train_set, test_set), progress=not args.no_progress,
                    devices=mesh.size)
     print(f"model: {args.workdir}/model")

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -210,13 +211,15 @@ def save_model(path: str | Path, variables, metadata: dict[str, Any]) -> Path:
     process 0 writes the metadata and commits.
     """
     path = check_replaceable(path).absolute()
+    meta_text = _model_metadata_text(metadata)
+    _check_variables(variables)
     tmp = _staging_dir(path)
     try:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "state", variables)
             ckptr.wait_until_finished()
         if jax.process_index() == 0:
-            (tmp / "metadata.json").write_text(json.dumps(stamp(metadata), indent=2))
+            (tmp / "metadata.json").write_text(meta_text)
             _move_into_place(tmp, path)
     finally:
         if jax.process_index() == 0:
@@ -224,6 +227,29 @@ def save_model(path: str | Path, variables, metadata: dict[str, Any]) -> Path:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"save_model {path}: done")
     return path
+
+
+def _model_metadata_text(metadata) -> str:
+    """The JSON text of a model checkpoint's metadata, checked as `load_model` will."""
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"metadata: got {type(metadata).__name__}, accepted a dict")
+    meta = check_model_metadata(stamp(metadata), "metadata")
+    try:
+        return json.dumps(meta, indent=2)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"metadata: not JSON ({e}); accepted plain numbers, strings, "
+                              "lists and dicts") from e
+
+
+def _check_variables(variables) -> None:
+    """Raises unless `variables` is a non-empty pytree of arrays with finite values."""
+    leaves = jax.tree_util.tree_leaves(variables)
+    if not leaves or not all(isinstance(x, (jax.Array, np.ndarray)) for x in leaves):
+        raise CheckpointError(f"variables: got {reprlib.repr(variables)}; accepted a non-empty "
+                              "pytree of arrays")
+    if not all(bool(jnp.all(jnp.isfinite(x))) for x in leaves
+               if jnp.issubdtype(x.dtype, jnp.inexact)):
+        raise CheckpointError("variables: contain NaN or inf; accepted finite values")
 
 
 def _staging_dir(path: Path) -> Path:
@@ -292,22 +318,26 @@ _MODEL_FIELDS = {
 }
 
 
-def read_model_metadata(path: str | Path) -> dict[str, Any]:
-    """The validated metadata of the model checkpoint at `path`; reads no arrays."""
-    path = _as_path(path)
-    meta = _read_metadata_file(path)
-    meta_file = path / "metadata.json"
+def check_model_metadata(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """Raises a CheckpointError naming `where` and the field unless `meta` has every field
+    `load_model` needs, valid."""
     for field, (valid, accepted) in _MODEL_FIELDS.items():
         if field not in meta:
-            raise CheckpointError(f"{meta_file}: no {field!r} field; accepted {accepted}")
+            raise CheckpointError(f"{where}: no {field!r} field; accepted {accepted}")
         if not valid(meta[field]):
-            raise CheckpointError(f"{meta_file}: {field}: got {reprlib.repr(meta[field])}; "
+            raise CheckpointError(f"{where}: {field}: got {reprlib.repr(meta[field])}; "
                                   f"accepted {accepted}")
     try:
         VPSDE(**meta["sde"])
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{meta_file}: sde: {e}") from e
+        raise CheckpointError(f"{where}: sde: {e}") from e
     return meta
+
+
+def read_model_metadata(path: str | Path) -> dict[str, Any]:
+    """The validated metadata of the model checkpoint at `path`; reads no arrays."""
+    path = _as_path(path)
+    return check_model_metadata(_read_metadata_file(path), str(path / "metadata.json"))
 
 
 def load_variables(path: str | Path, abstract_variables):

@@ -11,8 +11,7 @@ from jaxguide.checkpoint import CheckpointError
 from jaxguide.data import DataError
 
 _HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}")  # host:port, [v6]:port
-USER_ERRORS = (ValueError, TypeError, CheckpointError, DataError, FileNotFoundError,
-               PermissionError, RuntimeError)
+USER_ERRORS = (ValueError, TypeError, CheckpointError, DataError, OSError, RuntimeError)
 
 
 def run(main, argv=None) -> int:

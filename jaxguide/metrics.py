@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxguide import checkpoint
+from jaxguide.checks import check_int
 from jaxguide.compiler import jit
 
 
@@ -33,9 +34,9 @@ class Evaluator:
     """A loaded evaluator checkpoint: `evaluator(images)` → Evaluation."""
 
     def __init__(self, path: str | Path, batch_size: int = 500):
-        self.path = Path(path)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         self.model, self.variables, self.metadata = checkpoint.load_model(path, task="evaluator")
-        self.batch_size = batch_size
+        self.path = Path(path)
         self._fn = jit(self._outputs)
 
     def _outputs(self, variables, x):
@@ -43,8 +44,9 @@ class Evaluator:
         logits = self.model.apply(variables, x)
         return jnp.argmax(logits, -1), feats
 
-    def reference(self) -> dict[str, np.ndarray]:
-        """Test-set feature statistics stored beside the checkpoint (REFERENCE_FILE)."""
+    def reference(self, classes=()) -> dict[str, np.ndarray]:
+        """Test-set feature statistics stored beside the checkpoint (REFERENCE_FILE), checked
+        to hold those of every class in `classes`."""
         path = self.path / REFERENCE_FILE
         if not path.is_file():
             raise checkpoint.CheckpointError(f"{path}: not found (run benchmarks/quality.py "
@@ -54,9 +56,11 @@ class Evaluator:
                 stats = dict(f)
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise checkpoint.CheckpointError(f"{path}: unreadable ({e})") from e
-        if not {"mu", "cov"} <= set(stats):
-            raise checkpoint.CheckpointError(f"{path}: has {sorted(stats)}, expected the "
-                                             "statistics mu, cov, mu_<c>, cov_<c>")
+        wanted = ["mu", "cov"] + [f"{s}_{c}" for c in classes for s in ("mu", "cov")]
+        missing = [k for k in wanted if k not in stats]
+        if missing:
+            raise checkpoint.CheckpointError(f"{path}: has no {missing[0]}; expected the "
+                                             "statistics mu, cov and mu_<c>, cov_<c> per class")
         return stats
 
     def __call__(self, images) -> Evaluation:
@@ -74,13 +78,14 @@ def check_images(images) -> np.ndarray:
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[1:] != (28, 28, 1) or len(x) == 0:
         raise ValueError(f"images: got shape {x.shape}, accepted (N, 28, 28, 1) with N >= 1")
-    if not np.issubdtype(x.dtype, np.floating):
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # bfloat16 included
         raise ValueError(f"images: got dtype {x.dtype}, accepted floats in [-1, 1]")
+    x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise ValueError("images: contain NaN or inf, accepted finite values in [-1, 1]")
     if x.min() < -1.001 or x.max() > 1.001:
         raise ValueError(f"images: values span [{x.min():.3g}, {x.max():.3g}], accepted [-1, 1]")
-    return x.astype(np.float32)
+    return x
 
 
 def check_labels(labels, n: int, num_classes: int = 10) -> np.ndarray:

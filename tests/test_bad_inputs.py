@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import load_script, run_cli
+from test_data import write_dataset
 from jaxguide import checkpoint, cli, data, metrics, pipeline
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import TrainConfig, get_config
@@ -61,6 +62,9 @@ def bad(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     for split in ("train", "test"):
         for name in data._IDX_FILES[split]:
             (paths["corrupt_idx"] / name).write_bytes(b"\x00\x00\x08\x07garbage")
+    paths["tiny_mnist"] = root / "tiny_mnist"
+    paths["tiny_mnist"].mkdir()
+    write_dataset(paths["tiny_mnist"], gz=False, n_train=64, n_test=16)
     paths["out"] = root / "out"
     paths["workdir"] = root / "workdir"
     return paths
@@ -179,7 +183,12 @@ def test_sample_refuses_to_write_non_finite_images(bad, capsys, monkeypatch):
     assert not list((bad["out"] / "nan").glob("*"))
 
 
-def test_sample_reads_evaluator_statistics_before_sampling(bad, capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("reference, expected", [
+    (b"not an npz file", "unreadable"),
+    ({"mu": np.zeros(2), "cov": np.eye(2)}, "has no mu_0"),  # Overall statistics only.
+])
+def test_sample_reads_evaluator_statistics_before_sampling(reference, expected, bad, capsys,
+                                                           monkeypatch, tmp_path):
     from jaxguide import training
 
     ck = tmp_path / "ck"
@@ -188,7 +197,10 @@ def test_sample_reads_evaluator_statistics_before_sampling(bad, capsys, monkeypa
     variables = make_model(cfg.model, cfg.kwargs).init(KEY, jnp.zeros((1, 28, 28, 1)))
     checkpoint.save_model(ck / "evaluator", variables,
                           {**training.model_metadata(cfg, (28, 28, 1)), "step": 0})
-    (ck / "evaluator" / metrics.REFERENCE_FILE).write_bytes(b"not an npz file")
+    if isinstance(reference, bytes):
+        (ck / "evaluator" / metrics.REFERENCE_FILE).write_bytes(reference)
+    else:
+        np.savez(ck / "evaluator" / metrics.REFERENCE_FILE, **reference)
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled before reading the evaluator's statistics")
@@ -196,7 +208,18 @@ def test_sample_reads_evaluator_statistics_before_sampling(bad, capsys, monkeypa
     monkeypatch.setattr(pipeline, "generate", no_sampling)
     argv = fill(SAMPLE_BASE + ["--evaluate", "--per-class", "2", "--out", "{out}/ev"], bad)
     rc = cli.run(load_script("sample.py").main, argv + ["--checkpoint-dir", str(ck)])
-    assert_one_line_error(rc, capsys.readouterr().err, [metrics.REFERENCE_FILE, "unreadable"])
+    assert_one_line_error(rc, capsys.readouterr().err, [metrics.REFERENCE_FILE, expected])
+
+
+def test_sample_write_failure_names_out_and_the_file(bad, capsys, monkeypatch):
+    monkeypatch.setattr(pipeline, "generate",
+                        lambda key, pipe, labels, scale, **kw: jnp.zeros((len(labels), 28, 28, 1)))
+    out = bad["out"] / "blocked"
+    (out / "grid.png").mkdir(parents=True)  # A folder where the grid goes.
+    rc = cli.run(load_script("sample.py").main,
+                 fill(SAMPLE_BASE + ["--no-gif", "--out", str(out)], bad))
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert_one_line_error(rc, err, [f"--out {out}: cannot write", "grid.png"])
 
 
 def test_sample_batch_never_exceeds_the_images_asked_for(bad, capsys, monkeypatch):
@@ -243,6 +266,10 @@ TRAIN_CASES = {
                                 ["--process-id", "got 2", "accepted 0..1"]),
     "workdir-under-a-file": (["--workdir", "{file}/run"], ["--workdir", "a-file/run",
                                                            "not writable"]),
+    "epochs-beyond-int32-steps": (["--data-dir", "{tiny_mnist}", "--epochs", "1e306"],
+                                  ["--epochs", "got 1e+306", "accepted at most 2147483647 steps"]),
+    "batch-size-beyond-the-data": (["--data-dir", "{tiny_mnist}", "--batch-size", "100"],
+                                   ["--batch-size", "got 100", "at most the 64 training images"]),
     "workdir-empty": (["--workdir", ""], ["--workdir", "got ''", "accepted a folder path"]),
     "data-dir-empty": (["--data-dir", ""], ["--data-dir", "got ''", "accepted a folder path"]),
 }
@@ -414,6 +441,8 @@ API_CASES = {
                                 ValueError, r"steps: got 10\.0, accepted an integer >= 1"),
     "make_model-bogus": (lambda: make_model("bogus"),
                          ValueError, r"model: got 'bogus', accepted unet"),
+    "Evaluator-batch_size-0": (lambda: metrics.Evaluator("unused", batch_size=0),
+                               ValueError, r"batch_size: got 0, accepted an integer >= 1"),
     "make_model-kwargs": (lambda: make_model("unet", {"colour": 3}),
                           ValueError, r"model_kwargs for 'unet'"),
 }

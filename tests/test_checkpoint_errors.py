@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from conftest import run_cli
@@ -313,6 +314,30 @@ def test_save_model_never_replaces_a_users_files(case, tiny_checkpoints, tmp_pat
     with pytest.raises(CheckpointError, match=re.escape(f"{out}: exists and is not")):
         checkpoint.save_model(out, variables, meta)
     assert mine.read_text() == "mine"
+    assert hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("variables, change, pattern", [
+    ("same", lambda m: m.pop("task"), r"metadata: no 'task' field; accepted"),
+    ("same", lambda m: m.update(step=np.int64(3)), r"metadata: not JSON"),
+    (None, None, r"variables: got None; accepted a non-empty pytree of arrays"),
+    ("nan", None, r"variables: contain NaN or inf"),
+])
+def test_save_model_checks_before_replacing_a_model(variables, change, pattern,
+                                                    tiny_checkpoints, tmp_path):
+    """A bad save never replaces the good model checkpoint it was aimed at."""
+    good = tmp_path / "classifier"
+    shutil.copytree(tiny_checkpoints / "classifier", good)
+    _, good_vars, meta = checkpoint.load_model(good)
+    if change is not None:
+        change(meta)
+    if variables == "same":
+        variables = good_vars
+    elif variables == "nan":
+        variables = jax.tree.map(lambda x: x * np.nan, good_vars)
+    with pytest.raises(CheckpointError, match=pattern):
+        checkpoint.save_model(good, variables, meta)
+    checkpoint.load_model(good)  # Still there, intact.
     assert hidden(tmp_path) == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -72,3 +73,9 @@ def test_bundled_evaluator_is_at_least_99_percent_on_the_test_set():
     ev = metrics.Evaluator(REPO / "checkpoints" / "evaluator")
     acc, _ = metrics.guided_accuracy(ev(x).predictions, y)
     assert acc >= 0.99, acc
+
+
+def test_check_images_accepts_every_float_dtype():
+    for dtype in (jnp.bfloat16, jnp.float16, jnp.float32, np.float64):
+        x = metrics.check_images(np.full((2, 28, 28, 1), 0.5, dtype))
+        assert x.dtype == np.float32 and np.all(x == 0.5)
