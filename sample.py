@@ -56,7 +56,8 @@ def parse_classes(text: str, num_classes: int | None = None) -> list[int]:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", default="sample", choices=["sample", "figures"])
     p.add_argument("--classes", default="0-9", help="digits to generate: 0,3,7 or 0-9 (figures "
                    "uses all classes)")

@@ -17,7 +17,8 @@ from jaxguide import cli, configs
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=configs.TASKS)
     p.add_argument("--workdir", required=True, help="checkpoints, logs and the exported model")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: "

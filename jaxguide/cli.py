@@ -10,7 +10,7 @@ from jaxguide import parallel
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.data import DataError
 
-_HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}")  # host:port, [v6]:port
+_HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})")  # host:port, [v6]:port
 USER_ERRORS = (ValueError, TypeError, CheckpointError, DataError, OSError, RuntimeError)
 
 
@@ -49,9 +49,10 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
 def init_devices(args) -> "parallel.Mesh":
     """Joins the multi-process run if asked; returns the mesh of --devices."""
     n, i, address = args.num_processes, args.process_id, args.coordinator_address
-    if address is not None and not _HOST_PORT.fullmatch(address):
-        raise ValueError(f"--coordinator-address: got {address!r}, accepted host:port "
-                         "(e.g. 10.0.0.1:1234)")
+    match = _HOST_PORT.fullmatch(address) if address is not None else None
+    if address is not None and not (match and 1 <= int(match[2]) <= 65535):
+        raise ValueError(f"--coordinator-address: got {address!r}, accepted host:port with a "
+                         "port in 1..65535 (e.g. 10.0.0.1:1234)")
     if n is not None and n < 1:
         raise ValueError(f"--num-processes: got {n}, accepted an integer >= 1")
     if i is not None and not 0 <= i < (n or 1 << 31):

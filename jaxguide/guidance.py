@@ -138,7 +138,8 @@ def _check_labels(labels, num_classes):
         arr = np.asarray(labels)
         if arr.ndim > 1 or not np.issubdtype(arr.dtype, np.integer) and not (
                 np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
-            raise ValueError(f"labels must be integers of shape () or (B,), got {arr.dtype}{arr.shape}")
+            raise ValueError(f"labels: got {str(arr.tolist())[:80]} ({arr.dtype}, shape "
+                             f"{arr.shape}), accepted integer class indices of shape () or (B,)")
         hi = num_classes if num_classes is not None else math.inf
         if arr.size and (arr.min() < 0 or arr.max() >= hi):
             bad = arr[(arr < 0) | (arr >= hi)].ravel()[0]

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,10 @@ class Pipeline:
 def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
                   classifier: str = "classifier") -> Pipeline:
     """Loads `<checkpoint_dir>/<denoiser>` and `<checkpoint_dir>/<classifier>`."""
+    for name, value in (("checkpoint_dir", checkpoint_dir), ("denoiser", denoiser),
+                        ("classifier", classifier)):
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{name}: got {value!r}, accepted a path")
     root = Path(checkpoint_dir)
     if not root.is_dir():
         raise checkpoint.CheckpointError(f"--checkpoint-dir {root}: not found")
@@ -83,12 +88,20 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, n_steps: int,
     Returns:
       images (B, H, W, C), or (images, trajectory (F, B, H, W, C)) with `record_every`.
     """
-    shape = np.shape(labels)
-    if len(shape) != 1:
-        raise ValueError(f"labels: got shape {shape}, accepted a 1-D sequence of class indices")
-    if not shape[0]:
+    if not isinstance(pipe, Pipeline):
+        raise TypeError(f"pipe: got {type(pipe).__name__}, accepted a Pipeline (load_pipeline)")
+    accepted = f"a 1-D sequence of class indices 0..{pipe.num_classes - 1}"
+    if not isinstance(labels, jax.Array):  # Lists, tuples, NumPy arrays: checked here.
+        try:
+            labels = np.asarray(labels)
+        except ValueError as e:  # Ragged.
+            raise ValueError(f"labels: {e}; accepted {accepted}") from e
+        if labels.dtype.kind not in "iuf":
+            raise ValueError(f"labels: got {str(labels.tolist())[:80]}, accepted {accepted}")
+    if labels.ndim != 1:
+        raise ValueError(f"labels: got shape {labels.shape}, accepted {accepted}")
+    if not labels.shape[0]:
         raise ValueError("labels: got an empty sequence, accepted at least one label")
-    labels = jnp.asarray(labels)
     score_fn = classifier_guidance(pipe.score_fn, pipe.log_prob_fn, labels, scale,
                                    num_classes=pipe.num_classes)
     out = sample(key, score_fn, pipe.sde, (labels.shape[0],) + pipe.image_shape, n_steps=n_steps,

@@ -29,7 +29,7 @@ from jax.tree_util import Partial
 from jaxguide import parallel
 from jaxguide.compiler import jit
 from jaxguide.guidance import _as_partial
-from jaxguide.checks import check_key, check_positive_int, check_shape, is_real
+from jaxguide.checks import check_key, check_positive_int, check_shape, is_concrete, is_real
 from jaxguide.sde import VPSDE, _expand
 
 NFE_PER_STEP = {"euler_maruyama": 1, "predictor_corrector": 2, "heun": 2, "dpm_solver_2m": 1}
@@ -236,10 +236,18 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
         record_every = check_positive_int("record_every", record_every)
     if indices is None:
         indices = jnp.arange(shape[0], dtype=jnp.uint32)
-    elif jnp.shape(indices) != shape[:1]:
-        raise ValueError(f"indices: expected shape {shape[:1]}, got {jnp.shape(indices)}")
+    elif np.shape(indices) != shape[:1]:
+        raise ValueError(f"indices: expected shape {shape[:1]}, got {np.shape(indices)}")
+    elif is_concrete(indices):
+        idx = np.asarray(indices)
+        if idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() > np.iinfo(np.uint32).max:
+            raise ValueError(f"indices: got {str(idx.tolist())[:80]}, accepted integers in "
+                             f"0..{np.iinfo(np.uint32).max}")
     indices = jnp.asarray(indices, jnp.uint32)
     if mesh is not None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh: got {type(mesh).__name__}, accepted a jax.sharding.Mesh "
+                            "(jaxguide.parallel.make_mesh)")
         parallel.check_divisible("batch size (shape[0])", shape[0], mesh)
         key, score_fn = parallel.replicate(mesh, (key, score_fn))
         indices = parallel.shard_batch(mesh, indices)

@@ -150,6 +150,8 @@ SAMPLE_CASES = {
                               ["--checkpoint-dir", "a-file", "is a file"]),
     "coordinator-address-bad": (["--coordinator-address", "not an address"],
                                 ["--coordinator-address", "'not an address'", "host:port"]),
+    "coordinator-port-too-big": (["--coordinator-address", "localhost:99999"],
+                                 ["--coordinator-address", "port in 1..65535"]),
     "out-a-file": (["--out", "{file}"], ["--out", "a-file", "is a file, accepted a folder"]),
     "figures-data-dir-missing": (["figures", "--data-dir", "{missing}"],
                                  ["--data-dir", "does-not-exist", "not found"]),
@@ -294,6 +296,7 @@ ARGPARSE_CASES = [
     ("sample.py", ["--steps", "1.5"], "argument --steps: invalid int value: '1.5'"),
     ("sample.py", ["--scale", "big"], "argument --scale: invalid float value: 'big'"),
     ("sample.py", ["smaple"], "argument command: invalid choice: 'smaple'"),
+    ("sample.py", ["--debu"], "unrecognized arguments: --debu"),  # No abbreviations.
     ("train.py", ["bogus", "--workdir", "w"], "argument task: invalid choice: 'bogus'"),
     ("train.py", ["denoiser"], "the following arguments are required: --workdir"),
     ("train.py", ["denoiser", "--workdir", "w", "--lr", "fast"],

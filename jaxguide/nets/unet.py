@@ -28,7 +28,7 @@ def check_images(x, *, channels: int | None, multiple: int = 1,
     x: a floating (B, H, W, C) array of images scaled to [-1, 1], with C = `channels` (None:
     any), H and W positive multiples of `multiple` or, given `size`, (H, W) = size.
     """
-    accepted = f"(B, {'H, W' if size is None else '%d, %d' % size}, {channels or 'C'})"
+    accepted = f"(B, {'H, W' if size is None else '%d, %d' % size}, {channels or 'C'}), B >= 1"
     if multiple > 1:
         accepted += f" with H and W positive multiples of {multiple}"
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
@@ -36,7 +36,7 @@ def check_images(x, *, channels: int | None, multiple: int = 1,
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x: got dtype {x.dtype}, accepted a floating array scaled to [-1, 1]")
     shape = tuple(x.shape)
-    if (len(shape) != 4 or shape[3] != (channels or shape[3])
+    if (len(shape) != 4 or shape[0] < 1 or shape[3] != (channels or shape[3])
             or shape[1:3] != (size or shape[1:3])
             or any(d < multiple or d % multiple for d in shape[1:3])):
         raise ValueError(f"x: got shape {shape}, accepted {accepted}")
