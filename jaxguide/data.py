@@ -308,6 +308,45 @@ def load_mnist(
     return _to_model_arrays(images, labels)
 
 
+def check_dataset(dataset, num_classes: int | None = None, min_test_per_class: int = 0):
+    """Checks a `((train_images, train_labels), (test_images, test_labels))` dataset as
+    `load_mnist` returns it; returns it as NumPy arrays.
+
+    Images: floating (N, H, W, C), N >= 1, the same (H, W, C) in both splits, finite, in
+    [-1, 1]. Labels: integers (N,) in [0, num_classes) (>= 0 without `num_classes`); every
+    class at least `min_test_per_class` times in the test split. Raises ValueError or
+    TypeError naming the split and the array.
+    """
+    form = "((train_images, train_labels), (test_images, test_labels))"
+    try:
+        (x_train, y_train), (x_test, y_test) = dataset
+    except (TypeError, ValueError):
+        raise TypeError(f"dataset: got {type(dataset).__name__}, accepted {form}") from None
+    out = []
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        x, y = np.asarray(x), np.asarray(y)
+        where = f"dataset: {split} images"
+        if x.dtype.kind != "f" or x.ndim != 4 or not len(x):
+            raise ValueError(f"{where}: got {x.dtype} {x.shape}, accepted floating (N, H, W, C) "
+                             "with N >= 1, scaled to [-1, 1]")
+        if out and x.shape[1:] != out[0][0].shape[1:]:
+            raise ValueError(f"{where}: got {x.shape}, the train images are {out[0][0].shape}")
+        if not np.isfinite(x).all() or x.min() < -1.001 or x.max() > 1.001:
+            raise ValueError(f"{where}: values span [{x.min():.3g}, {x.max():.3g}], accepted "
+                             "finite values in [-1, 1]")
+        hi = num_classes or np.iinfo(np.int32).max
+        if y.dtype.kind not in "iu" or y.shape != x.shape[:1] or (y.min() < 0 or y.max() >= hi):
+            raise ValueError(f"dataset: {split} labels: got {y.dtype} {y.shape} in "
+                             f"[{y.min()}, {y.max()}], accepted integers ({len(x)},) in "
+                             f"[0, {hi - 1}]")
+        out.append((x, y))
+    counts = np.bincount(out[1][1], minlength=num_classes or 0)
+    if min_test_per_class and counts.min() < min_test_per_class:
+        raise ValueError(f"dataset: test labels: class {counts.argmin()} has {counts.min()} "
+                         f"examples, accepted >= {min_test_per_class} per class")
+    return tuple(out)
+
+
 def _check_dir(name: str, value) -> None:
     """Checks that `value` is None or a non-empty path (str or os.PathLike)."""
     if value is not None and not isinstance(value, (str, os.PathLike)):

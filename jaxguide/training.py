@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import time
@@ -217,15 +218,23 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     Returns:
       The final TrainState. The eval-mode variables are exported to `workdir/model`.
     """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg: got {type(cfg).__name__}, accepted a TrainConfig "
+                        "(jaxguide.configs.get_config)")
+    if not isinstance(workdir, (str, os.PathLike)):
+        raise TypeError(f"workdir: got {workdir!r}, accepted a path")
     workdir = Path(workdir)
     mesh = parallel.make_mesh(devices)
     parallel.check_divisible("batch_size", cfg.batch_size, mesh)
     checkpoint.ensure_writable_dir(workdir, "workdir")
     checkpoint.check_replaceable(workdir / "model")  # Fails now, not after the training.
-    (x_train, y_train), (x_test, y_test) = dataset or (
-        data.load_mnist("train", data_dir), data.load_mnist("test", data_dir))
-    data.steps_per_epoch(len(x_train), cfg.batch_size)  # Validates batch_size against n.
     model = make_model(cfg.model, cfg.kwargs)
+    if dataset is None:
+        dataset = data.load_mnist("train", data_dir), data.load_mnist("test", data_dir)
+    (x_train, y_train), (x_test, y_test) = data.check_dataset(
+        dataset, getattr(model, "num_classes", None),
+        min_test_per_class=2 if cfg.task == "evaluator" else 0)  # Its reference statistics.
+    data.steps_per_epoch(len(x_train), cfg.batch_size)  # Validates batch_size against n.
     tx = make_optimizer(cfg)
     state = create_state(cfg, model, tx, x_train.shape[1:])
     check_disk_space(workdir, state, cfg.keep)

@@ -525,7 +525,32 @@ def test_nonfinite_state_stops_before_a_bad_checkpoint(ref, tmp_path, monkeypatc
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(good))
 
 
-def test_nan_loss_stops_the_run(tmp_path):
+def unchecked_data(monkeypatch):
+    """Lets bad data through `train`'s dataset check, to test the guards behind it."""
+    monkeypatch.setattr(data, "check_dataset", lambda dataset, *args, **kwargs: dataset)
+
+
+def test_train_refuses_a_bad_dataset(tmp_path):
+    (x, y), test = synthetic_data()
+    cases = [(((x, np.where(np.arange(len(y)) == 3, 99, y)), test), r"train labels: .*\[0, 9\]"),
+             (((np.full_like(x, np.nan), y), test), r"train images: values span"),
+             (((x, y[:-1]), test), r"train labels: got .*accepted integers"),
+             (((x, y), (test[0][:0], test[1][:0])), r"test images: got float32 \(0,"),
+             ((x, y), r"dataset: got tuple, accepted \(\(train_images")]
+    for dataset, pattern in cases:
+        with pytest.raises((ValueError, TypeError), match=pattern):
+            training.train(get_config("classifier", preset="tiny"), tmp_path, dataset=dataset,
+                           progress=False)
+    # The evaluator's reference statistics need two test examples of every class.
+    one_of_each = (x[:10], np.arange(10, dtype=np.int32))
+    with pytest.raises(ValueError, match=r"test labels: class 0 has 1 examples, accepted >= 2"):
+        training.train(get_config("evaluator", preset="tiny"), tmp_path,
+                       dataset=((x, y), one_of_each), progress=False)
+    assert step_dirs(tmp_path) == []
+
+
+def test_nan_loss_stops_the_run(tmp_path, monkeypatch):
+    unchecked_data(monkeypatch)
     (x, y), test = synthetic_data()
     y = y.copy()
     y[data.batch_indices(CFG.seed, 3, len(x), CFG.batch_size)] = 99  # NaN loss at step 4.
@@ -538,7 +563,8 @@ def test_nan_loss_stops_the_run(tmp_path):
     assert record_steps(records(tmp_path)) == [(2, "loss"), (3, "eval")]
 
 
-def test_nan_images_before_any_checkpoint(tmp_path):
+def test_nan_images_before_any_checkpoint(tmp_path, monkeypatch):
+    unchecked_data(monkeypatch)
     (x, y), test = synthetic_data()
     with pytest.raises(TrainingError) as e:
         training.train(CFG, tmp_path, dataset=((np.full_like(x, np.nan), y), test),
