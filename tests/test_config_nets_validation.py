@@ -119,8 +119,8 @@ CASES = {
            "t-string": ({"t": "0.5"}, TypeError, r"t: got '0\.5', accepted a number"),
        }.items()},
     "unet-x-27x27": (lambda: apply("unet", x=jnp.zeros((2, 27, 27, 1))), ValueError,
-                     r"x: got shape \(2, 27, 27, 1\), accepted \(B, H, W, 1\) with H and W "
-                     r"positive multiples of 4"),
+                     r"x: got shape \(2, 27, 27, 1\), accepted \(B, H, W, 1\) with B >= 1 and "
+                     r"H and W positive multiples of 4"),
     "seed-x-26x26": (lambda: apply("seed", x=jnp.zeros((2, 26, 26, 1))), ValueError,
                      r"x: got shape \(2, 26, 26, 1\), .*multiples of 4"),
     "classifier-x-32x32": (lambda: apply("classifier", x=jnp.zeros((2, 32, 32, 1))), ValueError,

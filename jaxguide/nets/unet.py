@@ -28,9 +28,10 @@ def check_images(x, *, channels: int | None, multiple: int = 1,
     x: a floating (B, H, W, C) array of images scaled to [-1, 1], with C = `channels` (None:
     any), H and W positive multiples of `multiple` or, given `size`, (H, W) = size.
     """
-    accepted = f"(B, {'H, W' if size is None else '%d, %d' % size}, {channels or 'C'}), B >= 1"
+    hw = "H, W" if size is None else "%d, %d" % size
+    accepted = f"(B, {hw}, {channels or 'C'}) with B >= 1"
     if multiple > 1:
-        accepted += f" with H and W positive multiples of {multiple}"
+        accepted += f" and H and W positive multiples of {multiple}"
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise TypeError(f"x: got a {type(x).__name__}, accepted an array of shape {accepted}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
