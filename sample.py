@@ -15,10 +15,14 @@ import argparse
 import contextlib
 import json
 import math
-import sys
+import os
+import signal
 from pathlib import Path
 
-from jaxguide import cli
+if __name__ == "__main__":  # Ctrl-C while JAX imports: status 130, no traceback.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+from jaxguide import cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_STEPS = 50
@@ -291,4 +295,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.exit_with(main)

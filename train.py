@@ -11,9 +11,13 @@ The trained eval-mode model is written to <workdir>/model (what sample.py loads)
 from __future__ import annotations
 
 import argparse
-import sys
+import os
+import signal
 
-from jaxguide import cli, configs
+if __name__ == "__main__":  # Ctrl-C while JAX imports: status 130, no traceback.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+from jaxguide import cli, configs  # noqa: E402
 
 
 def parse_args(argv):
@@ -102,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.exit_with(main)

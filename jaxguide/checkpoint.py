@@ -34,6 +34,8 @@ from jaxguide.configs import TASKS
 from jaxguide.sde import VPSDE
 
 FORMAT = "jaxguide.checkpoint"
+REFERENCE_FILE = "reference_stats.npz"  # An evaluator's test-set statistics (metrics.py).
+MODEL_FILES = ("metadata.json", "state", REFERENCE_FILE)  # What a model checkpoint holds.
 FORMAT_VERSION = 1
 _ORBAX_DIR = os.path.dirname(ocp.__file__)
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "jaxguide")
@@ -192,14 +194,25 @@ def _is_model_checkpoint(path: Path) -> bool:
     return not path.is_symlink()
 
 
-def check_replaceable(path: str | Path) -> Path:
-    """Raises unless `path` is free or holds a jaxguide model checkpoint (which `save_model`
-    replaces): a user's own file or folder there is never deleted."""
+def check_replaceable(path: str | Path, task: str | None = None) -> Path:
+    """Raises unless `path` is free or holds only a jaxguide model checkpoint (of `task`,
+    unless None), which `save_model` replaces: a user's own file or folder, anything else
+    kept in the model's folder, or a model of another task is never deleted."""
     path = _as_path(path)
-    if os.path.lexists(path) and not _is_model_checkpoint(path):
+    if not os.path.lexists(path):
+        return path
+    if not _is_model_checkpoint(path):
         raise CheckpointError(
             f"{path}: exists and is not a jaxguide model checkpoint, so it is not replaced; "
             "accepted a new path or a model checkpoint to overwrite")
+    extra = sorted(p.name for p in path.iterdir() if p.name not in MODEL_FILES)
+    if extra:
+        raise CheckpointError(f"{path}: holds {', '.join(extra[:3])} besides the model, so it "
+                              "is not replaced; accepted a new path or a model checkpoint alone")
+    old = _read_metadata_file(path).get("task")
+    if task is not None and old != task:
+        raise CheckpointError(f"{path}: holds a {old!r} model, not replaced by a {task!r} one; "
+                              "accepted a new path (another work dir)")
     return path
 
 
@@ -210,7 +223,8 @@ def save_model(path: str | Path, variables, metadata: dict[str, Any]) -> Path:
     In a multi-process run every process calls it (Orbax writes the arrays collectively);
     process 0 writes the metadata and commits.
     """
-    path = check_replaceable(path).absolute()
+    task = metadata.get("task") if isinstance(metadata, dict) else None
+    path = check_replaceable(path, task).absolute()
     meta_text = _model_metadata_text(metadata)
     _check_variables(variables)
     tmp = _staging_dir(path)

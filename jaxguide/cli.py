@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import sys
 
 from jaxguide import parallel
@@ -12,6 +14,22 @@ from jaxguide.data import DataError
 
 _HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})")  # host:port, [v6]:port
 USER_ERRORS = (ValueError, TypeError, CheckpointError, DataError, OSError, RuntimeError)
+
+
+def exit_with(main) -> None:
+    """Runs main on the command line's arguments and ends the process with `run`'s status.
+
+    After Ctrl-C the process ends at once (`os._exit(130)`, output flushed): a normal
+    interpreter shutdown while XLA's threads still compile or run can crash (a segfault).
+    Training has saved its checkpoint by then (saves are synchronous).
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # The scripts' import-time one.
+    status = run(main)
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
 
 
 def run(main, argv=None) -> int:

@@ -19,7 +19,7 @@ from jaxguide.checks import check_int
 from jaxguide.compiler import jit
 
 
-REFERENCE_FILE = "reference_stats.npz"
+REFERENCE_FILE = checkpoint.REFERENCE_FILE
 
 
 @dataclasses.dataclass(frozen=True)

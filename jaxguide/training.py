@@ -227,7 +227,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     mesh = parallel.make_mesh(devices)
     parallel.check_divisible("batch_size", cfg.batch_size, mesh)
     checkpoint.ensure_writable_dir(workdir, "workdir")
-    checkpoint.check_replaceable(workdir / "model")  # Fails now, not after the training.
+    checkpoint.check_replaceable(workdir / "model", cfg.task)  # Now, not after the training.
     model = make_model(cfg.model, cfg.kwargs)
     if dataset is None:
         dataset = data.load_mnist("train", data_dir), data.load_mnist("test", data_dir)

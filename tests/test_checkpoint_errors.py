@@ -317,6 +317,27 @@ def test_save_model_never_replaces_a_users_files(case, tiny_checkpoints, tmp_pat
     assert hidden(tmp_path) == []
 
 
+def test_export_keeps_a_model_folder_that_holds_more_than_the_model(workdir, tiny_checkpoints):
+    """Sample outputs or notes kept in <workdir>/model survive a re-export (it is refused)."""
+    model = workdir / "model"
+    shutil.copytree(tiny_checkpoints / "classifier", model)
+    mine = user_file(model / "notes.txt")
+    with pytest.raises(CheckpointError, match=re.escape(f"{model}: holds notes.txt besides the "
+                                                        "model, so it is not replaced")):
+        training.export(workdir)
+    assert mine.read_text() == "mine"
+
+
+def test_train_never_replaces_a_model_of_another_task(tiny_checkpoints, tmp_path):
+    shutil.copytree(tiny_checkpoints / "denoiser", tmp_path / "model")
+    with pytest.raises(CheckpointError, match=r"holds a 'denoiser' model, not replaced by a "
+                       r"'classifier' one"):
+        training.train(get_config("classifier", preset="tiny"), tmp_path,
+                       data_dir=tmp_path / "no-data", progress=False)  # Before any data.
+    assert checkpoint.read_model_metadata(tmp_path / "model")["task"] == "denoiser"
+    assert not (tmp_path / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("variables, change, pattern", [
     ("same", lambda m: m.pop("task"), r"metadata: no 'task' field; accepted"),
     ("same", lambda m: m.update(step=np.int64(3)), r"metadata: not JSON"),
