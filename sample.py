@@ -91,11 +91,6 @@ def _check_int(name: str, value: int, hi: int) -> None:
         raise ValueError(f"--{name}: got {value}, accepted an integer in 1..{hi}")
 
 
-def _check_path(name: str, value: str | None) -> None:
-    if value is not None and not value.strip():
-        raise ValueError(f"--{name}: got {value!r}, accepted a folder path")
-
-
 def check_args(args, num_classes: int | None = None) -> list[int]:
     """Validates the arguments (classes against `num_classes` when given); returns the classes.
 
@@ -114,13 +109,16 @@ def check_args(args, num_classes: int | None = None) -> list[int]:
                          f"(at most {MAX_SCALE:g})")
     if not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed: got {args.seed}, accepted an integer in 0..{MAX_SEED}")
+    if args.command == "figures" and args.evaluate:
+        raise ValueError("--evaluate: used only by `sample.py sample`; figures evaluates its "
+                         "accuracy-against-scale sweep whenever an evaluator is present")
     if args.evaluate and args.per_class < 2:
         raise ValueError(f"--per-class: got {args.per_class}; --evaluate needs >= 2 samples "
                          "per class (class-wise Fréchet distances)")
     if args.command == "sample" and args.data_dir is not None:
         raise ValueError("--data-dir: used only by `sample.py figures` (its test digit)")
     for name in ("out", "checkpoint_dir", "data_dir"):
-        _check_path(name.replace("_", "-"), getattr(args, name))
+        cli.check_path("--" + name.replace("_", "-"), getattr(args, name))
     if Path(args.checkpoint_dir).is_file():
         raise ValueError(f"--checkpoint-dir {args.checkpoint_dir}: is a file, accepted a "
                          "folder holding denoiser/ and classifier/")

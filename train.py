@@ -80,9 +80,7 @@ def main(argv):
         if not (math.isfinite(args.epochs) and args.epochs > 0):
             raise ValueError(f"--epochs: got {args.epochs}, accepted a finite number > 0")
     for name in ("workdir", "data_dir"):
-        value = getattr(args, name)
-        if value is not None and not value.strip():
-            raise ValueError(f"--{name.replace('_', '-')}: got {value!r}, accepted a folder path")
+        cli.check_path("--" + name.replace("_", "-"), getattr(args, name))
     checkpoint.ensure_writable_dir(args.workdir, "--workdir")
     try:
         train_set = data.load_mnist("train", args.data_dir)

@@ -49,6 +49,25 @@ def run(main, argv=None) -> int:
     return 0
 
 
+def check_path(flag: str, value: str | None) -> None:
+    """A path argument must be non-empty, UTF-8 and usable by the OS (each part <= 255 bytes):
+    else a ValueError naming `flag` now, not an OSError (or Orbax's C++ error) later."""
+    if value is None:
+        return
+    shown = repr(value if len(value) <= 60 else value[:57] + "...")
+    if not value.strip():
+        raise ValueError(f"{flag}: got {shown}, accepted a folder path")
+    try:
+        value.encode("utf-8")
+        os.stat(value)
+    except UnicodeEncodeError:
+        raise ValueError(f"{flag}: got {shown}, accepted a UTF-8 path") from None
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # Reported by whoever needs the path to exist, in their own words.
+    except OSError as e:
+        raise ValueError(f"{flag}: got {shown}, an unusable path ({e.strerror or e})") from None
+
+
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """--devices, and the flags that join a multi-process (multi-host) run."""
     g = parser.add_argument_group(

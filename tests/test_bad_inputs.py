@@ -156,6 +156,9 @@ SAMPLE_CASES = {
     "figures-data-dir-missing": (["figures", "--data-dir", "{missing}"],
                                  ["--data-dir", "does-not-exist", "not found"]),
     "figures-steps-0": (["figures", "--steps", "0"], ["--steps", "got 0", "in 1.."]),
+    "figures-evaluate": (["figures", "--evaluate"], ["--evaluate", "used only by"]),
+    "out-name-too-long": (["--out", "{out}/" + "b" * 300], ["--out", "an unusable path"]),
+    "out-not-utf8": (["--out", "{out}/bad\udcff"], ["--out", "accepted a UTF-8 path"]),
     "figures-checkpoint-dir-empty": (["figures", "--checkpoint-dir", "{empty}"],
                                      ["--checkpoint-dir", "no denoiser/"]),
 }
@@ -274,6 +277,8 @@ TRAIN_CASES = {
                                    ["--batch-size", "got 100", "at most the 64 training images"]),
     "workdir-empty": (["--workdir", ""], ["--workdir", "got ''", "accepted a folder path"]),
     "data-dir-empty": (["--data-dir", ""], ["--data-dir", "got ''", "accepted a folder path"]),
+    "workdir-name-too-long": (["--workdir", "{workdir}/" + "w" * 300],
+                              ["--workdir", "an unusable path"]),
 }
 
 
