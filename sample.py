@@ -195,13 +195,28 @@ def load_evaluator(args, required: bool = False):
 
 @contextlib.contextmanager
 def writing_to(out: Path):
-    """Turns a failed write under --out (a folder in a file's place, a full disk) into one
+    """Yields `stage(name)`: the hidden temporary path to write `out/name` to. The files move
+    into place together when the block ends, none if it fails or is interrupted (no half-written
+    or mixed outputs); a failed write (a folder in a file's place, a full disk) becomes one
     error naming the file."""
+    staged = {}
+
+    def stage(name: str) -> Path:
+        stem, _, ext = name.rpartition(".")
+        staged[out / name] = out / f".{stem}.partial.{ext}"  # Keeps the format's extension.
+        return staged[out / name]
+
     try:
-        yield
+        yield stage
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
     except OSError as e:
-        raise ValueError(f"--out {out}: cannot write {e.filename or 'a file'} "
-                         f"({e.strerror or e})") from e
+        finals = {str(tmp): path for path, tmp in staged.items()}
+        name = e.filename2 or finals.get(str(e.filename), e.filename) or "a file"
+        raise ValueError(f"--out {out}: cannot write {name} ({e.strerror or e})") from e
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
 
 
 def run_sample(args, mesh):
@@ -224,15 +239,16 @@ def run_sample(args, mesh):
     meta = {"seed": args.seed, "scale": args.scale, "steps": args.steps, "sampler": args.sampler,
             "versions": checkpoint.versions()}
     ncol = min(args.per_class, 16)
-    with writing_to(out):
-        paths = [viz.save_grid(images, labels, out / "grid.png", ncol=ncol, title=f"guided "
-                               f"samples, scale {args.scale:g}, {args.steps} {args.sampler} steps")]
+    title = f"guided samples, scale {args.scale:g}, {args.steps} {args.sampler} steps"
+    names = ["grid.png"] + (["trajectory.gif"] if frames is not None else []) + ["samples.npz"]
+    with writing_to(out) as stage:
+        viz.save_grid(images, labels, stage("grid.png"), ncol=ncol, title=title)
         if frames is not None:
-            paths.append(viz.save_gif(frames, out / "trajectory.gif", ncol=ncol))
-        np.savez(out / "samples.npz", images=images.astype(np.float32), labels=labels,
+            viz.save_gif(frames, stage("trajectory.gif"), ncol=ncol)
+        np.savez(stage("samples.npz"), images=images.astype(np.float32), labels=labels,
                  **{k: np.asarray(json.dumps(v) if isinstance(v, dict) else v)
                     for k, v in meta.items()})
-    paths.append(out / "samples.npz")
+    paths = [out / name for name in names]
     for p in paths:
         print(p)
     if evaluator is not None:
@@ -268,20 +284,20 @@ def run_figures(args, mesh):
     targets = [y, (y + 1) % pipe.num_classes]
     grads = jnp.stack([guidance.classifier_grad(pipe.log_prob_fn, jnp.full(len(ts), c))(x_ts, ts)
                        for c in targets])
-    with writing_to(out):
-        paths = [viz.plot_classifier_over_time(ts, x_ts, probs, out / "classifier_over_time.png",
-                                               y),
-                 viz.plot_gradient_maps(ts, x_ts, grads, out / "gradient_maps.png", targets)]
+    with writing_to(out) as stage:
+        viz.plot_classifier_over_time(ts, x_ts, probs, stage("classifier_over_time.png"), y)
+        viz.plot_gradient_maps(ts, x_ts, grads, stage("gradient_maps.png"), targets)
+    paths = [out / "classifier_over_time.png", out / "gradient_maps.png"]
     evaluator = load_evaluator(args)
     if evaluator is not None:
         labels = np.repeat(np.arange(pipe.num_classes, dtype=np.int32), args.per_class)
         accs = [metrics.guided_accuracy(evaluator(generate_all(pipe, labels, s, args, mesh,
                                                                desc=f"scale {s:g}")[0]).predictions,
                                         labels)[0] for s in FIGURE_SCALES]
-        with writing_to(out):
-            paths.append(viz.plot_accuracy_vs_scale(
-                FIGURE_SCALES, accs, out / "accuracy_vs_scale.png",
-                f"{len(labels)} samples, {args.steps} {args.sampler} steps"))
+        with writing_to(out) as stage:
+            viz.plot_accuracy_vs_scale(FIGURE_SCALES, accs, stage("accuracy_vs_scale.png"),
+                                       f"{len(labels)} samples, {args.steps} {args.sampler} steps")
+        paths.append(out / "accuracy_vs_scale.png")
     for p in paths:
         print(p)
 

@@ -224,7 +224,8 @@ def test_sample_write_failure_names_out_and_the_file(bad, capsys, monkeypatch):
     rc = cli.run(load_script("sample.py").main,
                  fill(SAMPLE_BASE + ["--no-gif", "--out", str(out)], bad))
     err = capsys.readouterr().err.splitlines()[-1]
-    assert_one_line_error(rc, err, [f"--out {out}: cannot write", "grid.png"])
+    assert_one_line_error(rc, err, [f"--out {out}: cannot write {out / 'grid.png'}"])
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png"]  # Nothing half-written.
 
 
 def test_sample_batch_never_exceeds_the_images_asked_for(bad, capsys, monkeypatch):
