@@ -183,14 +183,17 @@ def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampl
 def load_evaluator(args, required: bool = False):
     """The evaluator beside the checkpoints, or None when there is none (an error if
     `required`)."""
-    from jaxguide import metrics
+    from jaxguide import checkpoint, metrics
 
     path = Path(args.checkpoint_dir) / "evaluator"
     if not path.is_dir():
         if required:
             raise ValueError(f"--evaluate: no evaluator/ in --checkpoint-dir {args.checkpoint_dir}")
         return None
-    return metrics.Evaluator(path)
+    try:
+        return metrics.Evaluator(path)
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f"--checkpoint-dir: {e}") from e
 
 
 @contextlib.contextmanager
@@ -267,6 +270,7 @@ def run_figures(args, mesh):
     check_args(args)
     pipe = load_pipeline(args)
     check_args(args, pipe.num_classes)
+    evaluator = load_evaluator(args)  # Its errors before any figure.
     out = checkpoint.ensure_writable_dir(args.out, "--out")
     key = jax.random.key(args.seed)
     if args.data_dir:
@@ -288,7 +292,6 @@ def run_figures(args, mesh):
         viz.plot_classifier_over_time(ts, x_ts, probs, stage("classifier_over_time.png"), y)
         viz.plot_gradient_maps(ts, x_ts, grads, stage("gradient_maps.png"), targets)
     paths = [out / "classifier_over_time.png", out / "gradient_maps.png"]
-    evaluator = load_evaluator(args)
     if evaluator is not None:
         labels = np.repeat(np.arange(pipe.num_classes, dtype=np.int32), args.per_class)
         accs = [metrics.guided_accuracy(evaluator(generate_all(pipe, labels, s, args, mesh,
