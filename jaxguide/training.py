@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,26 @@ def make_evaluate(cfg: TrainConfig, model: nn.Module, images, labels, n: int = 1
     return evaluate
 
 
+class _Console:
+    """A text stream whose failures are ignored: a closed or full console (`> /dev/full`, a
+    broken pipe) must not stop a training run."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
 class _StopRequest:
     """Turns SIGINT/SIGTERM into a flag that the loop checks between steps."""
 
@@ -247,8 +268,9 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     log = _Log(workdir / "metrics.jsonl")
     start = int(state.step)
     last_eval: dict[str, float] = {}
+    out, err = _Console(sys.stdout), _Console(sys.stderr)
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.task,
-               dynamic_ncols=True)
+               dynamic_ncols=True, file=err)
     t0, s0 = time.perf_counter(), start
     with _StopRequest() as stop:
         for step in range(start, cfg.steps):
@@ -267,7 +289,8 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 last_eval = evaluate(state)
                 log.write({"step": done, **last_eval})
-                bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
+                bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()),
+                          file=out)
             if done % cfg.ckpt_every == 0 or done == cfg.steps or stop.signal:
                 # A finite loss does not imply a finite state (max-pool and ReLU can hide NaNs).
                 if not bool(_all_finite(state)):
@@ -276,7 +299,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
             if stop.signal:
                 bar.close()
                 print(f"{stop.signal}: saved checkpoint at step {done} in {mgr.directory}; "
-                      "run the same command to resume")
+                      "run the same command to resume", file=out)
                 raise KeyboardInterrupt
     bar.close()
     model_dir = checkpoint.save_model(workdir / "model", eval_variables(state),
