@@ -44,7 +44,10 @@ def run(main, argv=None) -> int:
         if debug:
             raise
         message = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
+        try:
+            print(f"error: {message}", file=sys.stderr)
+        except (OSError, ValueError):  # A full or closed stderr: the status still says it.
+            pass
         return 2
     return 0
 
