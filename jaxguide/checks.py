@@ -111,3 +111,11 @@ def check_times(t, hi=math.inf) -> None:
     if np.any(bad):
         accepted = "a finite time >= 0" if hi == math.inf else f"a time in [0, T={hi}]"
         raise ValueError(f"t: got {arr[bad].ravel()[0]}, accepted {accepted}")
+
+
+def check_pixels(name: str, x: np.ndarray) -> None:
+    """Images must hold finite values in [-1, 1] (up to a float rounding of 1e-3)."""
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name}: contain NaN or inf, accepted finite values in [-1, 1]")
+    if x.min() < -1.001 or x.max() > 1.001:
+        raise ValueError(f"{name}: values span [{x.min():.3g}, {x.max():.3g}], accepted [-1, 1]")

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxguide.checks import check_pixels
+
 __all__ = [
     "DataError",
     "ENV_DATA_DIR",
@@ -331,9 +333,7 @@ def check_dataset(dataset, num_classes: int | None = None, min_test_per_class: i
                              "with N >= 1, scaled to [-1, 1]")
         if out and x.shape[1:] != out[0][0].shape[1:]:
             raise ValueError(f"{where}: got {x.shape}, the train images are {out[0][0].shape}")
-        if not np.isfinite(x).all() or x.min() < -1.001 or x.max() > 1.001:
-            raise ValueError(f"{where}: values span [{x.min():.3g}, {x.max():.3g}], accepted "
-                             "finite values in [-1, 1]")
+        check_pixels(where, x)
         hi = num_classes or np.iinfo(np.int32).max
         if y.dtype.kind not in "iu" or y.shape != x.shape[:1] or (y.min() < 0 or y.max() >= hi):
             raise ValueError(f"dataset: {split} labels: got {y.dtype} {y.shape} in "

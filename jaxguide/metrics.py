@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxguide import checkpoint
-from jaxguide.checks import check_int
+from jaxguide.checks import check_int, check_pixels
 from jaxguide.compiler import jit
 
 
@@ -81,10 +81,7 @@ def check_images(images) -> np.ndarray:
     if not jnp.issubdtype(x.dtype, jnp.floating):  # bfloat16 included
         raise ValueError(f"images: got dtype {x.dtype}, accepted floats in [-1, 1]")
     x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise ValueError("images: contain NaN or inf, accepted finite values in [-1, 1]")
-    if x.min() < -1.001 or x.max() > 1.001:
-        raise ValueError(f"images: values span [{x.min():.3g}, {x.max():.3g}], accepted [-1, 1]")
+    check_pixels("images", x)
     return x
 
 

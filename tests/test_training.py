@@ -533,7 +533,7 @@ def unchecked_data(monkeypatch):
 def test_train_refuses_a_bad_dataset(tmp_path):
     (x, y), test = synthetic_data()
     cases = [(((x, np.where(np.arange(len(y)) == 3, 99, y)), test), r"train labels: .*\[0, 9\]"),
-             (((np.full_like(x, np.nan), y), test), r"train images: values span"),
+             (((np.full_like(x, np.nan), y), test), r"train images: contain NaN or inf"),
              (((x, y[:-1]), test), r"train labels: got .*accepted integers"),
              (((x, y), (test[0][:0], test[1][:0])), r"test images: got float32 \(0,"),
              ((x, y), r"dataset: got tuple, accepted \(\(train_images")]
