@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import re
 import shutil
 import sys
@@ -220,6 +221,25 @@ def test_corrupt_state(case, tiny_checkpoints, tmp_path, monkeypatch):
 class Unraisable:
     def __del__(self):
         raise ValueError("not Orbax's")
+
+
+def test_asyncio_filter_drops_only_abandoned_orbax_reads():
+    """A never-retrieved future's exception from TensorStore's C++ (no Python frames) is
+    dropped; one raised in other Python code, and other asyncio records, pass."""
+    from jaxguide.checkpoint import _not_an_abandoned_read
+
+    def record(message, exc):
+        exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, (), exc_info)
+
+    try:
+        raise ValueError("a user's coroutine failed")
+    except ValueError as e:
+        from_python = e
+    never = "Future exception was never retrieved"
+    assert not _not_an_abandoned_read(record(never, ValueError("OUT_OF_RANGE: Error reading")))
+    assert _not_an_abandoned_read(record(never, from_python))
+    assert _not_an_abandoned_read(record("Task was destroyed but it is pending!", None))
 
 
 def test_corrupt_state_cli_subprocess(tiny_checkpoints, tmp_path):

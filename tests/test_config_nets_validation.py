@@ -103,6 +103,8 @@ CASES = {
     "seed-dim_mults": (lambda: SeedUNet(base_dim=6, dim_mults=(1,)), ValueError,
                        r"dim_mults: got \(1,\) for base_dim=6"),
     "seed-temp": (lambda: SeedUNet(temp=math.nan), ValueError, r"temp: got nan"),
+    "seed-layout": (lambda: SeedUNet(layout="NCHW"), ValueError,
+                    r"layout: got 'NCHW', accepted auto, NHWC, CHWB"),
     # --- network inputs
     **{f"{name}-{case}": (functools.partial(apply, name, **inputs), exc, pattern)
        for name in ("unet", "seed", "classifier")

@@ -10,7 +10,9 @@ import pytest
 from jax import lax
 
 from jaxguide.nets import make_model
-from jaxguide.nets.conv import conv_general_dilated, conv_impl, gemm_conv
+from jaxguide.nets import SeedUNet
+from jaxguide.nets.conv import (BATCH_MINOR_MIN, batch_minor_conv, conv_general_dilated, conv_impl,
+                                 gemm_conv, prefers_batch_minor)
 
 CASES = [  # (batch, size, c_in, c_out, kernel, stride, groups, padding)
     (3, 14, 8, 16, 3, 1, 1, "SAME"),
@@ -36,23 +38,128 @@ def conv_and_grads(conv, x, w, stride, padding, groups):
     return y, grads
 
 
+def _batch_minor(x, w, strides, padding, groups):
+    """batch_minor_conv on (C, H, W, B), seen from NHWC."""
+    y = batch_minor_conv(x.transpose(3, 1, 2, 0), w, strides, padding, groups)
+    return y.transpose(3, 1, 2, 0)
+
+
+@pytest.mark.parametrize("conv", [gemm_conv, _batch_minor], ids=["gemm", "batch_minor"])
 @pytest.mark.parametrize("case", CASES, ids=[f"k{c[4]}s{c[5]}g{c[6]}" for c in CASES])
-def test_gemm_conv_matches_xla(case):
+def test_cpu_convs_match_xla(case, conv):
     b, n, c_in, c_out, k, stride, groups, padding = case
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((b, n, n, c_in)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((k, k, c_in // groups, c_out)), jnp.float32)
 
-    def gemm(x, w, strides, padding, dimension_numbers, feature_group_count):
+    def ours(x, w, strides, padding, dimension_numbers, feature_group_count):
         if isinstance(padding, str):
             padding = lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding)
-        return gemm_conv(x, w, strides, padding, feature_group_count)
+        return conv(x, w, strides, padding, feature_group_count)
 
     y_ref, g_ref = conv_and_grads(lax.conv_general_dilated, x, w, stride, padding, groups)
-    y, g = conv_and_grads(gemm, x, w, stride, padding, groups)
+    y, g = conv_and_grads(ours, x, w, stride, padding, groups)
     assert y.shape == y_ref.shape
     for a, e in zip((y, *g), (y_ref, *g_ref)):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()))
+
+
+def test_batch_minor_is_preferred_on_cpu_from_32_images():
+    assert jax.default_backend() == "cpu"
+    assert not prefers_batch_minor(BATCH_MINOR_MIN - 1) and prefers_batch_minor(BATCH_MINOR_MIN)
+    for impl in ("xla", "gemm"):
+        with conv_impl(impl):
+            assert not prefers_batch_minor(256)
+
+
+SMALL_SEED = dict(base_dim=4, dim_mults=(1, 2), time_embedding_dim=8, timesteps=10)
+
+
+def _random_like(tree, seed):
+    """Random values (nonzero biases, positive variances) of the shapes of `tree`."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32), tree)
+
+
+def _train_grads(module, variables, *args):
+    """Training-mode loss, updated batch statistics and gradients (params, first arg)."""
+    def loss(params, x):
+        y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                  x, *args[1:], train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y)), updates
+
+    (value, updates), grads = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(
+        variables["params"], args[0])
+    return value, updates, grads
+
+
+def _assert_trees_close(got, ref):
+    """Equal to float32 rounding, relative to each tree's largest entry (the biases before a
+    BatchNorm have gradients that are 0 up to rounding)."""
+    scale = max(float(jnp.abs(e).max()) for e in jax.tree.leaves(ref))
+    for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _chwb(x):
+    return x.transpose(3, 1, 2, 0)
+
+
+def test_seed_unet_layouts_agree():
+    """SeedUNet on NHWC and batch-minor activations: same parameters, same outputs."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.uniform(-1, 1, (3, 8, 8, 1)), jnp.float32)
+    t = jnp.asarray([0.05, 0.5, 0.9])
+    nhwc, chwb = SeedUNet(**SMALL_SEED, layout="NHWC"), SeedUNet(**SMALL_SEED, layout="CHWB")
+    shapes = [jax.eval_shape(m.init, jax.random.key(0), x, t) for m in (nhwc, chwb)]
+    assert shapes[0] == shapes[1]
+    variables = _random_like(shapes[0], 5)
+    out = [jax.jit(m.apply)(variables, x, t) for m in (nhwc, chwb)]
+    _assert_trees_close(out[1], out[0])
+
+
+@pytest.mark.parametrize("unit", ["bottleneck", "downsample"])
+def test_seed_unet_units_train_alike_in_both_layouts(unit):
+    """Loss, batch statistics and gradients of SeedUNet's shuffle units in training mode."""
+    from jaxguide.nets.seed_unet import ResidualBottleneck, ResidualDownsample
+
+    cls = ResidualBottleneck if unit == "bottleneck" else ResidualDownsample
+    x = jnp.asarray(np.random.default_rng(6).standard_normal((3, 6, 6, 8)), jnp.float32)
+    nhwc, chwb = cls(6, batch_minor=False), cls(6, batch_minor=True)
+    variables = _random_like(jax.eval_shape(lambda x: nhwc.init(jax.random.key(0), x, True), x), 7)
+    value, updates, (g_params, g_x) = _train_grads(nhwc, variables, x)
+    value_m, updates_m, (g_params_m, g_x_m) = _train_grads(chwb, variables, _chwb(x))
+    _assert_trees_close((value_m, updates_m, g_params_m, _chwb(g_x_m)),
+                        (value, updates, g_params, g_x))
+
+
+@pytest.mark.slow
+def test_seed_unet_trains_alike_in_both_layouts():
+    """The whole network's training loss, batch statistics and gradients (params and x)."""
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.uniform(-1, 1, (3, 8, 8, 1)), jnp.float32)
+    t = jnp.asarray([0.05, 0.5, 0.9])
+    nhwc, chwb = SeedUNet(**SMALL_SEED, layout="NHWC"), SeedUNet(**SMALL_SEED, layout="CHWB")
+    variables = _random_like(jax.eval_shape(nhwc.init, jax.random.key(0), x, t), 9)
+    ref, got = (_train_grads(m, variables, x, t) for m in (nhwc, chwb))
+    _assert_trees_close(got, ref)
+
+
+def test_seed_unet_auto_layout_is_chosen_by_batch():
+    model = SeedUNet(**SMALL_SEED)
+    x = jnp.zeros((BATCH_MINOR_MIN, 4, 4, 1))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x[:1], jnp.zeros(1))
+
+    def first_activation_shape(batch):
+        _, state = jax.eval_shape(lambda v: model.apply(
+            v, x[:batch], jnp.zeros(batch), capture_intermediates=True, mutable=["intermediates"]),
+            variables)
+        return state["intermediates"]["init_conv"]["__call__"][0].shape
+
+    assert first_activation_shape(1) == (1, 4, 4, 4)                           # NHWC
+    assert first_activation_shape(BATCH_MINOR_MIN) == (4, 4, 4, BATCH_MINOR_MIN)  # CHWB
+    with conv_impl("xla"):
+        assert first_activation_shape(BATCH_MINOR_MIN) == (BATCH_MINOR_MIN, 4, 4, 4)
 
 
 def test_unsupported_convolutions_fall_back_to_xla():

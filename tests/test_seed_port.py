@@ -70,9 +70,10 @@ def test_shuffle_concat_matches_torch_channel_shuffle():
 
 
 @needs_seed
-def test_reproduces_torch_output(variables, reference):
+@pytest.mark.parametrize("layout", ["NHWC", "CHWB"])
+def test_reproduces_torch_output(variables, reference, layout):
     x, t, eps_ref = reference
-    eps = np.asarray(jax.jit(SeedUNet().apply)(variables, x, t))
+    eps = np.asarray(jax.jit(SeedUNet(layout=layout).apply)(variables, x, t))
     assert eps.shape == eps_ref.shape
     rel = np.linalg.norm(eps - eps_ref) / np.linalg.norm(eps_ref)
     assert rel <= 1e-4, f"relative error {rel:.3g}"

@@ -1,6 +1,7 @@
 """Flax port of the PyTorch tutorial's MNIST noise-prediction UNet (ShuffleNet-style units).
 
-Layout is NHWC. Submodule names mirror the PyTorch `state_dict` names with `.<i>` written as
+Inputs and outputs are NHWC; inside, activations are NHWC or, on CPU for batches of 32 and
+more, batch-minor (C, H, W, B) (`SeedUNet.layout`; same parameters). Submodule names mirror the PyTorch `state_dict` names with `.<i>` written as
 `_<i>` (`encoder_blocks.0.conv0.1.branch2.3.module.0.weight` is
 `encoder_blocks_0/conv0_1/branch2_3/module_0/kernel`), so `load_torch_state_dict` can map
 the tutorial's weights one to one.
@@ -20,159 +21,215 @@ import numpy as np
 from flax import traverse_util
 
 from jaxguide.checks import check_int, check_ints, check_number
-from jaxguide.nets.conv import Conv
+from jaxguide.nets.conv import (NHWC, batch_minor_conv, conv_general_dilated,
+                                 prefers_batch_minor)
 from jaxguide.nets.unet import check_images, check_times
 
 
-def _batch_norm(name: str, train: bool) -> nn.BatchNorm:
+def _channel_axis(batch_minor: bool) -> int:
+    return 0 if batch_minor else -1
+
+
+class _Conv(nn.Module):
+    """nn.Conv's parameters (kernel (kh, kw, C / groups, features), bias (features,)) applied
+    to NHWC activations (like nn.Conv, through `conv.conv_general_dilated`) or batch-minor
+    (C, H, W, B) ones (`conv.batch_minor_conv`)."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: int = 1
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    feature_group_count: int = 1
+    batch_minor: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[_channel_axis(self.batch_minor)]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (*self.kernel_size, c // self.feature_group_count, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        strides = (self.strides, self.strides)
+        if self.batch_minor:
+            y = batch_minor_conv(x, kernel, strides, self.padding, self.feature_group_count)
+            return y + bias[:, None, None, None]
+        y = conv_general_dilated(x, kernel, strides, self.padding, dimension_numbers=NHWC,
+                                 feature_group_count=self.feature_group_count)
+        return y + bias
+
+
+def _batch_norm(name: str, train: bool, batch_minor: bool) -> nn.BatchNorm:
     """BatchNorm2d with PyTorch's defaults (momentum 0.1, eps 1e-5)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    return nn.BatchNorm(use_running_average=not train, axis=_channel_axis(batch_minor),
+                        momentum=0.9, epsilon=1e-5, name=name)
 
 
-def _depthwise(x: jax.Array, stride: int, train: bool, conv_name: str, bn_name: str) -> jax.Array:
+def _depthwise(x: jax.Array, stride: int, train: bool, batch_minor: bool, conv_name: str,
+               bn_name: str) -> jax.Array:
     """3x3 depthwise conv (PyTorch padding=1) -> BatchNorm, no activation.
 
-    (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), C). Padding is explicit: for stride 2
-    'SAME' would pad (0, 1) instead of PyTorch's (1, 1) and shift the sampling grid.
+    (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), C), or batch-minor (C, H, W, B)
+    -> (C, ceil(H / stride), ceil(W / stride), B). Padding is explicit: for stride 2 'SAME'
+    would pad (0, 1) instead of PyTorch's (1, 1) and shift the sampling grid.
     """
-    c = x.shape[-1]
-    x = Conv(c, (3, 3), strides=stride, padding=((1, 1), (1, 1)), feature_group_count=c,
-                name=conv_name)(x)
-    return _batch_norm(bn_name, train)(x)
+    c = x.shape[_channel_axis(batch_minor)]
+    x = _Conv(c, (3, 3), stride, ((1, 1), (1, 1)), feature_group_count=c,
+              batch_minor=batch_minor, name=conv_name)(x)
+    return _batch_norm(bn_name, train, batch_minor)(x)
 
 
-def shuffle_concat(a: jax.Array, b: jax.Array) -> jax.Array:
-    """PyTorch's channel shuffle (2 groups) of the concatenation [a, b] on the last axis:
-    (..., C) twice -> (..., 2C) with channel 2j = a_j and 2j + 1 = b_j.
+def shuffle_concat(a: jax.Array, b: jax.Array, axis: int = -1) -> jax.Array:
+    """PyTorch's channel shuffle (2 groups) of the concatenation [a, b] on the channel axis:
+    C channels twice -> 2C with channel 2j = a_j and 2j + 1 = b_j.
 
     Written as an interleave (stack + reshape): XLA:CPU runs it 10 % faster (SeedUNet
     forward) than a concatenation followed by the shuffle's transpose.
     """
-    *batch, c = a.shape
-    return jnp.stack([a, b], axis=-1).reshape(*batch, 2 * c)
+    axis %= a.ndim
+    shape = list(a.shape)
+    shape[axis] *= 2
+    return jnp.stack([a, b], axis=axis + 1).reshape(shape)
 
 
 def upsample2x(x: jax.Array) -> jax.Array:
-    """Bilinear x2 upsampling (half-pixel centres, edge-clamped), equal to PyTorch's
-    Upsample(scale_factor=2, mode="bilinear", align_corners=False).
+    """Bilinear x2 upsampling of axes 1 and 2 (half-pixel centres, edge-clamped), equal to
+    PyTorch's Upsample(scale_factor=2, mode="bilinear", align_corners=False).
 
-    (B, H, W, C) -> (B, 2H, 2W, C).
+    (B, H, W, C) -> (B, 2H, 2W, C), or (C, H, W, B) -> (C, 2H, 2W, B).
     """
-    b, h, w, c = x.shape
-    return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear")
+    n, h, w, m = x.shape
+    return jax.image.resize(x, (n, 2 * h, 2 * w, m), method="bilinear")
 
 
 class ConvBnSiLU(nn.Module):
     """Conv (with bias, stride 1, padding k // 2) -> BatchNorm -> SiLU.
 
-    (B, H, W, C_in) -> (B, H, W, features).
+    (B, H, W, C_in) -> (B, H, W, features), or batch-minor (C_in, H, W, B) ->
+    (features, H, W, B).
     """
 
     features: int
     kernel_size: int = 1
+    batch_minor: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         p = self.kernel_size // 2
-        x = Conv(self.features, (self.kernel_size, self.kernel_size), padding=((p, p), (p, p)),
-                    name="module_0")(x)
-        return nn.silu(_batch_norm("module_1", train)(x))
+        x = _Conv(self.features, (self.kernel_size, self.kernel_size), padding=((p, p), (p, p)),
+                  batch_minor=self.batch_minor, name="module_0")(x)
+        return nn.silu(_batch_norm("module_1", train, self.batch_minor)(x))
 
 
 class ResidualBottleneck(nn.Module):
     """Stride-1 shuffle unit: split channels in halves a, b; branch1(a) and branch2(b);
     concatenate and shuffle. No identity path.
 
-    (B, H, W, C_in) -> (B, H, W, out_channels); C_in and out_channels even.
+    (B, H, W, C_in) -> (B, H, W, out_channels), or the batch-minor (C, H, W, B) likewise;
+    C_in and out_channels even.
     """
 
     out_channels: int
+    batch_minor: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        a, b = jnp.split(x, 2, axis=-1)
-        a = _depthwise(a, 1, train, "branch1_0", "branch1_1")
-        a = ConvBnSiLU(self.out_channels // 2, name="branch1_2")(a, train)
-        b = ConvBnSiLU(b.shape[-1], name="branch2_0")(b, train)
-        b = _depthwise(b, 1, train, "branch2_1", "branch2_2")
-        b = ConvBnSiLU(self.out_channels // 2, name="branch2_3")(b, train)
-        return shuffle_concat(a, b)
+        bm, axis = self.batch_minor, _channel_axis(self.batch_minor)
+        a, b = jnp.split(x, 2, axis=axis)
+        a = _depthwise(a, 1, train, bm, "branch1_0", "branch1_1")
+        a = ConvBnSiLU(self.out_channels // 2, batch_minor=bm, name="branch1_2")(a, train)
+        b = ConvBnSiLU(b.shape[axis], batch_minor=bm, name="branch2_0")(b, train)
+        b = _depthwise(b, 1, train, bm, "branch2_1", "branch2_2")
+        b = ConvBnSiLU(self.out_channels // 2, batch_minor=bm, name="branch2_3")(b, train)
+        return shuffle_concat(a, b, axis)
 
 
 class ResidualDownsample(nn.Module):
     """Stride-2 shuffle unit: both branches see the whole input; concatenate and shuffle.
 
-    (B, H, W, C_in) -> (B, ceil(H / 2), ceil(W / 2), out_channels); out_channels even.
+    (B, H, W, C_in) -> (B, ceil(H / 2), ceil(W / 2), out_channels), or the batch-minor
+    (C, H, W, B) likewise; out_channels even.
     """
 
     out_channels: int
+    batch_minor: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        a = _depthwise(x, 2, train, "branch1_0", "branch1_1")
-        a = ConvBnSiLU(self.out_channels // 2, name="branch1_2")(a, train)
-        b = ConvBnSiLU(self.out_channels // 2, name="branch2_0")(x, train)
-        b = _depthwise(b, 2, train, "branch2_1", "branch2_2")
-        b = ConvBnSiLU(self.out_channels // 2, name="branch2_3")(b, train)
-        return shuffle_concat(a, b)
+        bm = self.batch_minor
+        a = _depthwise(x, 2, train, bm, "branch1_0", "branch1_1")
+        a = ConvBnSiLU(self.out_channels // 2, batch_minor=bm, name="branch1_2")(a, train)
+        b = ConvBnSiLU(self.out_channels // 2, batch_minor=bm, name="branch2_0")(x, train)
+        b = _depthwise(b, 2, train, bm, "branch2_1", "branch2_2")
+        b = ConvBnSiLU(self.out_channels // 2, batch_minor=bm, name="branch2_3")(b, train)
+        return shuffle_concat(a, b, _channel_axis(bm))
 
 
-def _stack(x: jax.Array, out_channels: int, n: int, name: str, train: bool) -> jax.Array:
+def _stack(x: jax.Array, out_channels: int, n: int, name: str, train: bool,
+           batch_minor: bool) -> jax.Array:
     """n x ResidualBottleneck(C, C), then ResidualBottleneck(C, out_channels); named
     name_0 .. name_n like the PyTorch nn.Sequential."""
+    c = x.shape[_channel_axis(batch_minor)]
     for i in range(n):
-        x = ResidualBottleneck(x.shape[-1], name=f"{name}_{i}")(x, train)
-    return ResidualBottleneck(out_channels, name=f"{name}_{n}")(x, train)
+        x = ResidualBottleneck(c, batch_minor, name=f"{name}_{i}")(x, train)
+    return ResidualBottleneck(out_channels, batch_minor, name=f"{name}_{n}")(x, train)
 
 
 class TimeMLP(nn.Module):
     """SiLU(x + MLP(t_emb)) with MLP = Dense(hidden) -> SiLU -> Dense(out).
 
-    x (B, H, W, out_dim), t_emb (B, E) -> (B, H, W, out_dim).
+    x (B, H, W, out_dim) or batch-minor (out_dim, H, W, B), t_emb (B, E) -> like x.
     """
 
     hidden_dim: int
     out_dim: int
+    batch_minor: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, t_emb: jax.Array) -> jax.Array:
         h = nn.silu(nn.Dense(self.hidden_dim, name="mlp_0")(t_emb))
         h = nn.Dense(self.out_dim, name="mlp_2")(h)
-        return nn.silu(x + h[:, None, None, :])
+        return nn.silu(x + (h.T if self.batch_minor else h)[:, None, None, :])
 
 
 class EncoderBlock(nn.Module):
     """skip = conv0(x); out = conv1(time_mlp(skip, t_emb)).
 
     x (B, H, W, C_in), t_emb (B, E) -> out (B, H/2, W/2, out_channels),
-    skip (B, H, W, out_channels / 2). The skip is taken before the time MLP.
+    skip (B, H, W, out_channels / 2); batch-minor x, out and skip are (C, H, W, B). The skip
+    is taken before the time MLP.
     """
 
     out_channels: int
+    batch_minor: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, t_emb: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        skip = _stack(x, self.out_channels // 2, 3, "conv0", train)
-        h = TimeMLP(self.out_channels, self.out_channels // 2, name="time_mlp")(skip, t_emb)
-        return ResidualDownsample(self.out_channels, name="conv1")(h, train), skip
+        bm, c = self.batch_minor, self.out_channels
+        skip = _stack(x, c // 2, 3, "conv0", train, bm)
+        h = TimeMLP(c, c // 2, bm, name="time_mlp")(skip, t_emb)
+        return ResidualDownsample(c, bm, name="conv1")(h, train), skip
 
 
 class DecoderBlock(nn.Module):
     """Upsample x2, concatenate [x, skip] (C_in channels), conv0, time_mlp, conv1.
 
     x (B, H, W, C_x), skip (B, 2H, 2W, C_in - C_x), t_emb (B, E)
-    -> (B, 2H, 2W, out_channels / 2).
+    -> (B, 2H, 2W, out_channels / 2); batch-minor x, skip and output are (C, H, W, B).
     """
 
     out_channels: int
+    batch_minor: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array, t_emb: jax.Array, train: bool) -> jax.Array:
-        x = jnp.concatenate([upsample2x(x), skip], axis=-1)
-        c_in = x.shape[-1]
-        x = _stack(x, c_in // 2, 3, "conv0", train)
-        x = TimeMLP(c_in, c_in // 2, name="time_mlp")(x, t_emb)
-        return ResidualBottleneck(self.out_channels // 2, name="conv1")(x, train)
+        bm, axis = self.batch_minor, _channel_axis(self.batch_minor)
+        x = jnp.concatenate([upsample2x(x), skip], axis=axis)
+        c_in = x.shape[axis]
+        x = _stack(x, c_in // 2, 3, "conv0", train, bm)
+        x = TimeMLP(c_in, c_in // 2, bm, name="time_mlp")(x, t_emb)
+        return ResidualBottleneck(self.out_channels // 2, bm, name="conv1")(x, train)
+
+
+LAYOUTS = ("auto", "NHWC", "CHWB")
 
 
 class SeedUNet(nn.Module):
@@ -182,6 +239,11 @@ class SeedUNet(nn.Module):
     defaults), t (B,) or scalar in [0, 1] -> eps_hat (B, H, W, out_channels). BatchNorm
     uses its running statistics unless train=True, in which case apply with
     mutable=["batch_stats"].
+
+    `layout` is the activations' layout inside the network, not the input's or output's:
+    "NHWC", "CHWB" (batch-minor: channels first, the batch innermost) or "auto" (default:
+    `conv.prefers_batch_minor(B)`, i.e. "CHWB" on CPU for B >= 32). Both layouts have the
+    same parameters and give the same outputs and gradients up to float32 rounding.
     """
 
     base_dim: int = 28
@@ -191,6 +253,7 @@ class SeedUNet(nn.Module):
     timesteps: int = 100
     dim_mults: tuple[int, ...] = (2, 4)
     temp: float = 100.0
+    layout: str = "auto"
 
     def __post_init__(self):
         for name in ("in_channels", "out_channels", "time_embedding_dim", "timesteps"):
@@ -203,6 +266,8 @@ class SeedUNet(nn.Module):
                              "accepted multipliers m with base_dim * m a multiple of 4 "
                              "(the shuffle units halve even channel counts)")
         check_number("temp", self.temp, "a finite number > 0", lambda v: 0 < v < math.inf)
+        if not (isinstance(self.layout, str) and self.layout in LAYOUTS):
+            raise ValueError(f"layout: got {self.layout!r}, accepted {', '.join(LAYOUTS)}")
         super().__post_init__()
 
     @nn.compact
@@ -213,16 +278,20 @@ class SeedUNet(nn.Module):
         weights = nn.softmax(-self.temp * jnp.abs(t[:, None] - centers), axis=-1)
         t_emb = nn.Dense(self.time_embedding_dim, name="time_embedding")(weights)
 
+        bm = self.layout == "CHWB" or self.layout == "auto" and prefers_batch_minor(batch)
+        if bm:
+            x = x.transpose(3, 1, 2, 0)
         dims = [self.base_dim] + [self.base_dim * m for m in self.dim_mults]
-        x = ConvBnSiLU(self.base_dim, kernel_size=3, name="init_conv")(x, train)
+        x = ConvBnSiLU(self.base_dim, kernel_size=3, batch_minor=bm, name="init_conv")(x, train)
         skips = []
         for i, c_out in enumerate(dims[1:]):
-            x, skip = EncoderBlock(c_out, name=f"encoder_blocks_{i}")(x, t_emb, train)
+            x, skip = EncoderBlock(c_out, bm, name=f"encoder_blocks_{i}")(x, t_emb, train)
             skips.append(skip)
-        x = _stack(x, dims[-1] // 2, 2, "mid_block", train)
+        x = _stack(x, dims[-1] // 2, 2, "mid_block", train, bm)
         for i, c_out in enumerate(reversed(dims[:-1])):
-            x = DecoderBlock(c_out, name=f"decoder_blocks_{i}")(x, skips.pop(), t_emb, train)
-        return Conv(self.out_channels, (1, 1), name="final_conv")(x)
+            x = DecoderBlock(c_out, bm, name=f"decoder_blocks_{i}")(x, skips.pop(), t_emb, train)
+        x = _Conv(self.out_channels, (1, 1), batch_minor=bm, name="final_conv")(x)
+        return x.transpose(3, 1, 2, 0) if bm else x
 
 
 # Flax leaf name -> PyTorch leaf name, per variable collection.
