@@ -17,12 +17,14 @@ import json
 import math
 import os
 import signal
+import sys
 from pathlib import Path
 
 if __name__ == "__main__":  # Ctrl-C while JAX imports: status 130, no traceback.
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 from jaxguide import cli  # noqa: E402
+from jaxguide.checks import check_int  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_STEPS = 50
@@ -86,11 +88,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def _check_int(name: str, value: int, hi: int) -> None:
-    if not 1 <= value <= hi:
-        raise ValueError(f"--{name}: got {value}, accepted an integer in 1..{hi}")
-
-
 def check_args(args, num_classes: int | None = None) -> list[int]:
     """Validates the arguments (classes against `num_classes` when given); returns the classes.
 
@@ -98,17 +95,16 @@ def check_args(args, num_classes: int | None = None) -> list[int]:
     classes is known.
     """
     classes = parse_classes(args.classes, num_classes)
-    _check_int("per-class", args.per_class, MAX_IMAGES)
+    check_int("--per-class", args.per_class, 1, MAX_IMAGES)
     if len(classes) * args.per_class > MAX_IMAGES:
         raise ValueError(f"--per-class: got {args.per_class} for {len(classes)} classes, "
                          f"{len(classes) * args.per_class} images; accepted at most {MAX_IMAGES}")
-    _check_int("steps", args.steps, MAX_STEPS)
-    _check_int("batch-size", args.batch_size, MAX_BATCH)
+    check_int("--steps", args.steps, 1, MAX_STEPS)
+    check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
     if not (math.isfinite(args.scale) and 0 <= args.scale <= MAX_SCALE):
         raise ValueError(f"--scale: got {args.scale}, accepted a finite number >= 0 "
                          f"(at most {MAX_SCALE:g})")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise ValueError(f"--seed: got {args.seed}, accepted an integer in 0..{MAX_SEED}")
+    check_int("--seed", args.seed, 0, MAX_SEED)
     if args.command == "figures" and args.evaluate:
         raise ValueError("--evaluate: used only by `sample.py sample`; figures evaluates its "
                          "accuracy-against-scale sweep whenever an evaluator is present")
@@ -159,7 +155,7 @@ def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampl
     batch = -(-min(args.batch_size, n) // mesh.size) * mesh.size
     images, frames = [], []
     with tqdm(total=n, desc=f"{desc} ({args.steps} {args.sampler} steps)", unit="img",
-              disable=jax.process_index() > 0) as bar:
+              disable=jax.process_index() > 0, file=cli.Console(sys.stderr)) as bar:
         for lo in range(0, n, batch):
             idx = np.arange(lo, min(lo + batch, n))
             # Pad the last chunk to the batch size: one compiled shape for every call.
@@ -251,13 +247,13 @@ def run_sample(args, mesh):
         np.savez(stage("samples.npz"), images=images.astype(np.float32), labels=labels,
                  **{k: np.asarray(json.dumps(v) if isinstance(v, dict) else v)
                     for k, v in meta.items()})
-    paths = [out / name for name in names]
-    for p in paths:
-        print(p)
+    console = cli.Console(sys.stdout)  # The outputs are written: a full console loses nothing.
+    for name in names:
+        print(out / name, file=console)
     if evaluator is not None:
         res = metrics.evaluate_samples(evaluator, images, labels, reference)
         print(f"evaluator accuracy {res['accuracy']:.4f} on {res['n']} samples; FD {res['fd']:.2f}, "
-              f"class-FD {res['class_fd']:.2f} (few samples per class inflate FDs)")
+              f"class-FD {res['class_fd']:.2f} (few samples per class inflate FDs)", file=console)
 
 
 def run_figures(args, mesh):
@@ -302,7 +298,7 @@ def run_figures(args, mesh):
                                        f"{len(labels)} samples, {args.steps} {args.sampler} steps")
         paths.append(out / "accuracy_vs_scale.png")
     for p in paths:
-        print(p)
+        print(p, file=cli.Console(sys.stdout))
 
 
 def main(argv):

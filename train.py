@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 
 if __name__ == "__main__":  # Ctrl-C while JAX imports: status 130, no traceback.
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
@@ -100,7 +101,7 @@ def main(argv):
         cfg = cfg.replace(steps=max(1, round(steps)))
     training.train(cfg, args.workdir, dataset=(train_set, test_set), progress=not args.no_progress,
                    devices=mesh.size)
-    print(f"model: {args.workdir}/model")
+    print(f"model: {args.workdir}/model", file=cli.Console(sys.stdout))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py                    # all sections (about 18 min on 2 cores)
     python benchmarks/throughput.py --sections train   # one section: sample, compile, train,
-                                                       # roofline
+                                                       # layout, roofline
 
 Sections (each prints JSON lines, then a table; everything lands in <out>):
 * sample: guided and unguided Euler–Maruyama sampling with the bundled models, batch 8, 80
@@ -15,6 +15,8 @@ Sections (each prints JSON lines, then a table; everything lands in <out>):
   with what jaxguide selects ("auto": on CPU depthwise convs as shifted adds, 1×1 convs as
   dots, dense_conv for the rest) and with every conv in GEMM form ("gemm"); same
   parameters, same outputs up to float32 rounding.
+* layout: SeedUNet's forward pass on NHWC activations against batch-minor (C, H, W, B) ones
+  (`SeedUNet.layout`), alternating, for batches 8 to 256: where "auto" switches layouts.
 * roofline: this machine's GFLOP/s on a 2048³ matmul and the FLOPs of each training step
   (XLA's cost analysis), to put the training rates in proportion.
 Wall times are best-of-`--repeats` (training variants alternate round by round); on a shared
@@ -43,8 +45,8 @@ from jaxguide import pipeline, samplers, training  # noqa: E402
 from jaxguide.compiler import jit  # noqa: E402
 from jaxguide.configs import get_config  # noqa: E402
 from jaxguide.guidance import classifier_guidance  # noqa: E402
-from jaxguide.nets import make_model  # noqa: E402
-from jaxguide.nets.conv import conv_impl  # noqa: E402
+from jaxguide.nets import SeedUNet, make_model  # noqa: E402
+from jaxguide.nets.conv import conv_impl, prefers_batch_minor  # noqa: E402
 from jaxguide.samplers import sample  # noqa: E402
 
 
@@ -191,6 +193,30 @@ def _train_steps(step, box, images, labels, n):
     return loss
 
 
+def section_layout(args):
+    """SeedUNet's eval-mode forward pass (jaxguide's jit) with NHWC and batch-minor
+    activations, per batch: compiled first, then `--repeats` alternating rounds of 3 calls."""
+    rows = []
+    rng = np.random.default_rng(0)
+    variables = SeedUNet().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros(1))
+    for batch in args.layout_batches:
+        x = jnp.asarray(rng.uniform(-1, 1, (batch, 28, 28, 1)), jnp.float32)
+        t = jnp.linspace(0.01, 1.0, batch)
+        fns = {layout: jit(SeedUNet(layout=layout).apply) for layout in ("NHWC", "CHWB")}
+        for fn in fns.values():
+            jax.block_until_ready(fn(variables, x, t))
+        times = {layout: [] for layout in fns}
+        for _ in range(args.repeats):
+            for layout, fn in fns.items():
+                times[layout].append(best_time(lambda: fn(variables, x, t), 3))
+        rows.append({"section": "layout", "model": "seed", "batch": batch,
+                     "nhwc_ms": 1e3 * min(times["NHWC"]), "chwb_ms": 1e3 * min(times["CHWB"]),
+                     "auto": "CHWB" if prefers_batch_minor(batch) else "NHWC",
+                     "times_s": times})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def section_roofline(args):
     """This machine's dense-GEMM rate and each training step's FLOPs (XLA's cost analysis):
     how far a network's training could go if every FLOP ran at GEMM speed."""
@@ -245,6 +271,12 @@ def print_tables(rows):
             ips = {r["variant"]: r["images_per_s"] for r in train if r["model"] == m}
             print(f"{m:>10} " + " ".join(f"{ips[n]:>7.1f}" for n in names)
                   + f" {ips['auto'] / ips['naive']:>9.2f}x")
+    layout = [r for r in rows if r["section"] == "layout"]
+    if layout:
+        print(f"\nSeedUNet forward ms: {'batch':>5} {'NHWC':>7} {'CHWB':>7} {'NHWC/CHWB':>9} auto")
+        for r in layout:
+            print(f"{'':>20} {r['batch']:>5} {r['nhwc_ms']:>7.1f} {r['chwb_ms']:>7.1f} "
+                  f"{r['nhwc_ms'] / r['chwb_ms']:>9.2f} {r['auto']}")
     roof = [r for r in rows if r["section"] == "roofline"]
     if roof:
         print(f"\n{roof[0]['what']}: {roof[0]['gflop_per_s']:.1f} GFLOP/s")
@@ -254,17 +286,19 @@ def print_tables(rows):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", default="sample,compile,train,roofline")
+    p.add_argument("--sections", default="sample,compile,train,layout,roofline")
     p.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints"))
     p.add_argument("--batches", default="8,80,256")
     p.add_argument("--steps", type=int, default=100, help="sampling steps per measurement")
     p.add_argument("--train-batch", type=int, default=128)
     p.add_argument("--models", default="unet,seed,classifier", help="networks to train")
     p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--layout-batches", default="8,16,32,80,256")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput.jsonl"))
     args = p.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.layout_batches = [int(b) for b in args.layout_batches.split(",")]
     sections = args.sections.split(",")
     header = {"section": "machine", "backend": jax.default_backend(),
               "device": str(jax.devices()[0].device_kind), "cpu_count": jax.local_device_count()
@@ -280,6 +314,8 @@ def main():
         rows += section_compile(pipe, args)
     if "train" in sections:
         rows += section_train(args)
+    if "layout" in sections:
+        rows += section_layout(args)
     if "roofline" in sections:
         rows += section_roofline(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,29 @@ def run(main, argv=None) -> int:
     return 0
 
 
+class Console:
+    """A text stream whose failures are ignored: a closed or full console (`> /dev/full`, a
+    broken pipe) must not stop a training run or lose a command's outputs.
+
+        out = Console(sys.stdout); print("done", file=out)
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def check_path(flag: str, value: str | None) -> None:
     """A path argument must be non-empty, UTF-8 and usable by the OS (each part <= 255 bytes):
     else a ValueError naming `flag` now, not an OSError (or Orbax's C++ error) later."""
@@ -101,10 +124,11 @@ def init_devices(args) -> "parallel.Mesh":
     if args.distributed or any(v is not None for v in (address, n, i)):
         try:
             parallel.initialize(address, n, i)
-        except ValueError as e:
-            raise ValueError(str(e).replace("distributed:", "--distributed:", 1).replace(
-                "coordinator_address, num_processes and process_id",
-                "--coordinator-address, --num-processes and --process-id")) from e
+        except ValueError as e:  # parallel's message names the Python arguments.
+            reason = str(e.__cause__ or e).rstrip(".")
+            raise ValueError(f"--distributed: {reason}; pass --coordinator-address, "
+                             "--num-processes and --process-id (or run on a TPU pod, Slurm "
+                             "or Open MPI)") from e
     try:
         return parallel.make_mesh(args.devices)
     except ValueError as e:

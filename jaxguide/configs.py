@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxguide.checks import check_int, check_number
+from jaxguide.sde import VPSDE
 
 TASKS = ("denoiser", "classifier", "evaluator")
 MODELS = {"denoiser": ("unet", "seed"), "classifier": ("classifier",), "evaluator": ("evaluator",)}
@@ -74,6 +75,7 @@ class TrainConfig:
                          lambda v: finite(v) and v >= self.beta_min)
         self._check_real("T", "a finite number > 0", lambda v: finite(v) and v > 0)
         self._check_real("t_min", f"a number in [0, T={self.T})", lambda v: 0 <= v < self.T)
+        VPSDE(self.beta_min, self.beta_max, self.T)  # The schedule as a whole.
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)  # The dataclass is frozen.

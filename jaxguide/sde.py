@@ -18,6 +18,9 @@ from jaxguide.checks import (check_batch, check_float_dtype, check_key, check_sh
                              is_real)
 
 
+MAX_INTEGRAL_BETA = 1e4  # ∫₀ᵀβ: m(T) = exp(−½∫β) underflows float32 from ≈ 208 on.
+
+
 def _expand(v: jax.Array, x: jax.Array) -> jax.Array:
     """Reshapes per-example values (B,) (or a scalar) to broadcast against x (B, ...)."""
     v = jnp.asarray(v, x.dtype)
@@ -46,6 +49,13 @@ class VPSDE:
             raise ValueError(
                 f"VPSDE: beta_max must be >= beta_min, got beta_min={self.beta_min}, "
                 f"beta_max={self.beta_max}")
+        total = self.beta_min * self.T + 0.5 * self.T**2 * (self.beta_max - self.beta_min)
+        if total > MAX_INTEGRAL_BETA:
+            raise ValueError(
+                f"VPSDE: the schedule's integral of beta over [0, T] must be <= "
+                f"{MAX_INTEGRAL_BETA:g}, got {total:.6g} (beta_min={self.beta_min:g}, "
+                f"beta_max={self.beta_max:g}, T={self.T:g}); m(T) is already 0 in float32 "
+                "from about 210, and larger schedules overflow float32 in the samplers")
 
     def beta(self, t):
         """β(t), same shape as t."""

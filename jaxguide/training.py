@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxguide import checkpoint, data, losses, parallel
+from jaxguide.cli import Console
 from jaxguide.compiler import jit
 from jaxguide.configs import TrainConfig
 from jaxguide.nets import make_model
@@ -170,26 +171,6 @@ def make_evaluate(cfg: TrainConfig, model: nn.Module, images, labels, n: int = 1
     return evaluate
 
 
-class _Console:
-    """A text stream whose failures are ignored: a closed or full console (`> /dev/full`, a
-    broken pipe) must not stop a training run."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return self.stream.write(text)
-        except (OSError, ValueError):
-            return 0
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
-
-
 class _StopRequest:
     """Turns SIGINT/SIGTERM into a flag that the loop checks between steps."""
 
@@ -268,7 +249,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     log = _Log(workdir / "metrics.jsonl")
     start = int(state.step)
     last_eval: dict[str, float] = {}
-    out, err = _Console(sys.stdout), _Console(sys.stderr)
+    out, err = Console(sys.stdout), Console(sys.stderr)
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.task,
                dynamic_ncols=True, file=err)
     t0, s0 = time.perf_counter(), start

@@ -63,3 +63,18 @@ def load_script(script: str):
         spec.loader.exec_module(module)
         _SCRIPTS[script] = module
     return _SCRIPTS[script]
+
+
+def raising_cases(cases: dict) -> object:
+    """A test parametrized over `cases`, {id: (call, exception type, message regex)}: each
+    call must raise that exception with a matching message.
+
+        test_bad_input = raising_cases(CASES)
+    """
+    @pytest.mark.parametrize("case", list(cases))
+    def test(case):
+        call, exc_type, pattern = cases[case]
+        with pytest.raises(exc_type, match=pattern):
+            call()
+
+    return test

@@ -7,9 +7,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from jax.tree_util import Partial
 
+from conftest import raising_cases
 from jaxguide import pipeline
 from jaxguide.guidance import (add_scores, classifier_grad, classifier_guidance, guidance_term,
                                label_log_prob)
@@ -164,6 +164,9 @@ CASES = {
     "vpsde-bool": (lambda: VPSDE(beta_min=True),
                    ValueError, r"beta_min must be a finite number > 0, got True"),
     "vpsde-str": (lambda: VPSDE(T="1"), ValueError, r"\bT must be a finite number > 0, got '1'"),
+    "vpsde-huge-schedule": (lambda: VPSDE(beta_max=1e30), ValueError,
+                            r"VPSDE: the schedule's integral of beta over \[0, T\] must be <= "
+                            r"10000, got 5e\+29"),
     # ---- pipeline.generate
     "generate-scalar-labels": (lambda: pipeline.generate(KEY, PIPE, 3, 1.0, n_steps=2),
                                ValueError, r"labels: got shape \(\), accepted a 1-D sequence of "
@@ -196,11 +199,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_api_bad_input(case):
-    call, exc_type, pattern = CASES[case]
-    with pytest.raises(exc_type, match=pattern):
-        call()
+test_api_bad_input = raising_cases(CASES)
 
 
 # ------------------------------------------------------------------ what is accepted

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_script, run_cli
+from conftest import load_script, raising_cases, run_cli
 from test_data import write_dataset
 from jaxguide import checkpoint, cli, data, metrics, pipeline
 from jaxguide.checkpoint import CheckpointError
@@ -99,16 +99,16 @@ SAMPLE_CASES = {
     "classes-empty-range": (["--classes", "3-1"], ["--classes", "'3-1'", "accepted"]),
     "classes-double-comma": (["--classes", "0,,3"], ["--classes", "'0,,3'", "accepted"]),
     "classes-in-range-list": (["--classes", "0-3,12"], ["--classes", "got 12", "accepted 0-9"]),
-    "per-class-0": (["--per-class", "0"], ["--per-class", "got 0", "accepted an integer in 1.."]),
-    "per-class-negative": (["--per-class", "-3"], ["--per-class", "got -3", "in 1.."]),
-    "steps-negative": (["--steps", "-1"], ["--steps", "got -1", "in 1.."]),
-    "steps-0": (["--steps", "0"], ["--steps", "got 0", "in 1.."]),
+    "per-class-0": (["--per-class", "0"], ["--per-class", "got 0", "accepted an integer >= 1"]),
+    "per-class-negative": (["--per-class", "-3"], ["--per-class", "got -3", "integer >= 1 and <="]),
+    "steps-negative": (["--steps", "-1"], ["--steps", "got -1", "integer >= 1 and <="]),
+    "steps-0": (["--steps", "0"], ["--steps", "got 0", "integer >= 1 and <="]),
     "scale-nan": (["--scale", "nan"], ["--scale", "got nan", "accepted a finite number >= 0"]),
     "scale-inf": (["--scale", "inf"], ["--scale", "got inf", "finite"]),
     "scale-negative": (["--scale", "-1"], ["--scale", "got -1", ">= 0"]),
-    "seed-negative": (["--seed", "-1"], ["--seed", "got -1", "in 0.."]),
+    "seed-negative": (["--seed", "-1"], ["--seed", "got -1", "integer >= 0 and <="]),
     "sampler-bogus": (["--sampler", "bogus"], ["--sampler", "'bogus'", "euler_maruyama, "]),
-    "batch-size-0": (["--batch-size", "0"], ["--batch-size", "got 0", "in 1.."]),
+    "batch-size-0": (["--batch-size", "0"], ["--batch-size", "got 0", "integer >= 1 and <="]),
     "checkpoint-dir-missing": (["--checkpoint-dir", "{missing}"],
                                ["--checkpoint-dir", "does-not-exist", "not found"]),
     "checkpoint-dir-empty": (["--checkpoint-dir", "{empty}"],
@@ -132,14 +132,14 @@ SAMPLE_CASES = {
     "classes-huge-range": (["--classes", "0-100000000"],  # Refused before it is expanded.
                            ["--classes", "got 100000000", "accepted 0-999"]),
     "per-class-huge": (["--per-class", "1000000000"],
-                       ["--per-class", "got 1000000000", "accepted an integer in 1..100000"]),
+                       ["--per-class", "got 1000000000", "integer >= 1 and <= 100000"]),
     "too-many-images": (["--per-class", "20000", "--classes", "0-9"],
                         ["--per-class", "200000 images", "at most 100000"]),
-    "steps-huge": (["--steps", "3000000000"], ["--steps", "got 3000000000", "in 1..100000"]),
-    "batch-size-huge": (["--batch-size", "100000"], ["--batch-size", "got 100000", "1..8192"]),
+    "steps-huge": (["--steps", "3000000000"], ["--steps", "got 3000000000", "<= 100000"]),
+    "batch-size-huge": (["--batch-size", "100000"], ["--batch-size", "got 100000", "<= 8192"]),
     "scale-overflows-float32": (["--scale", "1e39"], ["--scale", "got 1e+39", "at most"]),
     "seed-beyond-32-bits": (["--seed", "4294967296"],
-                            ["--seed", "got 4294967296", "accepted an integer in 0..4294967295"]),
+                            ["--seed", "got 4294967296", "integer >= 0 and <= 4294967295"]),
     "evaluate-one-per-class": (["--evaluate", "--per-class", "1"],
                                ["--per-class", "got 1", "--evaluate needs >= 2"]),
     "data-dir-without-figures": (["--data-dir", "{missing}"], ["--data-dir", "figures"]),
@@ -155,7 +155,7 @@ SAMPLE_CASES = {
     "out-a-file": (["--out", "{file}"], ["--out", "a-file", "is a file, accepted a folder"]),
     "figures-data-dir-missing": (["figures", "--data-dir", "{missing}"],
                                  ["--data-dir", "does-not-exist", "not found"]),
-    "figures-steps-0": (["figures", "--steps", "0"], ["--steps", "got 0", "in 1.."]),
+    "figures-steps-0": (["figures", "--steps", "0"], ["--steps", "got 0", "integer >= 1 and <="]),
     "figures-evaluate": (["figures", "--evaluate"], ["--evaluate", "used only by"]),
     "out-name-too-long": (["--out", "{out}/" + "b" * 300], ["--out", "an unusable path"]),
     "out-not-utf8": (["--out", "{out}/bad\udcff"], ["--out", "accepted a UTF-8 path"]),
@@ -350,7 +350,7 @@ def test_debug_shows_the_traceback(bad):
                    timeout=240)
     assert proc.returncode != 0
     assert "Traceback (most recent call last)" in proc.stderr
-    assert "ValueError: --steps: got 0, accepted an integer in 1..100000" in proc.stderr
+    assert "ValueError: --steps: got 0, accepted an integer >= 1 and <= 100000" in proc.stderr
 
 
 # ------------------------------------------------------------------------ Python API
@@ -457,11 +457,7 @@ API_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(API_CASES))
-def test_api_bad_input(case):
-    call, exc_type, pattern = API_CASES[case]
-    with pytest.raises(exc_type, match=pattern):
-        call()
+test_api_bad_input = raising_cases(API_CASES)
 
 
 def test_generate_checks_labels_before_sampling(tiny_checkpoints, monkeypatch):

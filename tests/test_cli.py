@@ -128,3 +128,20 @@ def test_figures(sample_script, tiny_checkpoints, tmp_path, capsys):
         assert str(out / name) in captured.out
         with Image.open(out / name) as im:
             assert im.format == "PNG"
+
+
+def test_closed_console_loses_no_outputs(sample_script, tiny_checkpoints, tmp_path,
+                                         monkeypatch):
+    """Progress bar and printed paths to a closed stdout and stderr (a broken pipe, `>
+    /dev/full` alike): the run still succeeds and writes its outputs."""
+    import io
+
+    for name in ("stdout", "stderr"):
+        stream = io.StringIO()
+        stream.close()
+        monkeypatch.setattr(f"sys.{name}", stream)
+    out = tmp_path / "closed"
+    rc = cli.run(sample_script.main, ["--checkpoint-dir", str(tiny_checkpoints), *ARGS,
+                                      "--batch-size", "4", "--no-gif", "--out", str(out)])
+    assert rc == 0
+    assert (out / "grid.png").is_file() and load_npz(out)["labels"].tolist() == LABELS

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import raising_cases
 from jaxguide import data
 from jaxguide.configs import TrainConfig, get_config
 from jaxguide.nets import Evaluator, NoisyClassifier, SeedUNet, UNet, make_model
@@ -51,6 +52,8 @@ CASES = {
     "beta_min-nan": (lambda: config(beta_min=math.nan), ValueError, r"beta_min: got nan"),
     "beta_max-below-min": (lambda: config(beta_max=0.001), ValueError,
                            r"beta_max: got 0\.001, accepted a finite number >= beta_min=0\.01"),
+    "schedule-too-large": (lambda: config(beta_max=1e5), ValueError,
+                           r"integral of beta over \[0, T\] must be <= 10000, got 50000"),
     "grad_clip-negative": (lambda: config(grad_clip=-1), ValueError,
                            r"grad_clip: got -1, accepted a finite number > 0, or None"),
     "grad_clip-nan": (lambda: config(grad_clip=math.nan), ValueError, r"grad_clip: got nan"),
@@ -143,11 +146,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input(case):
-    call, exc_type, pattern = CASES[case]
-    with pytest.raises(exc_type, match=pattern):
-        call()
+test_bad_input = raising_cases(CASES)
 
 
 def test_numpy_scalars_and_dict_kwargs_are_accepted():
