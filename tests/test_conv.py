@@ -76,9 +76,17 @@ SMALL_SEED = dict(base_dim=4, dim_mults=(1, 2), time_embedding_dim=8, timesteps=
 
 
 def _random_like(tree, seed):
-    """Random values (nonzero biases, positive variances) of the shapes of `tree`."""
+    """Random values of the shapes of `tree`: vectors (biases, scales, statistics) in
+    [0.5, 1.5), weights of either sign with variance 1 / fan-in (activations of order 1)."""
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32), tree)
+
+    def draw(a):
+        if len(a.shape) < 2:
+            return jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32)
+        bound = np.sqrt(3 / np.prod(a.shape[:-1]))
+        return jnp.asarray(rng.uniform(-bound, bound, a.shape), jnp.float32)
+
+    return jax.tree.map(draw, tree)
 
 
 def _train_grads(module, variables, *args):
@@ -115,6 +123,7 @@ def test_seed_unet_layouts_agree():
     assert shapes[0] == shapes[1]
     variables = _random_like(shapes[0], 5)
     out = [jax.jit(m.apply)(variables, x, t) for m in (nhwc, chwb)]
+    assert np.isfinite(out[0]).all() and float(jnp.abs(out[0]).max()) > 1e-3
     _assert_trees_close(out[1], out[0])
 
 
@@ -192,11 +201,13 @@ def test_seed_unet_same_outputs_with_shifted_depthwise_convs():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.uniform(-1, 1, (2, 28, 28, 1)), jnp.float32)
     t = jnp.asarray([0.1, 0.7])
-    variables = jax.jit(model.init)(jax.random.key(0), x, t)
+    # Random variables of the right shapes: jit(model.init) compiles for half a minute here.
+    variables = _random_like(jax.eval_shape(model.init, jax.random.key(0), x, t), 1)
     outs = {}
     for impl in ("xla", "auto"):
         with conv_impl(impl):
             outs[impl] = jax.jit(model.apply)(variables, x, t)
+    assert np.isfinite(outs["xla"]).all()
     np.testing.assert_allclose(outs["auto"], outs["xla"], rtol=1e-4,
                                atol=1e-5 * float(jnp.abs(outs["xla"]).max()))
 
