@@ -12,12 +12,14 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxguide.checks import (check_batch, check_float_dtype, check_key, check_shape, check_times,
                              is_real)
 
 
+_F32_NORMAL = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
 MAX_INTEGRAL_BETA = 1e4  # ∫₀ᵀβ: m(T) = exp(−½∫β) underflows float32 from ≈ 208 on.
 
 
@@ -44,12 +46,16 @@ class VPSDE:
             value = getattr(self, name)
             if not is_real(value) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"VPSDE: {name} must be a finite number > 0, got {value!r}")
+            lo, hi = _F32_NORMAL
+            if not lo <= value <= hi:  # Else 0 or inf once cast to float32.
+                raise ValueError(f"VPSDE: {name} must lie in float32's normal range "
+                                 f"[{lo:.3g}, {hi:.3g}], got {value!r}")
             object.__setattr__(self, name, float(value))  # NumPy scalars too; JSON-friendly
         if self.beta_max < self.beta_min:
             raise ValueError(
                 f"VPSDE: beta_max must be >= beta_min, got beta_min={self.beta_min}, "
                 f"beta_max={self.beta_max}")
-        total = self.beta_min * self.T + 0.5 * self.T**2 * (self.beta_max - self.beta_min)
+        total = self.beta_min * self.T + 0.5 * self.T * self.T * (self.beta_max - self.beta_min)
         if total > MAX_INTEGRAL_BETA:
             raise ValueError(
                 f"VPSDE: the schedule's integral of beta over [0, T] must be <= "

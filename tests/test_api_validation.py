@@ -164,6 +164,11 @@ CASES = {
     "vpsde-bool": (lambda: VPSDE(beta_min=True),
                    ValueError, r"beta_min must be a finite number > 0, got True"),
     "vpsde-str": (lambda: VPSDE(T="1"), ValueError, r"\bT must be a finite number > 0, got '1'"),
+    "vpsde-beta-underflows-float32": (lambda: VPSDE(beta_min=1e-300, beta_max=1e-300, T=1e3),
+                                      ValueError, r"beta_min must lie in float32's normal "
+                                      r"range \[1\.18e-38, 3\.4e\+38\], got 1e-300"),
+    "vpsde-T-overflows-float32": (lambda: VPSDE(T=1e300), ValueError,
+                                  r"\bT must lie in float32's normal range .*, got 1e\+300"),
     "vpsde-huge-schedule": (lambda: VPSDE(beta_max=1e30), ValueError,
                             r"VPSDE: the schedule's integral of beta over \[0, T\] must be <= "
                             r"10000, got 5e\+29"),
