@@ -61,6 +61,7 @@ class Console:
 
     def __init__(self, stream):
         self.stream = stream
+        self.encoding = getattr(stream, "encoding", None)  # tqdm picks its bar's characters.
 
     def write(self, text: str) -> int:
         try:
