@@ -155,7 +155,8 @@ def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampl
     batch = -(-min(args.batch_size, n) // mesh.size) * mesh.size
     images, frames = [], []
     with tqdm(total=n, desc=f"{desc} ({args.steps} {args.sampler} steps)", unit="img",
-              disable=jax.process_index() > 0, file=cli.Console(sys.stderr)) as bar:
+              disable=jax.process_index() > 0, file=cli.Console(sys.stderr),
+              dynamic_ncols=True) as bar:
         for lo in range(0, n, batch):
             idx = np.arange(lo, min(lo + batch, n))
             # Pad the last chunk to the batch size: one compiled shape for every call.
@@ -297,8 +298,9 @@ def run_figures(args, mesh):
             viz.plot_accuracy_vs_scale(FIGURE_SCALES, accs, stage("accuracy_vs_scale.png"),
                                        f"{len(labels)} samples, {args.steps} {args.sampler} steps")
         paths.append(out / "accuracy_vs_scale.png")
+    console = cli.Console(sys.stdout)
     for p in paths:
-        print(p, file=cli.Console(sys.stdout))
+        print(p, file=console)
 
 
 def main(argv):

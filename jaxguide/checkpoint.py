@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import re
 import reprlib
 import shutil
 import sys
@@ -38,6 +39,7 @@ REFERENCE_FILE = "reference_stats.npz"  # An evaluator's test-set statistics (me
 MODEL_FILES = ("metadata.json", "state", REFERENCE_FILE)  # What a model checkpoint holds.
 FORMAT_VERSION = 1
 _ORBAX_DIR = os.path.dirname(ocp.__file__)
+_TENSORSTORE_STATUS = re.compile(r"[A-Z][A-Z_]+: ")  # absl status codes: "DATA_LOSS: ..."
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "jaxguide")
 
 
@@ -118,12 +120,14 @@ def _drop_abandoned_read_reports() -> None:
 
 def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
     """False for an asyncio report of an Orbax read's exception that nobody retrieved: raised
-    in Orbax's code, or set on the future by TensorStore's C++ (no Python frames)."""
+    in Orbax's code, or set on the future by TensorStore's C++ (no Python frames, a status
+    code first: "OUT_OF_RANGE: Error reading ...")."""
     exc = record.exc_info[1] if record.exc_info else None
     if exc is None or "never retrieved" not in record.getMessage():
         return True
     files = [f.filename for f in traceback.extract_tb(exc.__traceback__)]
-    return not (not files or any(f.startswith(_ORBAX_DIR) for f in files))
+    from_tensorstore = not files and _TENSORSTORE_STATUS.match(str(exc)) is not None
+    return not (from_tensorstore or any(f.startswith(_ORBAX_DIR) for f in files))
 
 
 # Training checkpoints ---------------------------------------------------------------------

@@ -20,7 +20,7 @@ from jaxguide.checks import (check_batch, check_float_dtype, check_key, check_sh
 
 
 _F32_NORMAL = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
-MAX_INTEGRAL_BETA = 1e4  # ∫₀ᵀβ: m(T) = exp(−½∫β) underflows float32 from ≈ 208 on.
+MAX_INTEGRAL_BETA = 1e4  # ∫₀ᵀβ: m(T) = exp(−½∫β) is 0 in float32 from ∫β ≈ 207 on.
 
 
 def _expand(v: jax.Array, x: jax.Array) -> jax.Array:
@@ -61,7 +61,7 @@ class VPSDE:
                 f"VPSDE: the schedule's integral of beta over [0, T] must be <= "
                 f"{MAX_INTEGRAL_BETA:g}, got {total:.6g} (beta_min={self.beta_min:g}, "
                 f"beta_max={self.beta_max:g}, T={self.T:g}); m(T) is already 0 in float32 "
-                "from about 210, and larger schedules overflow float32 in the samplers")
+                "from about 207, and larger schedules overflow float32 in the samplers")
 
     def beta(self, t):
         """β(t), same shape as t."""

@@ -224,8 +224,8 @@ class Unraisable:
 
 
 def test_asyncio_filter_drops_only_abandoned_orbax_reads():
-    """A never-retrieved future's exception from TensorStore's C++ (no Python frames) is
-    dropped; one raised in other Python code, and other asyncio records, pass."""
+    """A never-retrieved future's exception from TensorStore's C++ (no Python frames, a
+    status code first) is dropped; others, and other asyncio records, pass."""
     from jaxguide.checkpoint import _not_an_abandoned_read
 
     def record(message, exc):
@@ -238,6 +238,7 @@ def test_asyncio_filter_drops_only_abandoned_orbax_reads():
         from_python = e
     never = "Future exception was never retrieved"
     assert not _not_an_abandoned_read(record(never, ValueError("OUT_OF_RANGE: Error reading")))
+    assert _not_an_abandoned_read(record(never, ValueError("set by a user's callback")))
     assert _not_an_abandoned_read(record(never, from_python))
     assert _not_an_abandoned_read(record("Task was destroyed but it is pending!", None))
 

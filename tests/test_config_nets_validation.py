@@ -16,6 +16,8 @@ from conftest import raising_cases
 from jaxguide import data
 from jaxguide.configs import TrainConfig, get_config
 from jaxguide.nets import Evaluator, NoisyClassifier, SeedUNet, UNet, make_model
+from jaxguide.nets.conv import batch_minor_conv
+from jaxguide.nets.seed_unet import shuffle_concat
 from jaxguide.nets.unet import check_times
 
 TINY = {
@@ -108,6 +110,13 @@ CASES = {
     "seed-temp": (lambda: SeedUNet(temp=math.nan), ValueError, r"temp: got nan"),
     "seed-layout": (lambda: SeedUNet(layout="NCHW"), ValueError,
                     r"layout: got 'NCHW', accepted auto, NHWC, CHWB"),
+    "seed-layout-type": (lambda: SeedUNet(layout=3), TypeError, r"layout: got 3, accepted auto"),
+    "shuffle-axis": (lambda: shuffle_concat(jnp.zeros((2, 3)), jnp.zeros((2, 3)), axis=2),
+                     ValueError, r"axis: got 2, accepted -2\.\.1"),
+    "batch-minor-conv-channels": (lambda: batch_minor_conv(jnp.zeros((3, 4, 4, 2)),
+                                                           jnp.zeros((3, 3, 4, 5))),
+                                  ValueError, r"batch_minor_conv: x of shape \(3, 4, 4, 2\) .* "
+                                  r"accepted x \(C, H, W, B\) with C = 4"),
     # --- network inputs
     **{f"{name}-{case}": (functools.partial(apply, name, **inputs), exc, pattern)
        for name in ("unet", "seed", "classifier")

@@ -29,9 +29,11 @@ CASES = [  # (batch, size, c_in, c_out, kernel, stride, groups, padding)
 
 
 def conv_and_grads(conv, x, w, stride, padding, groups):
+    strides = stride if isinstance(stride, tuple) else (stride, stride)
+
     def loss(x, w):
         dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-        y = conv(x, w, (stride, stride), padding, dimension_numbers=dn, feature_group_count=groups)
+        y = conv(x, w, strides, padding, dimension_numbers=dn, feature_group_count=groups)
         return jnp.sum(jnp.sin(y)), y
 
     (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, w)
@@ -60,6 +62,23 @@ def test_cpu_convs_match_xla(case, conv):
     y_ref, g_ref = conv_and_grads(lax.conv_general_dilated, x, w, stride, padding, groups)
     y, g = conv_and_grads(ours, x, w, stride, padding, groups)
     assert y.shape == y_ref.shape
+    for a, e in zip((y, *g), (y_ref, *g_ref)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()))
+
+
+@pytest.mark.parametrize("conv", [gemm_conv, _batch_minor], ids=["gemm", "batch_minor"])
+@pytest.mark.parametrize("groups", [1, 6])
+def test_cpu_convs_match_xla_on_non_square_images(conv, groups):
+    """H != W, a non-square kernel, unequal strides and asymmetric padding: no axis mix-up."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 12, 9, 6)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 2, 6 // groups, 6)), jnp.float32)
+    padding, strides = ((0, 1), (1, 2)), (2, 1)
+    ours = lambda x, w, strides, padding, dimension_numbers, feature_group_count: conv(
+        x, w, strides, padding, feature_group_count)
+    y_ref, g_ref = conv_and_grads(lax.conv_general_dilated, x, w, strides, padding, groups)
+    y, g = conv_and_grads(ours, x, w, strides, padding, groups)
+    assert y.shape == y_ref.shape == (2, 6, 11, 6)
     for a, e in zip((y, *g), (y_ref, *g_ref)):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()))
 
@@ -125,6 +144,18 @@ def test_seed_unet_layouts_agree():
     out = [jax.jit(m.apply)(variables, x, t) for m in (nhwc, chwb)]
     assert np.isfinite(out[0]).all() and float(jnp.abs(out[0]).max()) > 1e-3
     _assert_trees_close(out[1], out[0])
+
+
+@pytest.mark.parametrize("impl", ["auto", "xla"])
+def test_seed_unet_takes_bfloat16_in_both_layouts(impl):
+    """Like nn.Conv, SeedUNet's convolutions promote their input and parameters."""
+    x, t = jnp.zeros((2, 8, 8, 1), jnp.bfloat16), jnp.zeros(2)
+    for layout in ("NHWC", "CHWB"):
+        model = SeedUNet(**SMALL_SEED, layout=layout)
+        with conv_impl(impl):
+            variables = jax.eval_shape(model.init, jax.random.key(0), x, t)
+            out = jax.eval_shape(model.apply, variables, x, t)
+        assert out.shape == x.shape and out.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("unit", ["bottleneck", "downsample"])

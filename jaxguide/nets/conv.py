@@ -68,11 +68,11 @@ def _taps(x, kernel_shape, strides):
             for i in range(kh) for j in range(kw)]
 
 
-def _shifted_adds(x, kernel, strides, padding, channel_axis=-1):
+def _shifted_adds(x, kernel, strides, padding, batch_minor=False):
     kh, kw, _, c = kernel.shape
     taps = _taps(jnp.pad(x, ((0, 0), *padding, (0, 0))), (kh, kw), strides)
     w = kernel.reshape(kh * kw, c)
-    if channel_axis == 0:
+    if batch_minor:  # Channels lead: per-channel weights broadcast over (H, W, B).
         w = w[:, :, None, None, None]
     out = taps[0] * w[0]
     for k in range(1, kh * kw):
@@ -158,20 +158,21 @@ def gemm_conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), feature_group
 
 
 BATCH_MINOR_MIN = 32
-"""The smallest batch that `prefers_batch_minor` runs batch-minor: XLA:CPU vectorises an
-elementwise loop only along an innermost axis of >= 32 elements."""
+"""The smallest batch that `prefers_batch_minor` runs batch-minor (measured: SeedUNet's
+forward is 0.65× as fast batch-minor at 16 images, 1.46× at 32)."""
 
 
 def prefers_batch_minor(batch: int) -> bool:
     """Whether a network that supports both layouts should run a batch of `batch` images on
-    batch-minor (C, H, W, B) activations: on CPU under conv_impl "auto" from BATCH_MINOR_MIN
-    images on.
+    batch-minor (C, H, W, B) activations: when JAX's default backend is the CPU, under
+    conv_impl "auto", from BATCH_MINOR_MIN images on.
 
     Networks of narrow layers (SeedUNet: 7–56 channels) otherwise spend their time in
-    elementwise loops over a short innermost channel axis, which XLA:CPU does not vectorise
+    elementwise loops over a short innermost channel axis, which XLA:CPU vectorises poorly
     (SiLU: 1.2 ns per value on 4–28 channels, 0.5 ns on 32–64). With the batch innermost
     every per-channel weight broadcasts over a whole (H, W, B) plane and a 1×1 convolution
-    is one (O, C) × (C, H·W·B) dot without transposes (SeedUNet at batch 80: 1.7× faster).
+    is one (O, C) × (C, H·W·B) product without transposes (SeedUNet's forward at batch 80:
+    1.7× faster; `benchmarks/throughput.py --sections layout`).
     """
     return _IMPL.get() == "auto" and jax.default_backend() == "cpu" and batch >= BATCH_MINOR_MIN
 
@@ -181,21 +182,26 @@ def batch_minor_conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), featur
     C / groups, O) (HWIO, nn.Conv's) → (O, H_out, W_out, B), dense or depthwise.
 
     Depthwise (groups = C = O): kh·kw shifted products; dense: one (O, kh·kw·C) ×
-    (kh·kw·C, H_out·W_out·B) dot of stacked taps (a plain dot for 1×1). Gradients are
-    autodiff's. strides (sh, sw), padding ((top, bottom), (left, right)).
+    (kh·kw·C, H_out, W_out, B) contraction of stacked taps (the batch axis stays its own, so
+    a batch sharded over devices stays sharded). Gradients are autodiff's; `conv_impl` does
+    not apply (these are never XLA's convolutions). strides (sh, sw), padding ((top,
+    bottom), (left, right)).
     """
     strides = tuple(strides)
     padding = tuple(tuple(p) for p in padding)
     kh, kw, c_in, c_out = kernel.shape
-    if c_in == 1 and feature_group_count == c_out == x.shape[0] > 1:
-        return _shifted_adds(x, kernel, strides, padding, channel_axis=0)
+    if x.ndim != 4 or x.shape[0] != c_in * feature_group_count:
+        raise ValueError(f"batch_minor_conv: x of shape {x.shape} and a kernel of shape "
+                         f"{kernel.shape} with {feature_group_count} groups; accepted x "
+                         f"(C, H, W, B) with C = {c_in * feature_group_count}")
+    if c_in == 1 and feature_group_count == c_out > 1:
+        return _shifted_adds(x, kernel, strides, padding, batch_minor=True)
     if feature_group_count != 1:
         raise NotImplementedError(f"batch_minor_conv: {feature_group_count} groups of {c_in} "
                                   "channels")
     taps = _taps(jnp.pad(x, ((0, 0), *padding, (0, 0))), (kh, kw), strides)
     patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=0)
-    out = kernel.reshape(kh * kw * c_in, c_out).T @ patches.reshape(patches.shape[0], -1)
-    return out.reshape(c_out, *patches.shape[1:])
+    return jnp.einsum("ko,khwb->ohwb", kernel.reshape(kh * kw * c_in, c_out), patches)
 
 
 def _supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):

@@ -1,8 +1,9 @@
 """Flax port of the PyTorch tutorial's MNIST noise-prediction UNet (ShuffleNet-style units).
 
 Inputs and outputs are NHWC; inside, activations are NHWC or, on CPU for batches of 32 and
-more, batch-minor (C, H, W, B) (`SeedUNet.layout`; same parameters). Submodule names mirror the PyTorch `state_dict` names with `.<i>` written as
-`_<i>` (`encoder_blocks.0.conv0.1.branch2.3.module.0.weight` is
+more, batch-minor (C, H, W, B) (`SeedUNet.layout`; same parameters). Submodule names mirror
+the PyTorch `state_dict` names with `.<i>` written as `_<i>`
+(`encoder_blocks.0.conv0.1.branch2.3.module.0.weight` is
 `encoder_blocks_0/conv0_1/branch2_3/module_0/kernel`), so `load_torch_state_dict` can map
 the tutorial's weights one to one.
 """
@@ -48,6 +49,7 @@ class _Conv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (*self.kernel_size, c // self.feature_group_count, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)  # As nn.Conv does.
         strides = (self.strides, self.strides)
         if self.batch_minor:
             y = batch_minor_conv(x, kernel, strides, self.padding, self.feature_group_count)
@@ -84,6 +86,8 @@ def shuffle_concat(a: jax.Array, b: jax.Array, axis: int = -1) -> jax.Array:
     Written as an interleave (stack + reshape): XLA:CPU runs it 10 % faster (SeedUNet
     forward) than a concatenation followed by the shuffle's transpose.
     """
+    if not -a.ndim <= axis < a.ndim:
+        raise ValueError(f"axis: got {axis}, accepted -{a.ndim}..{a.ndim - 1}")
     axis %= a.ndim
     shape = list(a.shape)
     shape[axis] *= 2
@@ -169,8 +173,8 @@ def _stack(x: jax.Array, out_channels: int, n: int, name: str, train: bool,
     name_0 .. name_n like the PyTorch nn.Sequential."""
     c = x.shape[_channel_axis(batch_minor)]
     for i in range(n):
-        x = ResidualBottleneck(c, batch_minor, name=f"{name}_{i}")(x, train)
-    return ResidualBottleneck(out_channels, batch_minor, name=f"{name}_{n}")(x, train)
+        x = ResidualBottleneck(c, batch_minor=batch_minor, name=f"{name}_{i}")(x, train)
+    return ResidualBottleneck(out_channels, batch_minor=batch_minor, name=f"{name}_{n}")(x, train)
 
 
 class TimeMLP(nn.Module):
@@ -205,8 +209,8 @@ class EncoderBlock(nn.Module):
     def __call__(self, x: jax.Array, t_emb: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         bm, c = self.batch_minor, self.out_channels
         skip = _stack(x, c // 2, 3, "conv0", train, bm)
-        h = TimeMLP(c, c // 2, bm, name="time_mlp")(skip, t_emb)
-        return ResidualDownsample(c, bm, name="conv1")(h, train), skip
+        h = TimeMLP(c, c // 2, batch_minor=bm, name="time_mlp")(skip, t_emb)
+        return ResidualDownsample(c, batch_minor=bm, name="conv1")(h, train), skip
 
 
 class DecoderBlock(nn.Module):
@@ -225,8 +229,8 @@ class DecoderBlock(nn.Module):
         x = jnp.concatenate([upsample2x(x), skip], axis=axis)
         c_in = x.shape[axis]
         x = _stack(x, c_in // 2, 3, "conv0", train, bm)
-        x = TimeMLP(c_in, c_in // 2, bm, name="time_mlp")(x, t_emb)
-        return ResidualBottleneck(self.out_channels // 2, bm, name="conv1")(x, train)
+        x = TimeMLP(c_in, c_in // 2, batch_minor=bm, name="time_mlp")(x, t_emb)
+        return ResidualBottleneck(self.out_channels // 2, batch_minor=bm, name="conv1")(x, train)
 
 
 LAYOUTS = ("auto", "NHWC", "CHWB")
@@ -266,7 +270,9 @@ class SeedUNet(nn.Module):
                              "accepted multipliers m with base_dim * m a multiple of 4 "
                              "(the shuffle units halve even channel counts)")
         check_number("temp", self.temp, "a finite number > 0", lambda v: 0 < v < math.inf)
-        if not (isinstance(self.layout, str) and self.layout in LAYOUTS):
+        if not isinstance(self.layout, str):
+            raise TypeError(f"layout: got {self.layout!r}, accepted {', '.join(LAYOUTS)}")
+        if self.layout not in LAYOUTS:
             raise ValueError(f"layout: got {self.layout!r}, accepted {', '.join(LAYOUTS)}")
         super().__post_init__()
 
@@ -278,18 +284,20 @@ class SeedUNet(nn.Module):
         weights = nn.softmax(-self.temp * jnp.abs(t[:, None] - centers), axis=-1)
         t_emb = nn.Dense(self.time_embedding_dim, name="time_embedding")(weights)
 
-        bm = self.layout == "CHWB" or self.layout == "auto" and prefers_batch_minor(batch)
+        bm = self.layout == "CHWB" or (self.layout == "auto" and prefers_batch_minor(batch))
         if bm:
             x = x.transpose(3, 1, 2, 0)
         dims = [self.base_dim] + [self.base_dim * m for m in self.dim_mults]
         x = ConvBnSiLU(self.base_dim, kernel_size=3, batch_minor=bm, name="init_conv")(x, train)
         skips = []
         for i, c_out in enumerate(dims[1:]):
-            x, skip = EncoderBlock(c_out, bm, name=f"encoder_blocks_{i}")(x, t_emb, train)
+            x, skip = EncoderBlock(c_out, batch_minor=bm, name=f"encoder_blocks_{i}")(
+                x, t_emb, train)
             skips.append(skip)
         x = _stack(x, dims[-1] // 2, 2, "mid_block", train, bm)
         for i, c_out in enumerate(reversed(dims[:-1])):
-            x = DecoderBlock(c_out, bm, name=f"decoder_blocks_{i}")(x, skips.pop(), t_emb, train)
+            x = DecoderBlock(c_out, batch_minor=bm, name=f"decoder_blocks_{i}")(
+                x, skips.pop(), t_emb, train)
         x = _Conv(self.out_channels, (1, 1), batch_minor=bm, name="final_conv")(x)
         return x.transpose(3, 1, 2, 0) if bm else x
 
