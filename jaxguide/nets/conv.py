@@ -58,9 +58,10 @@ def conv_impl(name: str):
         _IMPL.reset(token)
 
 
-def _taps(x, kernel_shape, strides):
-    """The kh·kw shifted, strided views of padded x (B, H, W, C) or (C, H, W, B), each
-    (B, H_out, W_out, C) or (C, H_out, W_out, B)."""
+def _taps(x, kernel_shape, strides, padding):
+    """The kh·kw shifted, strided views of x (B, H, W, C) or (C, H, W, B) padded by padding
+    ((top, bottom), (left, right)), each (B, H_out, W_out, C) or (C, H_out, W_out, B)."""
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     kh, kw = kernel_shape
     sh, sw = strides
     h_out, w_out = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
@@ -68,9 +69,16 @@ def _taps(x, kernel_shape, strides):
             for i in range(kh) for j in range(kw)]
 
 
+def _patches(x, kernel_shape, strides, padding, channel_axis):
+    """The taps stacked on the channel axis, ordered (i, j, c) like an HWIO kernel reshaped
+    to (kh·kw·C, O): (B, H_out, W_out, kh·kw·C) or (kh·kw·C, H_out, W_out, B)."""
+    taps = _taps(x, kernel_shape, strides, padding)
+    return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=channel_axis)
+
+
 def _shifted_adds(x, kernel, strides, padding, batch_minor=False):
     kh, kw, _, c = kernel.shape
-    taps = _taps(jnp.pad(x, ((0, 0), *padding, (0, 0))), (kh, kw), strides)
+    taps = _taps(x, (kh, kw), strides, padding)
     w = kernel.reshape(kh * kw, c)
     if batch_minor:  # Channels lead: per-channel weights broadcast over (H, W, B).
         w = w[:, :, None, None, None]
@@ -151,10 +159,7 @@ def gemm_conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), feature_group
         return depthwise_conv(x, kernel, strides, padding)
     if feature_group_count != 1:
         raise NotImplementedError(f"gemm_conv: {feature_group_count} groups of {c_in} channels")
-    taps = _taps(jnp.pad(x, ((0, 0), *padding, (0, 0))), (kh, kw), strides)
-    if kh == kw == 1:
-        return taps[0] @ kernel[0, 0]
-    return jnp.concatenate(taps, axis=-1) @ kernel.reshape(kh * kw * c_in, c_out)
+    return _patches(x, (kh, kw), strides, padding, -1) @ kernel.reshape(kh * kw * c_in, c_out)
 
 
 BATCH_MINOR_MIN = 32
@@ -199,8 +204,7 @@ def batch_minor_conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), featur
     if feature_group_count != 1:
         raise NotImplementedError(f"batch_minor_conv: {feature_group_count} groups of {c_in} "
                                   "channels")
-    taps = _taps(jnp.pad(x, ((0, 0), *padding, (0, 0))), (kh, kw), strides)
-    patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=0)
+    patches = _patches(x, (kh, kw), strides, padding, 0)
     return jnp.einsum("ko,khwb->ohwb", kernel.reshape(kh * kw * c_in, c_out), patches)
 
 
