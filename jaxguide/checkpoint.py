@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from jaxguide.configs import TASKS
+from jaxguide.configs import MODELS, TASKS
 from jaxguide.sde import VPSDE
 
 FORMAT = "jaxguide.checkpoint"
@@ -68,9 +68,12 @@ def check_format(metadata: Any, where: str) -> dict[str, Any]:
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise CheckpointError(f"{where}: not a jaxguide checkpoint (no '{FORMAT}' metadata)")
     version = metadata.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or version < 1:
+        raise CheckpointError(f"{where}: format_version: got {reprlib.repr(version)}; accepted "
+                              f"an integer in 1..{FORMAT_VERSION}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{where}: format version {version!r} is newer than this jaxguide reads "
+            f"{where}: format version {version} is newer than this jaxguide reads "
             f"({FORMAT_VERSION}); upgrade jaxguide")
     return metadata
 
@@ -184,9 +187,12 @@ def restore_train(mgr: ocp.CheckpointManager, step: int, abstract_state):
 # Model checkpoints -------------------------------------------------------------------------
 
 def _as_path(path) -> Path:
-    """`path` as a Path; a TypeError names the argument unless it is a str or os.PathLike."""
+    """`path` as a Path; a TypeError or ValueError names the argument unless it is a
+    non-empty str or os.PathLike."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: got {reprlib.repr(path)}; accepted a str or os.PathLike folder")
+    if not os.fspath(path):
+        raise ValueError("path: got ''; accepted the path of a folder")
     return Path(path)
 
 
@@ -228,10 +234,12 @@ def save_model(path: str | Path, variables, metadata: dict[str, Any]) -> Path:
     In a multi-process run every process calls it (Orbax writes the arrays collectively);
     process 0 writes the metadata and commits.
     """
-    task = metadata.get("task") if isinstance(metadata, dict) else None
-    path = check_replaceable(path, task).absolute()
+    _as_path(path)
     meta_text = _model_metadata_text(metadata)
+    path = check_replaceable(path, metadata["task"]).absolute()
     _check_variables(variables)
+    _check_arrays_match("variables", variables, _model_of(metadata, "metadata")[1],
+                        "the model that metadata describes (model, model_kwargs, image_shape)")
     tmp = _staging_dir(path)
     try:
         with ocp.StandardCheckpointer() as ckptr:
@@ -307,7 +315,8 @@ def _move_into_place(tmp: Path, path: Path) -> None:
 def _read_metadata_file(path: Path) -> dict[str, Any]:
     """The format-checked `<path>/metadata.json` of a model checkpoint."""
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint dir {path}: not found")
+        what = "a file, not a folder" if os.path.lexists(path) else "not found"
+        raise CheckpointError(f"checkpoint dir {path}: {what}")
     meta_file = path / "metadata.json"
     if not meta_file.is_file():
         raise CheckpointError(f"checkpoint dir {path}: no metadata.json (empty, half-written "
@@ -346,6 +355,9 @@ def check_model_metadata(meta: dict[str, Any], where: str) -> dict[str, Any]:
         if not valid(meta[field]):
             raise CheckpointError(f"{where}: {field}: got {reprlib.repr(meta[field])}; "
                                   f"accepted {accepted}")
+    if meta["model"] not in MODELS[meta["task"]]:
+        raise CheckpointError(f"{where}: model: got {meta['model']!r} for task "
+                              f"{meta['task']!r}; accepted {', '.join(MODELS[meta['task']])}")
     try:
         VPSDE(**meta["sde"])
     except (TypeError, ValueError) as e:
@@ -372,13 +384,15 @@ def load_variables(path: str | Path, abstract_variables):
     unreadable = f"checkpoint dir {path}: state/ unreadable: corrupt or incomplete"
     with _reading(unreadable):
         stored = ocp.StandardCheckpointHandler().metadata(state_dir).tree
-    _check_arrays_match(path, stored, abstract_variables)
+    _check_arrays_match(f"checkpoint dir {path}", stored, abstract_variables,
+                        "the model that metadata.json describes (model_kwargs, image_shape)")
     with _reading(unreadable), ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(state_dir, abstract_variables)
 
 
-def _check_arrays_match(path, stored, expected) -> None:
-    """Raises unless the arrays of `stored` have the names and shapes of `expected`."""
+def _check_arrays_match(where: str, stored, expected, model: str) -> None:
+    """Raises unless the arrays of `stored` have the names and shapes of `expected`, the
+    variables of `model` (words for the message)."""
     have, want = _shapes(stored), _shapes(expected)
     problems = [f"{k} is missing" for k in want if k not in have]
     problems += [f"{k} is not in the model" for k in have if k not in want]
@@ -386,10 +400,8 @@ def _check_arrays_match(path, stored, expected) -> None:
                  for k in want if k in have and have[k] != want[k]]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CheckpointError(
-            f"checkpoint dir {path}: arrays do not match the model: {problems[0]}{more}; "
-            "accepted arrays of the model that metadata.json describes (model_kwargs, "
-            "image_shape)")
+        raise CheckpointError(f"{where}: arrays do not match the model: {problems[0]}{more}; "
+                              f"accepted the arrays of {model}")
 
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -417,24 +429,32 @@ def load_model(path: str | Path, task: str | None = None):
       path: a directory written by `save_model` (e.g. `checkpoints/denoiser`).
       task: if given ("denoiser", "classifier", "evaluator"), the checkpoint must be one.
     """
-    from jaxguide.nets import make_model  # Local: nets are only needed to restore.
-
+    if task is not None and (not isinstance(task, str) or task not in TASKS):
+        raise ValueError(f"task: got {task!r}, accepted {', '.join(TASKS)} or None")
     meta = read_model_metadata(path)
     if task is not None and meta["task"] != task:
         raise CheckpointError(f"checkpoint dir {path}: holds a {meta['task']!r} model, "
                               f"expected a {task!r} model")
+    model, shapes = _model_of(meta, Path(path) / "metadata.json")
+    return model, load_variables(path, abstract(shapes)), meta
+
+
+def _model_of(meta: dict[str, Any], where) -> tuple[Any, Any]:
+    """(model, its variables as ShapeDtypeStructs) that checked `meta` describes; computes
+    nothing. A CheckpointError names `where` if the model does not build or run."""
+    from jaxguide.nets import make_model  # Local: nets are only needed to restore.
+
     try:
         model = make_model(meta["model"], meta["model_kwargs"])
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint dir {path}: unknown model or model_kwargs in "
-                              f"metadata.json ({e})") from e
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: unknown model or model_kwargs ({e})") from e
     x = jax.ShapeDtypeStruct((1, *meta["image_shape"]), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)
     try:  # Traces the model without computing anything.
         shapes = jax.eval_shape(model.init, jax.random.key(0), x, t)
     except Exception as e:  # Flax, JAX and the model's own code: all say the same here.
         raise CheckpointError(
-            f"{Path(path) / 'metadata.json'}: model {meta['model']!r} does not run with "
-            f"model_kwargs {reprlib.repr(meta['model_kwargs'])} on image_shape "
-            f"{meta['image_shape']} ({_reason(e)}); accepted values the model runs with") from e
-    return model, load_variables(path, abstract(shapes)), meta
+            f"{where}: model {meta['model']!r} does not run with model_kwargs "
+            f"{reprlib.repr(meta['model_kwargs'])} on image_shape {meta['image_shape']} "
+            f"({_reason(e)}); accepted values the model runs with") from e
+    return model, shapes

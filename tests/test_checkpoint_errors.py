@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -92,7 +93,19 @@ META_CASES = {
     "model-int": ("denoiser", {"model": 3},
                   r"/metadata\.json: model: got 3; accepted a model name"),
     "model-bogus": ("denoiser", {"model": "resnet"},
-                    r": unknown model or model_kwargs in metadata\.json \(.*'resnet'"),
+                    r"/metadata\.json: model: got 'resnet' for task 'denoiser'; accepted unet, "
+                    r"seed"),
+    "model-of-another-task": ("classifier", {"model": "unet"},
+                              r"/metadata\.json: model: got 'unet' for task 'classifier'; "
+                              r"accepted classifier"),
+    "task-of-another-model": ("denoiser", {"task": "classifier"},
+                              r"/metadata\.json: model: got 'unet' for task 'classifier'"),
+    "format_version-string": ("denoiser", {"format_version": "1"},
+                              r": format_version: got '1'; accepted an integer in 1\.\.1"),
+    "format_version-negative": ("denoiser", {"format_version": -5},
+                                r": format_version: got -5; accepted an integer in 1\.\.1"),
+    "format_version-bool": ("denoiser", {"format_version": True},
+                            r": format_version: got True; accepted an integer in 1\.\.1"),
     "model_kwargs-string": ("denoiser", {"model_kwargs": "x"},
                             r"/metadata\.json: model_kwargs: got 'x'; accepted"),
     "image_shape-string": ("denoiser", {"image_shape": "abc"},
@@ -118,7 +131,7 @@ META_CASES = {
                             r"/metadata\.json: sde: .*beta_min"),
     # Refused by the model's own checks when it is built, or else when it is traced.
     "channels-string": ("denoiser", with_kwarg("channels", "ab"),
-                        r"(: unknown model or model_kwargs in metadata\.json \(.*channels"
+                        r"(/metadata\.json: unknown model or model_kwargs \(.*channels"
                         r"|/metadata\.json: model 'unet' does not run with model_kwargs .*'ab')"),
 }
 
@@ -364,6 +377,16 @@ def test_train_never_replaces_a_model_of_another_task(tiny_checkpoints, tmp_path
     ("same", lambda m: m.update(step=np.int64(3)), r"metadata: not JSON"),
     (None, None, r"variables: got None; accepted a non-empty pytree of arrays"),
     ("nan", None, r"variables: contain NaN or inf"),
+    ("same", lambda m: m.update(model="resnet"),
+     r"metadata: model: got 'resnet' for task 'classifier'; accepted classifier"),
+    ("same", lambda m: m.update(task="evaluator"),
+     r"metadata: model: got 'classifier' for task 'evaluator'; accepted evaluator"),
+    ("same", lambda m: m["model_kwargs"].update(width="x"),
+     r"metadata: (unknown model or model_kwargs|model 'classifier' does not run).*width"),
+    ("same", lambda m: m["model_kwargs"].update(width=3),
+     r"variables: arrays do not match the model: .* has shape .*; accepted the arrays of the "
+     r"model that metadata describes"),
+    ("other", None, r"variables: arrays do not match the model: .* is missing"),
 ])
 def test_save_model_checks_before_replacing_a_model(variables, change, pattern,
                                                     tiny_checkpoints, tmp_path):
@@ -377,6 +400,8 @@ def test_save_model_checks_before_replacing_a_model(variables, change, pattern,
         variables = good_vars
     elif variables == "nan":
         variables = jax.tree.map(lambda x: x * np.nan, good_vars)
+    elif variables == "other":
+        variables = {"params": {"w": jnp.zeros(3)}}
     with pytest.raises(CheckpointError, match=pattern):
         checkpoint.save_model(good, variables, meta)
     checkpoint.load_model(good)  # Still there, intact.

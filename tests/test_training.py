@@ -635,8 +635,17 @@ def test_load_model_wrong_task_or_model(model_copy):
             f"{model_copy}: holds a 'classifier' model, expected a 'denoiser' model")):
         checkpoint.load_model(model_copy, task="denoiser")
     edit_metadata(model_copy, model="resnet")
-    with pytest.raises(CheckpointError, match=re.escape(f"{model_copy}: unknown model")):
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{model_copy / 'metadata.json'}: model: got 'resnet' for task 'classifier'")):
         checkpoint.load_model(model_copy)
+    for task in ("generator", 1):
+        with pytest.raises(ValueError, match=f"task: got {task!r}, accepted denoiser, "):
+            checkpoint.load_model(model_copy, task=task)
+    with pytest.raises(ValueError, match="path: got ''; accepted the path of a folder"):
+        checkpoint.load_model("")
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"checkpoint dir {model_copy / 'metadata.json'}: a file, not a folder")):
+        checkpoint.load_model(model_copy / "metadata.json")
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's reader.
