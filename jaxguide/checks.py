@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,14 +18,28 @@ import jax.numpy as jnp
 import numpy as np
 
 
+INT32_MAX = 2**31 - 1
+MAX_ELEMENTS = INT32_MAX  # Elements of one batch of samples (XLA:CPU indexes with int32).
+
+
+def as_scalar(value):
+    """A concrete 0-d real (non-bool) JAX or NumPy array as its Python number; any other
+    value unchanged."""
+    if (isinstance(value, (jax.Array, np.ndarray)) and is_concrete(value) and value.ndim == 0
+            and np.dtype(value.dtype).kind in "iuf"):
+        return value.item()
+    return value
+
+
 def check_number(name: str, value, accepted: str, ok: Callable[[Any], bool], *,
                  integer: bool = False) -> int | float:
     """`value` as a Python int (`integer`) or float, if it is such a number for which `ok` holds.
 
-    Python and numpy numbers are accepted alike; bools are not numbers here. Raises
+    Python, NumPy and 0-d JAX numbers are accepted alike; bools are not numbers here. Raises
     TypeError (not a number) or ValueError (another number, NaN included), both saying
     `name: got <value>, accepted <accepted>`.
     """
+    value = as_scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: got {value!r}, accepted {accepted}")
     if (integer and not isinstance(value, numbers.Integral)) or value != value or not ok(value):
@@ -56,26 +71,50 @@ def is_concrete(a) -> bool:
 
 
 def is_real(value) -> bool:
-    """A real Python or NumPy number, not a bool and not NaN."""
+    """A real Python, NumPy or 0-d JAX number, not a bool and not NaN."""
+    value = as_scalar(value)
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
 
 
-def check_positive_int(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}: got {value!r}, accepted an integer >= 1")
+def check_positive_int(name, value, hi: int = INT32_MAX) -> int:
+    """`value` as a Python int, if it is an integer in [1, hi]."""
+    value = as_scalar(value)
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or not 1 <= value <= hi):
+        raise ValueError(f"{name}: got {value!r}, accepted an integer >= 1 and <= {hi}")
     return int(value)
 
 
 def check_shape(shape) -> tuple[int, ...]:
-    """A batch shape (B, ...) of positive integers."""
+    """A batch shape (B, ...) of positive integers, at most MAX_ELEMENTS elements in all."""
     try:
-        dims = tuple(shape)
+        dims = tuple(as_scalar(d) for d in shape)
     except TypeError:
         dims = ()
     if not dims or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
                        for d in dims):
         raise ValueError(f"shape: got {shape!r}, accepted a tuple of positive integers (B, ...)")
+    if math.prod(dims) > MAX_ELEMENTS:
+        raise ValueError(f"shape: got {shape!r}, {math.prod(dims)} elements; accepted at most "
+                         f"{MAX_ELEMENTS} in one batch (sample in batches: `indices`)")
     return tuple(int(d) for d in dims)
+
+
+def check_bool(name: str, value) -> bool:
+    """A Python or NumPy bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: got {value!r}, accepted True or False")
+    return bool(value)
+
+
+def check_output(name: str, out, x) -> None:
+    """A function's output must be an array of x's shape (checked when traced)."""
+    if not (hasattr(out, "shape") and hasattr(out, "dtype")):
+        raise TypeError(f"{name}: returned a {type(out).__name__} for x of shape {x.shape}, "
+                        "accepted an array of the shape of x")
+    if tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"{name}: returned shape {tuple(out.shape)} for x of shape {x.shape}, "
+                         "accepted the shape of x")
 
 
 def check_key(key) -> None:
@@ -96,12 +135,28 @@ def check_batch(name, value, x) -> None:
 
 
 def check_float_dtype(name, dtype) -> None:
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name}: got {dtype!r}, accepted a floating dtype") from None
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"{name}: got dtype {np.dtype(dtype).name}, accepted a floating dtype")
+        raise ValueError(f"{name}: got dtype {dtype.name}, accepted a floating dtype")
+
+
+def check_array(name: str, x) -> None:
+    """x must be an array (JAX or NumPy), not a list or a number."""
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(f"{name}: got a {type(x).__name__}, accepted an array")
 
 
 def check_times(t, hi=math.inf) -> None:
-    """Concrete times must be finite and in [0, hi] (compared in t's own precision)."""
+    """Times are a real number or a real array (checked when traced); concrete ones must be
+    finite and in [0, hi] (compared in t's own precision)."""
+    dtype = getattr(t, "dtype", None)
+    if isinstance(t, bool) or not (isinstance(t, numbers.Real) or dtype is not None
+                                   and np.dtype(dtype).kind in "iuf"):
+        raise TypeError(f"t: got {reprlib.repr(t)}, accepted a real number or a real array of "
+                        "times")
     if not is_concrete(t):
         return
     arr = np.asarray(t)

@@ -94,10 +94,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
       A writable ``np.uint8`` array with the shape given by the header.
 
     Raises:
+      TypeError: ``path`` is not a path (str or os.PathLike).
       DataError: the file is missing or unreadable, is not valid gzip, has an
         unknown magic number, is shorter than its header implies (truncated), or
         has bytes after the data (trailing garbage).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: got {path!r}, accepted a path (str or os.PathLike)")
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "not found"
@@ -191,6 +194,9 @@ def _load_idx_split(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]
             f"MNIST count mismatch: {images_path} has {images.shape[0]} images but "
             f"{labels_path} has {labels.shape[0]} labels"
         )
+    if not len(images):
+        raise DataError(f"MNIST data dir {data_dir}: the {split} split holds 0 images "
+                        f"({images_path}), accepted at least 1")
     _check_labels(labels, str(labels_path))
     return images, labels
 
@@ -290,20 +296,28 @@ def load_mnist(
       (``x / 127.5 - 1`` of the uint8 pixels), labels ``int32 (N,)`` in ``0..9``.
 
     Raises:
-      ValueError: ``split`` is not ``"train"`` or ``"test"``, or a directory is ``""``.
+      ValueError: ``split`` is not ``"train"`` or ``"test"``, or a directory is
+        ``""`` or blank.
       TypeError: ``data_dir`` or ``tfds_data_dir`` is neither a path nor None.
-      DataError: a file is missing or malformed, the counts disagree, or the
-        tensorflow-datasets source is unavailable (one-line message saying
-        what to do).
+      DataError: a file is missing or malformed, the counts disagree, a split
+        holds no images, or the tensorflow-datasets source is unavailable
+        (one-line message saying what to do). A directory taken from
+        ``JAXGUIDE_DATA_DIR`` is named as ``JAXGUIDE_DATA_DIR='<path>': ...``.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS!r}, got {split!r}")
     _check_dir("data_dir", data_dir)
     _check_dir("tfds_data_dir", tfds_data_dir)
-    if data_dir is None:
-        env = os.environ.get(ENV_DATA_DIR, "")
-        data_dir = env or None
-    if data_dir is not None:
+    env = os.environ.get(ENV_DATA_DIR, "") if data_dir is None else ""
+    if env:
+        if not env.strip():
+            raise DataError(f"{ENV_DATA_DIR}: got {env!r}, accepted a folder path, or unset "
+                            "or empty for tensorflow-datasets")
+        try:
+            images, labels = _load_idx_split(split, Path(env))
+        except DataError as e:
+            raise DataError(f"{ENV_DATA_DIR}={env!r}: {e}") from e
+    elif data_dir is not None:
         images, labels = _load_idx_split(split, Path(data_dir))
     else:
         images, labels = _load_tfds_split(split, tfds_data_dir)
@@ -335,10 +349,12 @@ def check_dataset(dataset, num_classes: int | None = None, min_test_per_class: i
             raise ValueError(f"{where}: got {x.shape}, the train images are {out[0][0].shape}")
         check_pixels(where, x)
         hi = num_classes or np.iinfo(np.int32).max
-        if y.dtype.kind not in "iu" or y.shape != x.shape[:1] or (y.min() < 0 or y.max() >= hi):
-            raise ValueError(f"dataset: {split} labels: got {y.dtype} {y.shape} in "
-                             f"[{y.min()}, {y.max()}], accepted integers ({len(x)},) in "
-                             f"[0, {hi - 1}]")
+        if y.dtype.kind not in "iu" or y.shape != x.shape[:1]:
+            raise ValueError(f"dataset: {split} labels: got {y.dtype} {y.shape}, accepted "
+                             f"integers ({len(x)},), one per {split} image")
+        if y.min() < 0 or y.max() >= hi:
+            raise ValueError(f"dataset: {split} labels: got values in [{y.min()}, {y.max()}], "
+                             f"accepted [0, {hi - 1}]")
         out.append((x, y))
     counts = np.bincount(out[1][1], minlength=num_classes or 0)
     if min_test_per_class and counts.min() < min_test_per_class:
@@ -351,7 +367,7 @@ def _check_dir(name: str, value) -> None:
     """Checks that `value` is None or a non-empty path (str or os.PathLike)."""
     if value is not None and not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name}: got {value!r}, accepted a path (str or os.PathLike) or None")
-    if value is not None and not os.fspath(value):
+    if value is not None and not os.fspath(value).strip():
         raise ValueError(f"{name}: got {value!r}, accepted a non-empty path or None")
 
 

@@ -12,30 +12,44 @@ log_prob_fn(x, t) -> (B, K) per-class log-probabilities, log_density_fn(x, t) ->
 
 from __future__ import annotations
 
-import math
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxguide.checks import check_batch, check_positive_int, is_concrete
+from jaxguide.checks import (INT32_MAX, check_batch, check_output, check_positive_int,
+                             is_concrete)
 from jaxguide.sde import _expand
 
 
-def _sum_of(fns, x, t):
-    out = fns[0](x, t)
-    for fn in fns[1:]:
-        out = out + fn(x, t)
+def _sum_of(names, fns, x, t):
+    out = 0.0
+    for name, fn in zip(names, fns):
+        term = fn(x, t)
+        check_output(name, term, x)  # A term of another shape would broadcast.
+        out = out + term
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _sum_named(names: tuple[str, ...]):
+    """`_sum_of` for terms called `names`: one function object per names, so that sums of
+    the same terms have the same pytree structure (and `jit` does not retrace)."""
+    return functools.partial(_sum_of, names)
+
+
+def _add(named_fns: dict[str, object]) -> Partial:
+    fns = tuple(_as_partial(f, name) for name, f in named_fns.items())
+    return Partial(_sum_named(tuple(named_fns)), fns)
+
+
 def add_scores(*score_fns) -> Partial:
-    """Returns the score function x, t ↦ Σᵢ score_fnᵢ(x, t)."""
+    """Returns the score function x, t ↦ Σᵢ score_fnᵢ(x, t); each term of x's shape."""
     if not score_fns:
         raise ValueError("add_scores: needs at least one score function")
-    fns = tuple(_as_partial(f, f"score_fns[{i}]") for i, f in enumerate(score_fns))
-    return Partial(_sum_of, fns)
+    return _add({f"score_fns[{i}]": f for i, f in enumerate(score_fns)})
 
 
 def _label_log_prob(log_prob_fn, labels, x, t):
@@ -106,7 +120,7 @@ def classifier_guidance(score_fn, log_prob_fn, labels, scale, *, num_classes: in
     """
     score_fn = _as_partial(score_fn, "score_fn")
     term = guidance_term(label_log_prob(log_prob_fn, labels, num_classes=num_classes), scale)
-    return add_scores(score_fn, term)
+    return _add({"score_fn": score_fn, "guidance term": term})
 
 
 def _as_partial(fn, name) -> Partial:
@@ -138,13 +152,12 @@ def _check_labels(labels, num_classes):
         arr = np.asarray(labels)
         if arr.ndim > 1 or not np.issubdtype(arr.dtype, np.integer) and not (
                 np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
-            raise ValueError(f"labels: got {str(arr.tolist())[:80]} ({arr.dtype}, shape "
+            raise ValueError(f"labels: got {repr(arr.tolist())[:80]} ({arr.dtype}, shape "
                              f"{arr.shape}), accepted integer class indices of shape () or (B,)")
-        hi = num_classes if num_classes is not None else math.inf
+        hi = num_classes if num_classes is not None else INT32_MAX + 1  # Applied as int32.
         if arr.size and (arr.min() < 0 or arr.max() >= hi):
             bad = arr[(arr < 0) | (arr >= hi)].ravel()[0]
-            accepted = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
-            raise ValueError(f"labels: got {bad}, accepted {accepted}")
+            raise ValueError(f"labels: got {bad}, accepted [0, {hi - 1}]")
     return jnp.asarray(labels, jnp.int32)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -85,18 +86,35 @@ def check_images(images) -> np.ndarray:
     return x
 
 
-def check_labels(labels, n: int, num_classes: int = 10) -> np.ndarray:
+def check_labels(labels, n: int, num_classes: int | None = 10) -> np.ndarray:
+    """Validates labels: integers (n,) in [0, num_classes) (>= 0 when None)."""
     y = np.asarray(labels)
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels: got {y.dtype}{y.shape}, accepted integers of shape ({n},)")
-    if y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(f"labels: got values in [{y.min()}, {y.max()}], accepted [0, {num_classes - 1}]")
+    if y.size and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
+        accepted = "integers >= 0" if num_classes is None else f"[0, {num_classes - 1}]"
+        raise ValueError(f"labels: got values in [{y.min()}, {y.max()}], accepted {accepted}")
+    return y
+
+
+def _class_labels(labels, n: int, num_classes: int | None = None) -> np.ndarray:
+    """check_labels, and every class present at least twice (a covariance per class)."""
+    y = check_labels(labels, n, num_classes)
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"labels: class {classes[counts.argmin()]} has 1 example, accepted "
+                         ">= 2 per class (a covariance per class)")
     return y
 
 
 def guided_accuracy(predictions, labels, num_classes: int = 10) -> tuple[float, dict[int, float]]:
-    """Fraction of samples classified as their requested label: overall and per class."""
+    """Fraction of samples whose predicted class (N,) is their requested label (N,): overall
+    and per class."""
+    num_classes = check_int("num_classes", num_classes, 1)
     p = np.asarray(predictions)
+    if p.ndim != 1 or len(p) < 1 or not np.issubdtype(p.dtype, np.integer):
+        raise ValueError(f"predictions: got {p.dtype}{p.shape}, accepted integer classes of "
+                         "shape (N,) with N >= 1 (Evaluation.predictions, not logits)")
     y = check_labels(labels, len(p), num_classes)
     per_class = {int(c): float(np.mean(p[y == c] == c)) for c in np.unique(y)}
     return float(np.mean(p == y)), per_class
@@ -107,12 +125,45 @@ def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
+def _float64(name: str, value, form: str) -> np.ndarray:
+    """`value` as a float64 array, else a TypeError naming `name` and the `form` accepted."""
+    try:
+        return np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: got {type(value).__name__}, accepted an array {form} of "
+                        "numbers") from None
+
+
+def check_features(feats) -> np.ndarray:
+    """Validates features: finite numbers (N, D), N >= 2, D >= 1; returns float64."""
+    f = _float64("features", feats, "(N, D)")
+    if f.ndim != 2 or len(f) < 2 or f.shape[1] < 1:
+        raise ValueError(f"features: got shape {f.shape}, accepted (N, D) with N >= 2, D >= 1")
+    if not np.all(np.isfinite(f)):
+        raise ValueError("features: contain NaN or inf, accepted finite values")
+    return f
+
+
 def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     """Mean (D,) and covariance (D, D) of features (N, D), in float64."""
-    f = np.asarray(feats, np.float64)
-    if f.ndim != 2 or len(f) < 2:
-        raise ValueError(f"features: got shape {f.shape}, accepted (N, D) with N >= 2")
-    return f.mean(0), np.cov(f, rowvar=False)
+    f = check_features(feats)
+    return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def _check_stats(mu_name: str, mu, cov_name: str, cov) -> tuple[np.ndarray, np.ndarray]:
+    """A Gaussian's finite mean (D,) and symmetric covariance (D, D) as float64 arrays."""
+    mu, cov = _float64(mu_name, mu, "(D,)"), _float64(cov_name, cov, "(D, D)")
+    if mu.ndim != 1 or len(mu) < 1:
+        raise ValueError(f"{mu_name}: got shape {mu.shape}, accepted a mean (D,) with D >= 1")
+    if cov.shape != (len(mu),) * 2:
+        raise ValueError(f"{cov_name}: got shape {cov.shape}, accepted a covariance (D, D) = "
+                         f"{(len(mu),) * 2} for {mu_name} of shape {mu.shape}")
+    for name, a in ((mu_name, mu), (cov_name, cov)):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name}: contain NaN or inf, accepted finite values")
+    if not np.allclose(cov, cov.T):
+        raise ValueError(f"{cov_name}: not symmetric, accepted a covariance matrix")
+    return mu, cov
 
 
 def frechet_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
@@ -121,8 +172,10 @@ def frechet_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
     The symmetric form of the cross term keeps every square root that of a PSD matrix (no
     complex parts to discard); eigenvalues are clipped at 0 against rounding.
     """
-    if np.shape(mu_a) != np.shape(mu_b) or np.shape(cov_a) != np.shape(cov_b):
-        raise ValueError(f"features: dimensions differ ({np.shape(mu_a)} vs {np.shape(mu_b)})")
+    mu_a, cov_a = _check_stats("mu_a", mu_a, "cov_a", cov_a)
+    mu_b, cov_b = _check_stats("mu_b", mu_b, "cov_b", cov_b)
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(f"features: dimensions differ ({mu_a.shape} vs {mu_b.shape})")
     root_a = _sqrtm_psd(cov_a)
     cross = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)))
     fd = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross
@@ -134,30 +187,53 @@ def frechet_distance(feats_a, feats_b) -> float:
     return frechet_from_stats(*gaussian_stats(feats_a), *gaussian_stats(feats_b))
 
 
+def _check_ref(ref, classes, overall: bool = False) -> None:
+    """Reference statistics: `mu_<c>`, `cov_<c>` for each c in classes (and `mu`, `cov`)."""
+    if not isinstance(ref, Mapping):
+        raise TypeError(f"ref: got {type(ref).__name__}, accepted a dict of reference "
+                        "statistics (reference_stats or Evaluator.reference)")
+    for suffix in [""] * overall + [f"_{c}" for c in classes]:
+        mu, cov = f"mu{suffix}", f"cov{suffix}"
+        if mu not in ref or cov not in ref:
+            what = f"class {suffix[1:]}" if suffix else "all classes"
+            raise ValueError(f"ref: has no {mu} and {cov} (the statistics of {what}), "
+                             "accepted statistics of every class in labels")
+        _check_stats(f"ref[{mu!r}]", ref[mu], f"ref[{cov!r}]", ref[cov])
+
+
 def reference_stats(feats, labels) -> dict[str, np.ndarray]:
-    """Feature statistics of a reference set, overall and per class, as a flat dict of arrays
-    (`mu`, `cov`, `mu_<c>`, `cov_<c>`) that `np.savez` can store."""
-    labels = np.asarray(labels)
-    out = dict(zip(("mu", "cov"), gaussian_stats(feats)))
-    for c in np.unique(labels):
-        out[f"mu_{c}"], out[f"cov_{c}"] = gaussian_stats(np.asarray(feats)[labels == c])
+    """Feature statistics of a reference set, features (N, D) and labels (N,), overall and per
+    class, as a flat dict of arrays (`mu`, `cov`, `mu_<c>`, `cov_<c>`) that `np.savez` can
+    store."""
+    f = check_features(feats)
+    y = _class_labels(labels, len(f))
+    out = dict(zip(("mu", "cov"), gaussian_stats(f)))
+    for c in np.unique(y):
+        out[f"mu_{c}"], out[f"cov_{c}"] = gaussian_stats(f[y == c])
     return out
 
 
 def class_frechet_distance(feats, labels, ref: dict[str, np.ndarray]) -> float:
-    """Mean over the classes present in `labels` of FD(samples of class c, reference class c).
+    """Mean over the classes present in `labels` (N,) of FD(samples of class c, reference
+    class c), for features (N, D).
 
     A guide that collapses each class onto a few modes scores badly here even when the
     overall FD (which mixes classes) looks fine.
     """
-    feats, labels = np.asarray(feats), np.asarray(labels)
-    return float(np.mean([frechet_from_stats(*gaussian_stats(feats[labels == c]),
-                                             ref[f"mu_{c}"], ref[f"cov_{c}"])
-                          for c in np.unique(labels)]))
+    f = check_features(feats)
+    y = _class_labels(labels, len(f))
+    _check_ref(ref, np.unique(y))
+    return float(np.mean([frechet_from_stats(*gaussian_stats(f[y == c]), ref[f"mu_{c}"],
+                                             ref[f"cov_{c}"]) for c in np.unique(y)]))
 
 
 def evaluate_samples(evaluator: "Evaluator", images, labels, ref: dict[str, np.ndarray]) -> dict:
-    """Accuracy (overall and per class), FD and class-FD of guided samples against `ref`."""
+    """Accuracy (overall and per class), FD and class-FD of guided samples against `ref`.
+
+    Images (N, 28, 28, 1) and labels (N,) are checked, with `ref`, before the evaluator runs.
+    """
+    images = check_images(images)
+    _check_ref(ref, np.unique(_class_labels(labels, len(images), 10)), overall=True)
     ev = evaluator(images)
     acc, per_class = guided_accuracy(ev.predictions, labels)
     return {"accuracy": acc, "per_class_accuracy": per_class,

@@ -29,7 +29,8 @@ from jax.tree_util import Partial
 from jaxguide import parallel
 from jaxguide.compiler import jit
 from jaxguide.guidance import _as_partial
-from jaxguide.checks import check_key, check_positive_int, check_shape, is_concrete, is_real
+from jaxguide.checks import (INT32_MAX, as_scalar, check_bool, check_key, check_output,
+                             check_positive_int, check_shape, is_concrete, is_real)
 from jaxguide.sde import VPSDE, _expand
 
 NFE_PER_STEP = {"euler_maruyama": 1, "predictor_corrector": 2, "heun": 2, "dpm_solver_2m": 1}
@@ -58,7 +59,15 @@ def score_from_eps(eps_fn, sde: VPSDE, min_std: float = 0.01) -> Partial:
 
 
 def time_grid(sde: VPSDE, n_steps: int, t_min: float = 1e-3, kind: str = "uniform") -> jax.Array:
-    """Decreasing times T = t₀ > … > t_N = t_min, shape (n_steps + 1,)."""
+    """Decreasing times T = t₀ > … > t_N = t_min, shape (n_steps + 1,).
+
+    n_steps >= 1; t_min in [1e-5·T, T) (see `sample`); kind one of GRIDS.
+    """
+    _check_sde(sde)
+    n_steps = _check_n_steps(n_steps)
+    t_min = _check_t_min(sde, t_min)
+    if kind not in GRIDS:
+        raise ValueError(f"grid: got {kind!r}, accepted {', '.join(GRIDS)}")
     u = jnp.linspace(0.0, 1.0, n_steps + 1, dtype=jnp.float32)
     if kind == "uniform":
         return sde.T + (t_min - sde.T) * u
@@ -68,7 +77,6 @@ def time_grid(sde: VPSDE, n_steps: int, t_min: float = 1e-3, kind: str = "unifor
         lo, hi = sde.log_snr(jnp.float32(sde.T)), sde.log_snr(jnp.float32(t_min))
         ts = sde.t_of_log_snr(lo + (hi - lo) * u)
         return ts.at[0].set(sde.T).at[-1].set(t_min)
-    raise ValueError(f"grid: got {kind!r}, accepted {', '.join(GRIDS)}")
 
 
 def _noise(sample_keys, counter, shape_tail):
@@ -82,11 +90,9 @@ def _batch_t(t, x):
 
 
 def _checked_score(score_fn, x, t):
-    """score_fn(x, t), whose shape must be x's (checked when traced, not run)."""
+    """score_fn(x, t), an array of x's shape (checked when traced, not run)."""
     score = score_fn(x, t)
-    if jnp.shape(score) != x.shape:
-        raise ValueError(f"score_fn: returned shape {jnp.shape(score)} for x of shape {x.shape}, "
-                         "accepted the shape of x")
+    check_output("score_fn", score, x)
     return score
 
 
@@ -216,7 +222,7 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
     score_fn = _as_partial(score_fn, "score_fn")
     _check_sde(sde)
     shape = check_shape(shape)
-    n_steps = check_positive_int("n_steps", n_steps)
+    n_steps = _check_n_steps(n_steps)
     if method not in METHODS:
         raise ValueError(f"method: got {method!r}, accepted {', '.join(METHODS)}")
     grid = DEFAULT_GRID[method] if grid is None else grid
@@ -227,9 +233,8 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
     if clip is not None and not (is_real(clip) and clip >= 1):
         raise ValueError(f"clip: got {clip!r}, accepted a number >= 1 (states span at least the "
                          "data range [-1, 1]) or None")
-    if not (is_real(t_min) and T_MIN_FRACTION * sde.T <= t_min < sde.T):
-        raise ValueError(
-            f"t_min: got {t_min!r}, accepted [{T_MIN_FRACTION * sde.T:g}, T={sde.T:g})")
+    t_min = _check_t_min(sde, t_min)
+    denoise_last = check_bool("denoise_last", denoise_last)
     if not (is_real(snr) and 0 < snr <= 1):
         raise ValueError(f"snr: got {snr!r}, accepted a number in (0, 1]")
     if record_every is not None:
@@ -253,9 +258,21 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
         indices = parallel.shard_batch(mesh, indices)
     return _sample(key, score_fn, sde, indices,
                    shape=shape, n_steps=n_steps, method=method, grid=grid, init=init,
-                   clip=None if clip is None else float(clip), t_min=float(t_min),
-                   denoise_last=bool(denoise_last), snr=float(snr), record_every=record_every,
+                   clip=None if clip is None else float(as_scalar(clip)), t_min=t_min,
+                   denoise_last=denoise_last, snr=float(as_scalar(snr)), record_every=record_every,
                    mesh=mesh)
+
+
+def _check_n_steps(n_steps) -> int:
+    return check_positive_int("n_steps", n_steps, INT32_MAX - 1)  # n_steps + 1 int32 times.
+
+
+def _check_t_min(sde: VPSDE, t_min) -> float:
+    """t_min as a float in [T_MIN_FRACTION·T, T)."""
+    if not (is_real(t_min) and T_MIN_FRACTION * sde.T <= as_scalar(t_min) < sde.T):
+        raise ValueError(
+            f"t_min: got {t_min!r}, accepted [{T_MIN_FRACTION * sde.T:g}, T={sde.T:g})")
+    return float(as_scalar(t_min))
 
 
 def _check_sde(sde) -> None:

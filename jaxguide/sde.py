@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxguide.checks import (check_batch, check_float_dtype, check_key, check_shape, check_times,
-                             is_real)
+from jaxguide.checks import (check_array, check_batch, check_float_dtype, check_key, check_shape,
+                             check_times, is_real)
 
 
 _F32_NORMAL = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
@@ -94,6 +94,7 @@ class VPSDE:
 
     def drift(self, x, t):
         """f(x, t) = −½ β(t) x; x (B, ...), t (B,) → (B, ...)."""
+        check_array("x", x)
         return -0.5 * _expand(self.beta(t), x) * x
 
     def diffusion(self, t):

@@ -10,9 +10,42 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxguide.checks import check_int  # noqa: E402
+
+
+def _check_images(name: str, images, form: str) -> np.ndarray:
+    """`images` as a float64 array of shape `form` (e.g. "(N, H, W, 1)"): every dimension >= 1,
+    the last 1, finite values; else a ValueError (TypeError: not numbers) naming `name`."""
+    try:
+        x = np.asarray(images, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: got {type(images).__name__}, accepted a numeric array "
+                        f"{form}") from None
+    if x.ndim != form.count(",") + 1 or x.shape[-1] != 1 or 0 in x.shape:
+        raise ValueError(f"{name}: got shape {x.shape}, accepted {form} with every "
+                         "dimension >= 1")
+    return _check_finite(name, x)
+
+
+def _check_finite(name: str, x: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name}: contain NaN or inf, accepted finite values")
+    return x
+
+
+def _check_length(name: str, values, n: int, what: str) -> np.ndarray:
+    """`values` as an array of shape (n,), one per `what`, else a ValueError naming it."""
+    v = np.asarray(values)
+    if v.shape != (n,):
+        raise ValueError(f"{name}: got shape {v.shape}, accepted ({n},): one per {what}")
+    return v
+
 
 def plot_losses(records: list[dict], path: str | Path) -> Path:
     """Training loss (and held-out metrics) against step, from metrics.jsonl records."""
+    if not all(isinstance(r, dict) and "step" in r for r in records):
+        raise ValueError("records: accepted a list of dicts that each hold a 'step' (the "
+                         "lines of metrics.jsonl)")
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = {}
     for r in records:
@@ -36,12 +69,18 @@ def plot_losses(records: list[dict], path: str | Path) -> Path:
 
 def to_uint8(images) -> np.ndarray:
     """Images in [−1, 1], (..., H, W, 1) → uint8 (..., H, W)."""
-    return np.round((np.clip(np.asarray(images)[..., 0], -1, 1) + 1) * 127.5).astype(np.uint8)
+    x = np.asarray(images)
+    if x.ndim < 3 or x.shape[-1] != 1:
+        raise ValueError(f"images: got shape {x.shape}, accepted (..., H, W, 1)")
+    x = _check_finite("images", x[..., 0])
+    return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
 def tile(images, ncol: int, pad: int = 2) -> np.ndarray:
     """(N, H, W, 1) in [−1, 1] → one uint8 image of ceil(N / ncol) rows × ncol, padded."""
-    imgs = to_uint8(images)
+    ncol = check_int("ncol", ncol, 1)
+    pad = check_int("pad", pad, 0)
+    imgs = to_uint8(_check_images("images", images, "(N, H, W, 1)"))
     n, h, w = imgs.shape
     nrow = -(-n // ncol)
     canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, np.uint8)
@@ -52,8 +91,11 @@ def tile(images, ncol: int, pad: int = 2) -> np.ndarray:
 
 
 def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = None) -> Path:
-    """A labelled grid: one row per requested class (images in label order, ncol per row)."""
-    labels = np.asarray(labels)
+    """A labelled grid of images (N, H, W, 1), labels (N,): one row per requested class
+    (images in label order, ncol per row), each row headed by its first image's label."""
+    ncol = check_int("ncol", ncol, 1)
+    images = _check_images("images", images, "(N, H, W, 1)")
+    labels = _check_length("labels", labels, len(images), "image")
     rows = -(-len(images) // ncol)
     fig, axes = plt.subplots(rows, ncol, figsize=(ncol * 0.75 + 0.6, rows * 0.75 + 0.4),
                              squeeze=False)
@@ -78,7 +120,10 @@ def save_gif(frames, path: str | Path, ncol: int, hold: int = 10, scale: int = 2
     """Animates a trajectory (F, N, H, W, 1) as a GIF of grids, holding the last frame."""
     from PIL import Image
 
-    tiles = [Image.fromarray(tile(f, ncol)) for f in np.asarray(frames)]
+    frames = _check_images("frames", frames, "(F, N, H, W, 1)")
+    hold, scale = check_int("hold", hold, 0), check_int("scale", scale, 1)
+    duration_ms = check_int("duration_ms", duration_ms, 1)
+    tiles = [Image.fromarray(tile(f, ncol)) for f in frames]
     tiles = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in tiles]
     tiles += [tiles[-1]] * hold
     tiles[0].save(path, save_all=True, append_images=tiles[1:], duration=duration_ms, loop=0)
@@ -86,8 +131,17 @@ def save_gif(frames, path: str | Path, ncol: int, hold: int = 10, scale: int = 2
 
 
 def plot_classifier_over_time(ts, x_ts, probs, path: str | Path, true_label: int) -> Path:
-    """Bar charts of q(y | x_t, t) (T, K) above the noised images x_t (T, H, W, 1)."""
-    n = len(ts)
+    """Bar charts of q(y | x_t, t) (T, K) above the noised images x_t (T, H, W, 1), for times
+    ts (T,)."""
+    x_ts = _check_images("x_ts", x_ts, "(T, H, W, 1)")
+    n = len(x_ts)
+    ts = _check_length("ts", ts, n, "image in x_ts")
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or len(probs) != n or probs.shape[1] < 1:
+        raise ValueError(f"probs: got shape {probs.shape}, accepted ({n}, K) with K >= 1: one "
+                         "row per image in x_ts")
+    _check_finite("probs", probs)
+    true_label = check_int("true_label", true_label, 0, probs.shape[1] - 1)
     fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6))
     for i in range(n):
         colors = ["C3" if k == true_label else "C0" for k in range(probs.shape[1])]
@@ -106,8 +160,15 @@ def plot_classifier_over_time(ts, x_ts, probs, path: str | Path, true_label: int
 
 def plot_gradient_maps(ts, x_ts, grads, path: str | Path, labels) -> Path:
     """Noised images x_t (T, H, W, 1) above ∇ₓ log q(y | x_t, t) maps (R, T, H, W, 1), one
-    row of maps per target class in `labels` (R,)."""
-    n, r = len(ts), len(labels)
+    row of maps per target class in `labels` (R,), for times ts (T,)."""
+    x_ts = _check_images("x_ts", x_ts, "(T, H, W, 1)")
+    grads = _check_images("grads", grads, "(R, T, H, W, 1)")
+    n, r = len(x_ts), len(grads)
+    ts = _check_length("ts", ts, n, "image in x_ts")
+    labels = _check_length("labels", labels, r, "row of grads")
+    if grads.shape[1:] != x_ts.shape:
+        raise ValueError(f"grads: got shape {grads.shape}, accepted (R, *x_ts.shape) = "
+                         f"({r}, {', '.join(map(str, x_ts.shape))})")
     fig, axes = plt.subplots(1 + r, n, figsize=(1.1 * n, 1.2 * (1 + r)), squeeze=False)
     for i in range(n):
         axes[0, i].imshow(to_uint8(x_ts[i]), cmap="gray")
@@ -129,7 +190,13 @@ def plot_gradient_maps(ts, x_ts, grads, path: str | Path, labels) -> Path:
 
 
 def plot_accuracy_vs_scale(scales, accuracies, path: str | Path, subtitle: str = "") -> Path:
-    """Evaluator accuracy of guided samples against the guidance scale."""
+    """Evaluator accuracy of guided samples (S,) in [0, 1] against the guidance scales (S,)."""
+    scales, accuracies = np.asarray(scales), np.asarray(accuracies)
+    if scales.ndim != 1 or accuracies.shape != scales.shape:
+        raise ValueError(f"accuracies: got shape {accuracies.shape} for scales of shape "
+                         f"{scales.shape}, accepted one accuracy per scale, (S,)")
+    if not np.all((accuracies >= 0) & (accuracies <= 1)):
+        raise ValueError(f"accuracies: got {accuracies}, accepted values in [0, 1]")
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot(scales, accuracies, marker="o")
     ax.set(xlabel="guidance scale s", ylabel="evaluator accuracy", ylim=(0, 1.02),

@@ -25,9 +25,9 @@ from jaxguide import checkpoint, cli, data, metrics, pipeline
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import TrainConfig, get_config
 from jaxguide.data import DataError
-from jaxguide.guidance import classifier_guidance
-from jaxguide.nets import make_model
-from jaxguide.samplers import sample
+from jaxguide.guidance import add_scores, classifier_guidance
+from jaxguide.nets import apply_fn, make_model
+from jaxguide.samplers import sample, time_grid
 from jaxguide.sde import VPSDE
 
 # ------------------------------------------------------------------------ fixtures
@@ -390,11 +390,54 @@ API_CASES = {
     "sample-score-shape": (lambda: sample(KEY, lambda x, t: x.sum(-1), VPSDE(), (2, 4), n_steps=2),
                            ValueError, r"score_fn: returned shape \(2,\) for x of shape \(2, 4\), "
                            r"accepted the shape of x"),
+    "sample-n_steps-huge": (lambda: sample(KEY, _score, VPSDE(), (2, 4), n_steps=10**12),
+                            ValueError, r"n_steps: got 1000000000000, accepted an integer >= 1 "
+                            r"and <= 2147483646"),
+    "sample-shape-huge": (lambda: sample(KEY, _score, VPSDE(), (2**31, 4), n_steps=2),
+                          ValueError, r"shape: got \(2147483648, 4\), 8589934592 elements; "
+                          r"accepted at most 2147483647"),
+    "sample-denoise_last-string": (lambda: sample(KEY, _score, VPSDE(), (2, 4), n_steps=2,
+                                                  denoise_last="no"),
+                                   TypeError, r"denoise_last: got 'no', accepted True or False"),
+    "sample-score-tuple": (lambda: sample(KEY, lambda x, t: (x, x), VPSDE(), (2, 4), n_steps=2),
+                           TypeError, r"score_fn: returned a tuple for x of shape \(2, 4\), "
+                           r"accepted an array of the shape of x"),
+    "add_scores-term-shape": (
+        lambda: sample(KEY, add_scores(_score, lambda x, t: x[:1]), VPSDE(), (2, 4), n_steps=2),
+        ValueError, r"score_fns\[1\]: returned shape \(1, 4\) for x of shape \(2, 4\)"),
+    "guidance-score-shape": (
+        lambda: sample(KEY, classifier_guidance(lambda x, t: x[:1], _log_probs, 1, 1.0),
+                       VPSDE(), (2, 4), n_steps=2),
+        ValueError, r"score_fn: returned shape \(1, 4\) for x of shape \(2, 4\)"),
+    "time_grid-t_min-above-T": (lambda: time_grid(VPSDE(), 3, t_min=2.0),
+                                ValueError, r"t_min: got 2\.0, accepted \[1e-05, T=1\)"),
+    "time_grid-n_steps-0": (lambda: time_grid(VPSDE(), 0),
+                            ValueError, r"n_steps: got 0, accepted an integer >= 1"),
+    "time_grid-sde": (lambda: time_grid(None, 2), TypeError, r"sde: expected a jaxguide\.VPSDE"),
+    "time_grid-kind": (lambda: time_grid(VPSDE(), 2, kind="cosine"),
+                       ValueError, r"grid: got 'cosine', accepted uniform"),
+    "guidance-label-above-int32": (
+        lambda: classifier_guidance(_score, _log_probs, np.array([2**32 + 3]), 1.0),
+        ValueError, r"labels: got 4294967299, accepted \[0, 2147483647\]"),
+    "guidance-label-python-int-above-int32": (
+        lambda: classifier_guidance(_score, _log_probs, 2**32 + 3, 1.0),
+        ValueError, r"labels: got 4294967299, accepted \[0, 2147483647\]"),
+    "guidance-label-string": (lambda: classifier_guidance(_score, _log_probs, "3", 1.0),
+                              ValueError, r"labels: got '3' \(<U1, shape \(\)\)"),
+    "vpsde-std-list": (lambda: VPSDE().std([0.1, 0.2]),
+                       TypeError, r"t: got \[0\.1, 0\.2\], accepted a real number or a real array"),
+    "vpsde-std-string": (lambda: VPSDE().std("0.5"), TypeError, r"t: got '0\.5', accepted"),
+    "vpsde-std-complex": (lambda: VPSDE().std(0.5 + 1j), TypeError, r"t: got \(0\.5\+1j\)"),
+    "vpsde-std-none": (lambda: VPSDE().std(None), TypeError, r"t: got None, accepted"),
+    "vpsde-drift-list": (lambda: VPSDE().drift([[1.0]], 0.5),
+                         TypeError, r"x: got a list, accepted an array"),
+    "vpsde-prior-dtype": (lambda: VPSDE().prior(KEY, (2,), "bogus"),
+                          TypeError, r"dtype: got 'bogus', accepted a floating dtype"),
     "guidance-label-10": (lambda: classifier_guidance(_score, _log_probs, jnp.array([1, 10]), 1.0,
                                                       num_classes=10),
                           ValueError, r"labels: got 10, accepted \[0, 9\]"),
     "guidance-label-negative": (lambda: classifier_guidance(_score, _log_probs, -1, 1.0),
-                                ValueError, r"labels: got -1, accepted >= 0"),
+                                ValueError, r"labels: got -1, accepted \[0, 2147483647\]"),
     "guidance-scale-negative": (lambda: classifier_guidance(_score, _log_probs, 1, -2.0),
                                 ValueError, r"scale: got -2\.0, accepted a finite number >= 0"),
     "guidance-scale-nan": (lambda: classifier_guidance(_score, _log_probs, 1, float("nan")),
@@ -471,3 +514,37 @@ def test_generate_checks_labels_before_sampling(tiny_checkpoints, monkeypatch):
         pipeline.generate(KEY, pipe, jnp.array([3, 10]), 4.0, n_steps=2)
     with pytest.raises(ValueError, match=r"scale: got -1\.0"):
         pipeline.generate(KEY, pipe, jnp.array([3]), -1.0, n_steps=2)
+
+
+def test_zero_d_jax_numbers_are_accepted_as_numbers():
+    """0-d JAX arrays count as the numbers they hold, like NumPy scalars."""
+    x = sample(KEY, _score, VPSDE(beta_min=jnp.float32(0.1)), (2, 4), n_steps=jnp.array(2),
+               clip=jnp.float32(5), t_min=jnp.float32(0.01), snr=jnp.float32(0.1),
+               method="predictor_corrector")
+    assert x.shape == (2, 4) and bool(jnp.all(jnp.isfinite(x)))
+    cfg = TrainConfig(lr=jnp.float32(1e-3), steps=jnp.int32(5))
+    assert (cfg.lr, cfg.steps) == (pytest.approx(1e-3), 5) and type(cfg.steps) is int
+
+
+def test_apply_fn_names_bad_models_variables_and_inputs(tiny_checkpoints):
+    den, den_vars, _ = checkpoint.load_model(tiny_checkpoints / "denoiser")
+    _, cls_vars, _ = checkpoint.load_model(tiny_checkpoints / "classifier")
+    x = jnp.zeros((2, 28, 28, 1))
+    cases = [
+        (lambda: apply_fn("unet", den_vars), TypeError, r"model: got str, accepted a Flax module"),
+        (lambda: apply_fn(den, None), TypeError, r"variables: got None, accepted a dict of "
+         r"collections with 'params'"),
+        (lambda: apply_fn(den, cls_vars)(x, 0.5), ValueError,
+         r"variables: do not fit the UNet \(Could not find parameter"),
+        (lambda: jax.jit(apply_fn(den, cls_vars))(x, 0.5), ValueError,
+         r"variables: do not fit the UNet"),
+        (lambda: apply_fn(den, den_vars)(x, jnp.full(2, jnp.nan)), ValueError,
+         r"t: got nan, accepted a finite time >= 0"),
+        (lambda: apply_fn(den, den_vars)(x, -1.0), ValueError, r"t: got -1\.0, accepted"),
+        (lambda: apply_fn(den, den_vars)(x.at[0, 0, 0, 0].set(jnp.inf), 0.5), ValueError,
+         r"x: contains NaN or inf, accepted finite images"),
+    ]
+    for call, exc_type, pattern in cases:
+        with pytest.raises(exc_type, match=pattern):
+            call()
+    assert jax.jit(apply_fn(den, den_vars))(x, 0.5).shape == x.shape  # Traced: not checked.

@@ -1,9 +1,11 @@
 """Flax Linen networks, used through pure `model.apply(variables, x, t)`."""
 
 import dataclasses
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
+import flax.errors
 import flax.linen as nn
 from jax.tree_util import Partial
 
@@ -19,11 +21,29 @@ class _Apply:
     model: nn.Module
 
     def __call__(self, variables, x, t):
-        return self.model.apply(variables, x, t)
+        try:
+            return self.model.apply(variables, x, t)
+        except _MISFITS as e:
+            raise ValueError(f"variables: do not fit the {type(self.model).__name__} "
+                             f"({str(e).splitlines()[0]}); accepted this model's variables "
+                             "(model.init, load_model)") from None
+
+
+_MISFITS = (flax.errors.ScopeParamNotFoundError, flax.errors.ScopeParamShapeError,
+            flax.errors.ScopeCollectionNotFound, flax.errors.ScopeVariableNotFoundError)
 
 
 def apply_fn(model: nn.Module, variables) -> Partial:
-    """x, t ↦ model.apply(variables, x, t) in eval mode, as a pytree of the variables."""
+    """x, t ↦ model.apply(variables, x, t) in eval mode, as a pytree of the variables.
+
+    variables: a dict of collections ({"params": ..., ...}) of this model.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: got {type(model).__name__}, accepted a Flax module "
+                        "(make_model, load_model)")
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise TypeError(f"variables: got {reprlib.repr(variables)}, accepted a dict of "
+                        "collections with 'params' (model.init, load_model)")
     return Partial(_Apply(model), variables)
 
 

@@ -16,14 +16,17 @@ import numbers
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxguide.checks import check_int, check_ints
+from jaxguide.checks import check_int, check_ints, is_concrete
+from jaxguide.checks import check_times as check_finite_times
 from jaxguide.nets.conv import Conv
 
 
 def check_images(x, *, channels: int | None, multiple: int = 1,
                  size: tuple[int, int] | None = None) -> int:
-    """Checks a network's input images when traced; returns the batch size B.
+    """Checks a network's input images when traced (and finite when concrete); returns the
+    batch size B.
 
     x: a floating (B, H, W, C) array of images scaled to [-1, 1], with C = `channels` (None:
     any), H and W positive multiples of `multiple` or, given `size`, (H, W) = size.
@@ -41,12 +44,14 @@ def check_images(x, *, channels: int | None, multiple: int = 1,
             or shape[1:3] != (size or shape[1:3])
             or any(d < multiple or d % multiple for d in shape[1:3])):
         raise ValueError(f"x: got shape {shape}, accepted {accepted}")
+    if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
+        raise ValueError("x: contains NaN or inf, accepted finite images")
     return shape[0]
 
 
 def check_times(t, batch: int) -> jax.Array:
-    """Checks a network's times t, a number or a real () or (batch,) array, when traced;
-    returns them as float32 (batch,)."""
+    """Checks a network's times t, a number or a real () or (batch,) array, when traced (and
+    finite and >= 0 when concrete); returns them as float32 (batch,)."""
     dtype = getattr(t, "dtype", None)
     if isinstance(t, bool) or not (isinstance(t, numbers.Real) or dtype is not None and (
             jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))):
@@ -55,6 +60,7 @@ def check_times(t, batch: int) -> jax.Array:
     if jnp.shape(t) not in ((), (batch,)):
         raise ValueError(f"t: got shape {jnp.shape(t)} for a batch of {batch} images, "
                          f"accepted () or ({batch},)")
+    check_finite_times(t)
     return jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
 
 
