@@ -55,7 +55,7 @@ def main(argv):
     args = parse_args(argv)
     import math
 
-    from jaxguide import checkpoint, data, parallel, training
+    from jaxguide import checkpoint, parallel, training
 
     mesh = cli.init_devices(args)
 
@@ -82,7 +82,20 @@ def main(argv):
             raise ValueError(f"--epochs: got {args.epochs}, accepted a finite number > 0")
     for name in ("workdir", "data_dir"):
         cli.check_path("--" + name.replace("_", "-"), getattr(args, name))
-    checkpoint.ensure_writable_dir(args.workdir, "--workdir")
+    with checkpoint.removed_if_left_empty(args.workdir):  # Nothing left if this fails early.
+        checkpoint.ensure_writable_dir(args.workdir, "--workdir")
+        training.check_workdir(args.workdir, cfg.task)
+        cfg, dataset = _load_data(cfg, args)
+        training.train(cfg, args.workdir, dataset=dataset, progress=not args.no_progress,
+                       devices=mesh.size)
+    print(f"model: {args.workdir}/model", file=cli.Console(sys.stdout))
+
+
+def _load_data(cfg, args):
+    """(cfg, MNIST's (train, test) splits): batch_size checked against the train split and
+    --epochs turned into steps."""
+    from jaxguide import data
+
     try:
         train_set = data.load_mnist("train", args.data_dir)
         test_set = data.load_mnist("test", args.data_dir)
@@ -99,9 +112,7 @@ def main(argv):
             raise ValueError(f"--epochs: got {args.epochs:g}, {steps:g} steps of {per_epoch} per "
                              f"epoch; accepted at most {configs.INT32_MAX} steps")
         cfg = cfg.replace(steps=max(1, round(steps)))
-    training.train(cfg, args.workdir, dataset=(train_set, test_set), progress=not args.no_progress,
-                   devices=mesh.size)
-    print(f"model: {args.workdir}/model", file=cli.Console(sys.stdout))
+    return cfg, (train_set, test_set)
 
 
 if __name__ == "__main__":

@@ -154,6 +154,26 @@ def ensure_writable_dir(path: str | Path, name: str, probe_bytes: int = 1 << 20)
     return path
 
 
+@contextlib.contextmanager
+def removed_if_left_empty(path: str | Path):
+    """On an exception inside, removes the folder `path` and the parents the block created,
+    if it created them and they hold no file (only empty folders, if any): a run that fails
+    before writing anything leaves no trace."""
+    path = Path(path).absolute()
+    new = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+    try:
+        yield
+    except BaseException:
+        if new and path.is_dir() and not any(files for _, _, files in os.walk(path)):
+            shutil.rmtree(path, ignore_errors=True)
+            for folder in new[1:]:  # Deepest first; rmdir refuses a folder that is not empty.
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        raise
+
+
 def manager(workdir: str | Path, keep: int = 2) -> ocp.CheckpointManager:
     """A synchronous CheckpointManager over `<workdir>/checkpoints`, keeping the last `keep`."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
@@ -178,7 +198,11 @@ def read_train_metadata(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]
 
 def restore_train(mgr: ocp.CheckpointManager, step: int, abstract_state):
     """Restores training checkpoint `step` into the structure of `abstract_state`."""
-    with _reading(f"{mgr.directory}/{step}: arrays do not match the configured model"):
+    where = f"{mgr.directory}/{step}"
+    if not (Path(where) / "state").is_dir():
+        raise CheckpointError(f"{where}: no state/ (damaged); accepted a whole checkpoint: "
+                              "remove this step's folder to resume from an earlier one")
+    with _reading(f"{where}: arrays unreadable or not of the configured model"):
         restored = mgr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
     return restored.state

@@ -228,8 +228,13 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     workdir = Path(workdir)
     mesh = parallel.make_mesh(devices)
     parallel.check_divisible("batch_size", cfg.batch_size, mesh)
-    checkpoint.ensure_writable_dir(workdir, "workdir")
-    checkpoint.check_replaceable(workdir / "model", cfg.task)  # Now, not after the training.
+    with checkpoint.removed_if_left_empty(workdir):
+        checkpoint.ensure_writable_dir(workdir, "workdir")
+        check_workdir(workdir, cfg.task)
+        return _train(cfg, workdir, mesh, data_dir, dataset, progress)
+
+
+def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
     model = make_model(cfg.model, cfg.kwargs)
     if dataset is None:
         dataset = data.load_mnist("train", data_dir), data.load_mnist("test", data_dir)
@@ -238,7 +243,11 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
         min_test_per_class=2 if cfg.task == "evaluator" else 0)  # Its reference statistics.
     data.steps_per_epoch(len(x_train), cfg.batch_size)  # Validates batch_size against n.
     tx = make_optimizer(cfg)
-    state = create_state(cfg, model, tx, x_train.shape[1:])
+    try:
+        state = create_state(cfg, model, tx, x_train.shape[1:])
+    except ValueError as e:  # The network's own input check, naming its x.
+        raise ValueError(f"dataset: images of shape {x_train.shape[1:]} do not fit the "
+                         f"{cfg.model!r} model ({e})") from e
     check_disk_space(workdir, state, cfg.keep)
     state = parallel.replicate(mesh, state)
     mgr = checkpoint.manager(workdir, cfg.keep)
@@ -246,8 +255,8 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     train_step = make_train_step(cfg, model, tx, mesh)
     evaluate = make_evaluate(cfg, model, x_test, y_test)
     meta = model_metadata(cfg, x_train.shape[1:])
-    log = _Log(workdir / "metrics.jsonl")
     start = int(state.step)
+    log = _Log(workdir / LOG_FILE, after=start)
     last_eval: dict[str, float] = {}
     out, err = Console(sys.stdout), Console(sys.stderr)
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.task,
@@ -358,11 +367,55 @@ def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> TrainState:
     return checkpoint.restore_train(mgr, step, checkpoint.abstract(state))
 
 
-class _Log:
-    """Appends JSON lines to a file."""
+LOG_FILE, PLOT_FILE = "metrics.jsonl", "loss.png"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-    def __init__(self, path: Path):
+
+def _log_records(path: Path) -> list[dict[str, Any]] | None:
+    """The records of a training log, or None unless every line is a JSON object with an
+    integer "step" (a file that is not a jaxguide log)."""
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    ok = all(isinstance(r, dict) and type(r.get("step")) is int for r in records)
+    return records if ok else None
+
+
+def check_workdir(workdir: str | Path, task: str) -> None:
+    """Raises unless training `task` may write in `workdir`, before it starts: the model/ it
+    exports, the log and the plot it writes must be absent or a jaxguide run's (of `task`).
+    A user's file of the same name is never appended to or replaced."""
+    workdir = Path(workdir)
+    checkpoint.check_replaceable(workdir / "model", task)
+    log, plot = workdir / LOG_FILE, workdir / PLOT_FILE
+    if os.path.lexists(log) and (not log.is_file() or _log_records(log) is None):
+        raise TrainingError(f"workdir {workdir}: {LOG_FILE} is not a jaxguide training log "
+                            "(JSON lines with a step), so it is not written to; accepted a "
+                            "new work dir or one of a jaxguide run")
+    if os.path.lexists(plot):
+        try:
+            with plot.open("rb") as f:
+                is_png = plot.is_file() and f.read(8) == _PNG_MAGIC
+        except OSError:
+            is_png = False
+        if not is_png:
+            raise TrainingError(f"workdir {workdir}: {PLOT_FILE} is not a PNG image, so it is "
+                                "not replaced; accepted a new work dir or one of a jaxguide run")
+
+
+class _Log:
+    """Appends JSON lines to a training log, whose records after step `after` (those of
+    steps a resumed run takes again, or of a run that never saved a checkpoint) are
+    dropped first."""
+
+    def __init__(self, path: Path, after: int):
         self.path = path
+        records = _log_records(path) if path.is_file() else None
+        if records and jax.process_index() == 0:
+            kept = [r for r in records if r["step"] <= after]
+            if len(kept) < len(records):
+                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if jax.process_index() > 0:  # One log per run, written by process 0.
@@ -374,7 +427,6 @@ class _Log:
 def _plot_losses(workdir: Path) -> None:
     from jaxguide import viz
 
-    log = workdir / "metrics.jsonl"
-    if log.is_file():
-        viz.plot_losses([json.loads(line) for line in log.read_text().splitlines()],
-                        workdir / "loss.png")
+    records = _log_records(workdir / LOG_FILE)
+    if records:
+        viz.plot_losses(records, workdir / PLOT_FILE)

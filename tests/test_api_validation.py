@@ -249,3 +249,11 @@ def test_concrete_times_at_the_ends_are_accepted():
                    dict(method="dpm_solver_2m", t_min=1e-5)):
         assert np.all(np.isfinite(np.asarray(_sample(**kwargs)))), kwargs
     assert score_from_eps(_eps, SDE, min_std=1.0) is not None
+
+
+def test_every_public_name_resolves_and_is_documented():
+    import jaxguide
+
+    for name in jaxguide.__all__:
+        obj = getattr(jaxguide, name)
+        assert (getattr(obj, "__doc__", None) or "").strip(), name

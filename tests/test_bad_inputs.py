@@ -130,7 +130,7 @@ SAMPLE_CASES = {
                                 ["--process-id", "got 2", "accepted 0..1"]),
     "classes-open-range": (["--classes", "0-"], ["--classes", "'0-'", "accepted"]),
     "classes-huge-range": (["--classes", "0-100000000"],  # Refused before it is expanded.
-                           ["--classes", "got 100000000", "accepted 0-999"]),
+                           ["--classes", "got 100000000", "accepted 0-9 (the classifier's"]),
     "per-class-huge": (["--per-class", "1000000000"],
                        ["--per-class", "got 1000000000", "integer >= 1 and <= 100000"]),
     "too-many-images": (["--per-class", "20000", "--classes", "0-9"],
@@ -161,13 +161,28 @@ SAMPLE_CASES = {
     "out-not-utf8": (["--out", "{out}/bad\udcff"], ["--out", "accepted a UTF-8 path"]),
     "figures-checkpoint-dir-empty": (["figures", "--checkpoint-dir", "{empty}"],
                                      ["--checkpoint-dir", "no denoiser/"]),
+    # Only ASCII digits: no sign, other scripts' digits or underscores (as int() accepts).
+    "classes-plus": (["--classes", "+3"], ["--classes", "got '+3'", "accepted digits"]),
+    "classes-arabic-indic": (["--classes", "\u0663"], ["--classes", "got '\u0663'", "accepted"]),
+    "classes-underscore": (["--classes", "1_0"], ["--classes", "got '1_0'", "accepted"]),
+    "classes-fullwidth-in-range": (["--classes", "0-\uff19"], ["--classes", "'0-\uff19'"]),
+    "classes-too-many-digits": (["--classes", "9" * 5000], ["--classes", "(5000 digits)",
+                                                              "accepted 0-9"]),
+    # Flags `figures` does not use are refused when given (SAMPLE_BASE gives --classes).
+    "figures-scale": (["figures", "--scale", "4"],
+                      ["--scale: not used by 'figures' (accepted by the sampling command)"]),
+    "figures-classes": (["figures", "--classes", "0-9"], ["--classes: not used by 'figures'"]),
+    "figures-no-gif": (["figures", "--no-gif"], ["--no-gif: not used by 'figures'"]),
 }
 
 
 @pytest.mark.parametrize("case", list(SAMPLE_CASES))
 def test_sample_bad_input(case, bad, capsys):
     argv, expected = SAMPLE_CASES[case]
-    rc = cli.run(load_script("sample.py").main, fill(SAMPLE_BASE + argv, bad))
+    base = SAMPLE_BASE
+    if argv[:1] == ["figures"] and "--classes" not in argv:  # `figures` refuses --classes.
+        base = [a for a in base if a not in ("--classes", "0,1")]
+    rc = cli.run(load_script("sample.py").main, fill(base + argv, bad))
     captured = capsys.readouterr()
     assert_one_line_error(rc, captured.err, fill(expected, bad))
     assert captured.out == ""
@@ -533,7 +548,7 @@ def test_apply_fn_names_bad_models_variables_and_inputs(tiny_checkpoints):
     cases = [
         (lambda: apply_fn("unet", den_vars), TypeError, r"model: got str, accepted a Flax module"),
         (lambda: apply_fn(den, None), TypeError, r"variables: got None, accepted a dict of "
-         r"collections with 'params'"),
+         r"collections"),
         (lambda: apply_fn(den, cls_vars)(x, 0.5), ValueError,
          r"variables: do not fit the UNet \(Could not find parameter"),
         (lambda: jax.jit(apply_fn(den, cls_vars))(x, 0.5), ValueError,

@@ -371,12 +371,12 @@ def test_sigkill_between_checkpoints_then_restart(ref, spawn, tmp_path):
     assert rc == 0, err[-3000:]
     assert "done" in out
     assert step_dirs(workdir) == [2, 4, 6]
-    # metrics.jsonl continues from the checkpoint (step 3 redone, with the same result).
-    recs = records(workdir)
-    assert record_steps(recs) == [(2, "loss"), (3, "eval"), (3, "eval"), (4, "loss"),
-                                  (6, "loss"), (6, "eval")]
-    assert recs[1] == recs[2]
-    ref_recs = records(ref_dir)
+    # metrics.jsonl continues from the checkpoint: step 3's record, written after it, is
+    # dropped and written again by the restart, with the same result.
+    recs, ref_recs = records(workdir), records(ref_dir)
+    assert record_steps(recs) == record_steps(ref_recs) == [
+        (2, "loss"), (3, "eval"), (4, "loss"), (6, "loss"), (6, "eval")]
+    assert recs[1] == ref_recs[1]
     assert [r["loss"] for r in recs if "loss" in r] == [r["loss"] for r in ref_recs if "loss" in r]
     assert_states_equal(restore_final(workdir, final), final)
     _, variables, _ = checkpoint.load_model(workdir / "model", task="classifier")
@@ -536,7 +536,10 @@ def test_train_refuses_a_bad_dataset(tmp_path):
              (((np.full_like(x, np.nan), y), test), r"train images: contain NaN or inf"),
              (((x, y[:-1]), test), r"train labels: got .*accepted integers"),
              (((x, y), (test[0][:0], test[1][:0])), r"test images: got float32 \(0,"),
-             ((x, y), r"dataset: got tuple, accepted \(\(train_images")]
+             ((x, y), r"dataset: got tuple, accepted \(\(train_images"),
+             (((x[:, :24, :24], y), (x[:, :24, :24], y)),
+              r"dataset: images of shape \(24, 24, 1\) do not fit the 'classifier' model \(x: "
+              r"got shape \(1, 24, 24, 1\), accepted \(B, 28, 28, C\)")]
     for dataset, pattern in cases:
         with pytest.raises((ValueError, TypeError), match=pattern):
             training.train(get_config("classifier", preset="tiny"), tmp_path, dataset=dataset,
@@ -584,6 +587,59 @@ def test_unwritable_workdir(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"workdir {workdir}: not writable")):
         training.train(CFG, workdir, data_dir=tmp_path / "no-mnist", progress=False)
     assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("name, content, pattern", [
+    ("loss.png", "my notes", r"loss\.png is not a PNG image, so it is not replaced"),
+    ("metrics.jsonl", '{"mine": 1}\n', r"metrics\.jsonl is not a jaxguide training log"),
+    ("metrics.jsonl", "hello world\n", r"metrics\.jsonl is not a jaxguide training log"),
+    ("metrics.jsonl", None, r"metrics\.jsonl is not a jaxguide training log"),  # A folder.
+])
+def test_users_files_in_the_workdir_are_kept(tmp_path, name, content, pattern):
+    mine = tmp_path / name
+    if content is None:
+        mine.mkdir()
+    else:
+        mine.write_text(content)
+    with pytest.raises(TrainingError, match=re.escape(f"workdir {tmp_path}: ") + pattern):
+        training.train(CFG, tmp_path, data_dir=tmp_path / "no-mnist", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # Before any data or write.
+    assert content is None or mine.read_text() == content
+
+
+def test_log_keeps_only_the_steps_a_run_has_saved(ref, tmp_path):
+    """A restart drops the log lines of steps it takes again: after a run that never saved
+    a checkpoint all of them, after a checkpoint at step 2 those after step 2."""
+    ref_dir, _ = ref
+    ref_log = (ref_dir / "metrics.jsonl").read_text()
+    (tmp_path / "metrics.jsonl").write_text(ref_log)  # No checkpoint: a fresh start.
+    training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
+    assert record_steps(records(tmp_path)) == record_steps(records(ref_dir))
+    shutil.rmtree(tmp_path / "checkpoints")
+    shutil.copytree(ref_dir / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
+    training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
+    assert record_steps(records(tmp_path)) == record_steps(records(ref_dir))
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_from_a_checkpoint_without_its_arrays(ref, tmp_path):
+    ref_dir, _ = ref
+    shutil.copytree(ref_dir / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
+    shutil.rmtree(tmp_path / "checkpoints" / "2" / "state")
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'checkpoints' / '2'}: no "
+                                                        "state/ (damaged); accepted a whole")):
+        training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
+
+
+def test_a_workdir_made_by_a_failed_run_is_removed(tmp_path):
+    workdir = tmp_path / "new" / "work"
+    with pytest.raises(data.DataError):
+        training.train(CFG, workdir, data_dir=tmp_path / "no-mnist", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old").mkdir()  # One that existed before is kept, empty or not.
+    with pytest.raises(data.DataError):
+        training.train(CFG, tmp_path / "old", data_dir=tmp_path / "no-mnist", progress=False)
+    assert (tmp_path / "old").is_dir()
 
 
 def test_disk_too_small_for_the_checkpoints(tmp_path, monkeypatch):
@@ -695,4 +751,4 @@ def test_cli_user_errors(tmp_path, args, expected):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert all(word in lines[0] for word in expected), lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert not (workdir / "checkpoints").exists()
+    assert not workdir.exists()  # Refused before it was made, or removed again while empty.

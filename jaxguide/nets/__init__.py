@@ -41,9 +41,9 @@ def apply_fn(model: nn.Module, variables) -> Partial:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: got {type(model).__name__}, accepted a Flax module "
                         "(make_model, load_model)")
-    if not isinstance(variables, Mapping) or "params" not in variables:
+    if not isinstance(variables, Mapping):
         raise TypeError(f"variables: got {reprlib.repr(variables)}, accepted a dict of "
-                        "collections with 'params' (model.init, load_model)")
+                        "collections such as {'params': ...} (model.init, load_model)")
     return Partial(_Apply(model), variables)
 
 
