@@ -6,7 +6,14 @@
 
 Writes out/grid.png, out/trajectory.gif and out/samples.npz (images float32 (N, 28, 28, 1)
 in [-1, 1], labels int (N,), and the run's seed, scale, steps, sampler and library
-versions (a JSON string)).
+versions (a JSON string)); `figures` writes out/classifier_over_time.png,
+out/gradient_maps.png and, with an evaluator beside the checkpoints, out/accuracy_vs_scale.png.
+
+Each command's outputs in --out are one run's: they are replaced together, and one this run
+does not write (trajectory.gif with --no-gif) is removed. A file of an output's name that
+sample.py did not write (not a PNG or GIF image, not a samples.npz of sample.py) is never
+replaced or removed: the run refuses before sampling. A --out folder the run created is
+removed again if the run fails before writing into it.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import sys
+import zipfile
 from pathlib import Path
 
 if __name__ == "__main__":  # Ctrl-C while JAX imports: status 130, no traceback.
@@ -28,6 +37,7 @@ from jaxguide.checks import check_int  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_STEPS = 50
+DEFAULT_SCALE = 32.0
 MAX_CLASSES = 1000  # Bound on class indices before the classifier says how many it has.
 MAX_STEPS = 100_000
 MAX_IMAGES = 100_000
@@ -35,28 +45,45 @@ MAX_BATCH = 8192
 MAX_SCALE = 1e6
 MAX_SEED = 2**32 - 1  # JAX keys take 32-bit seeds: larger ones would repeat smaller ones.
 FIGURE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+# Flags of the sampling command that `figures` does not use: refused there when given.
+SAMPLE_ONLY = ("--classes", "--scale", "--no-gif")
+_CLASS_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")  # ASCII digits only.
 
 
-def parse_classes(text: str, num_classes: int | None = None) -> list[int]:
-    """'0-9' or '0,3,7' (or a mix, '0-2,7') → list of ints, each in [0, num_classes).
-
-    Bounds are checked before a range is expanded (without `num_classes`, against
-    MAX_CLASSES), so a huge range fails at once instead of filling memory.
-    """
+def parse_class_ranges(text: str) -> list[tuple[int, int]]:
+    """'0-9' or '0,3,7' (or a mix, '0-2,7') → [(lo, hi), ...] with lo <= hi; checks the form
+    only (ASCII digits, spaces around the parts allowed), expands nothing."""
     form = f"--classes: got {text!r}, accepted digits like 0,3,7 or a range like 0-9"
-    hi_max = (num_classes or MAX_CLASSES) - 1
-    out = []
+    ranges = []
     for part in text.split(","):
-        lo, sep, hi = part.strip().partition("-")
-        try:
-            lo, hi = int(lo), int(hi) if sep else int(lo)
-        except ValueError:
-            raise ValueError(form) from None
-        if lo > hi:
+        m = _CLASS_PART.fullmatch(part)
+        if not m:
             raise ValueError(form)
-        if not 0 <= lo <= hi <= hi_max:
-            bad = lo if not 0 <= lo <= hi_max else hi
-            raise ValueError(f"--classes: got {bad}, accepted 0-{hi_max}")
+        lo, hi = (d.lstrip("0") or "0" for d in (m[1], m[2] or m[1]))
+        if (len(lo), lo) > (len(hi), hi):
+            raise ValueError(form)
+        # More digits than any class count: kept as digits for the message, not converted.
+        lo, hi = (int(d) if len(d) <= 18 else d for d in (lo, hi))
+        ranges.append((lo, hi))
+    return ranges
+
+
+def parse_classes(text: str | None, num_classes: int) -> list[int]:
+    """'0-9' or '0,3,7' (or a mix, '0-2,7') → list of ints, each in [0, num_classes); None
+    means all classes.
+
+    Bounds are checked before a range is expanded, so a huge range fails at once instead of
+    filling memory.
+    """
+    if text is None:
+        return list(range(num_classes))
+    out = []
+    for lo, hi in parse_class_ranges(text):
+        for end in (lo, hi):
+            if not (isinstance(end, int) and end < num_classes):
+                shown = end if isinstance(end, int) else f"{end[:12]}... ({len(end)} digits)"
+                raise ValueError(f"--classes: got {shown}, accepted 0-{num_classes - 1} "
+                                 "(the classifier's classes)")
         out.extend(range(lo, hi + 1))
     return out
 
@@ -65,12 +92,13 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", default="sample", choices=["sample", "figures"])
-    p.add_argument("--classes", default="0-9", help="digits to generate: 0,3,7 or 0-9 (figures "
-                   "uses all classes)")
-    p.add_argument("--per-class", type=int, default=8, help="samples per class")
+    p.add_argument("--classes", help="digits to generate: 0,3,7 or 0-9 (default: all the "
+                   "classifier's classes; not used by figures, which uses all)")
+    p.add_argument("--per-class", type=int, default=8, help="samples per class (figures: in "
+                   "its accuracy-vs-scale sweep, with an evaluator)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="reverse-SDE steps")
-    p.add_argument("--scale", type=float, default=32.0, help="guidance scale s >= 0 (figures "
-                   "sweeps 0-32)")
+    p.add_argument("--scale", type=float, help=f"guidance scale s >= 0 (default {DEFAULT_SCALE:g}; "
+                   "not used by figures, which sweeps 0-32)")
     p.add_argument("--sampler", default="euler_maruyama",
                    help="euler_maruyama, predictor_corrector, heun or dpm_solver_2m")
     p.add_argument("--seed", type=int, default=0)
@@ -80,25 +108,46 @@ def parse_args(argv):
     p.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints"))
     p.add_argument("--data-dir", help="figures: MNIST IDX folder for the test digit "
                    "(default: a generated digit)")
-    p.add_argument("--no-gif", action="store_true")
+    p.add_argument("--no-gif", action="store_true", help="write no trajectory.gif (and remove "
+                   "the one an earlier run left in --out)")
     p.add_argument("--evaluate", action="store_true",
                    help="print the evaluator's accuracy and FDs of the samples")
     cli.add_device_args(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.command == "figures":  # --classes and --scale default to None: None = not given.
+        given = {"--classes": args.classes is not None, "--scale": args.scale is not None,
+                 "--no-gif": args.no_gif}
+        for flag in SAMPLE_ONLY:
+            if given[flag]:
+                raise ValueError(f"{flag}: not used by 'figures' (accepted by the sampling "
+                                 "command)")
+    if args.scale is None:
+        args.scale = DEFAULT_SCALE
+    return args
 
 
 def check_args(args, num_classes: int | None = None) -> list[int]:
-    """Validates the arguments (classes against `num_classes` when given); returns the classes.
+    """Validates the arguments (classes against `num_classes` when given); returns the classes
+    (None without `num_classes`).
 
     Called before anything is loaded or written, and again once the classifier's number of
-    classes is known.
+    classes is known: only then are classes checked against the range they must lie in.
     """
-    classes = parse_classes(args.classes, num_classes)
+    if num_classes is None:
+        ranges = parse_class_ranges(args.classes) if args.classes is not None else []
+        classes = None
+        # Images counted now unless a class is implausible (the second call refuses it).
+        n_classes = (sum(hi - lo + 1 for lo, hi in ranges)
+                     if args.classes is not None and all(isinstance(hi, int) and hi < MAX_CLASSES
+                                                         for _, hi in ranges) else None)
+    else:
+        classes = parse_classes(args.classes, num_classes)
+        n_classes = len(classes)
     check_int("--per-class", args.per_class, 1, MAX_IMAGES)
-    if len(classes) * args.per_class > MAX_IMAGES:
-        raise ValueError(f"--per-class: got {args.per_class} for {len(classes)} classes, "
-                         f"{len(classes) * args.per_class} images; accepted at most {MAX_IMAGES}")
+    if n_classes is not None and n_classes * args.per_class > MAX_IMAGES:
+        raise ValueError(f"--per-class: got {args.per_class} for {n_classes} classes, "
+                         f"{n_classes * args.per_class} images; accepted at most {MAX_IMAGES}")
     check_int("--steps", args.steps, 1, MAX_STEPS)
     check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
     if not (math.isfinite(args.scale) and 0 <= args.scale <= MAX_SCALE):
@@ -193,12 +242,73 @@ def load_evaluator(args, required: bool = False):
         raise checkpoint.CheckpointError(f"--checkpoint-dir: {e}") from e
 
 
+def _starts_with(magic: bytes):
+    def check(path: Path) -> bool:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    return check
+
+
+def _is_samples_npz(path: Path) -> bool:
+    """Whether `path` is an npz with the arrays sample.py writes."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {"images.npy", "labels.npy", "seed.npy", "versions.npy"} <= set(z.namelist())
+    except (zipfile.BadZipFile, ValueError, EOFError):  # EOFError: a truncated archive.
+        return False
+
+
+# Each command's outputs: name -> (what it is, whether a file of that name is one).
+SAMPLE_OUTPUTS = {
+    "grid.png": ("a PNG image", _starts_with(b"\x89PNG\r\n\x1a\n")),
+    "trajectory.gif": ("a GIF image", _starts_with(b"GIF8")),
+    "samples.npz": ("an npz of sample.py's arrays", _is_samples_npz),
+}
+FIGURE_OUTPUTS = {name: SAMPLE_OUTPUTS["grid.png"] for name in
+                  ("classifier_over_time.png", "gradient_maps.png", "accuracy_vs_scale.png")}
+
+
+def check_outputs(out: Path, outputs: dict, written) -> None:
+    """Refuses (a ValueError naming --out) to replace or remove a file of one of `outputs`'
+    names that sample.py did not write; `written`: the names this run writes, the others it
+    removes. Called before sampling."""
+    for name, (kind, ours) in outputs.items():
+        path = out / name
+        if os.path.islink(path) or (os.path.lexists(path) and not path.is_file()):
+            what = "a folder" if path.is_dir() else "not a regular file"
+        elif not path.is_file():
+            continue
+        else:
+            try:
+                if ours(path):
+                    continue
+                what = f"not {kind}, so not sample.py's"
+            except OSError as e:
+                what = f"unreadable ({e.strerror or e})"
+        action = (f"cannot write {path}: it exists and is" if name in written else
+                  f"cannot remove {path} (this run writes no {name}): it is")
+        raise ValueError(f"--out {out}: {action} {what}; move it away or choose another --out")
+
+
 @contextlib.contextmanager
-def writing_to(out: Path):
+def output_folder(out: str):
+    """Creates --out and proves it writable (before any sampling); yields its Path. If the
+    block fails, the folders it created are removed again while they hold no file: a failed
+    run leaves no empty --out behind, and never touches a folder that existed before."""
+    from jaxguide import checkpoint
+
+    with checkpoint.removed_if_left_empty(out):
+        yield checkpoint.ensure_writable_dir(out, "--out")
+
+
+@contextlib.contextmanager
+def writing_to(out: Path, remove=()):
     """Yields `stage(name)`: the hidden temporary path to write `out/name` to. The files move
-    into place together when the block ends, none if it fails or is interrupted (no half-written
-    or mixed outputs); a failed write (a folder in a file's place, a full disk) becomes one
-    error naming the file."""
+    into place together when the block ends, and the files `out/name` for `name` in `remove`
+    (an earlier run's outputs this run does not write) are deleted; nothing changes if the
+    block fails or is interrupted (no half-written or mixed outputs). A failed write (a folder
+    in a file's place, a full disk) becomes one error naming the file. Check the names first
+    with `check_outputs`."""
     staged = {}
 
     def stage(name: str) -> Path:
@@ -210,6 +320,8 @@ def writing_to(out: Path):
         yield stage
         for path, tmp in staged.items():
             os.replace(tmp, path)
+        for name in remove:
+            (out / name).unlink(missing_ok=True)
     except OSError as e:
         finals = {str(tmp): path for path, tmp in staged.items()}
         name = e.filename2 or finals.get(str(e.filename), e.filename) or "a file"
@@ -230,24 +342,25 @@ def run_sample(args, mesh):
     classes = check_args(args, pipe.num_classes)
     evaluator = load_evaluator(args, required=True) if args.evaluate else None
     reference = evaluator.reference(classes) if evaluator else None  # Read before sampling.
-    out = checkpoint.ensure_writable_dir(args.out, "--out")
-    labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
-    record_every = None if args.no_gif else max(1, args.steps // 20)
-    images, frames = generate_all(pipe, labels, args.scale, args, mesh, record_every)
-    if jax.process_index() > 0:  # Every process holds all images; process 0 writes them.
-        return
-    meta = {"seed": args.seed, "scale": args.scale, "steps": args.steps, "sampler": args.sampler,
-            "versions": checkpoint.versions()}
-    ncol = min(args.per_class, 16)
-    title = f"guided samples, scale {args.scale:g}, {args.steps} {args.sampler} steps"
-    names = ["grid.png"] + (["trajectory.gif"] if frames is not None else []) + ["samples.npz"]
-    with writing_to(out) as stage:
-        viz.save_grid(images, labels, stage("grid.png"), ncol=ncol, title=title)
-        if frames is not None:
-            viz.save_gif(frames, stage("trajectory.gif"), ncol=ncol)
-        np.savez(stage("samples.npz"), images=images.astype(np.float32), labels=labels,
-                 **{k: np.asarray(json.dumps(v) if isinstance(v, dict) else v)
-                    for k, v in meta.items()})
+    names = ["grid.png"] + ([] if args.no_gif else ["trajectory.gif"]) + ["samples.npz"]
+    check_outputs(Path(args.out), SAMPLE_OUTPUTS, names)
+    with output_folder(args.out) as out:
+        labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
+        record_every = None if args.no_gif else max(1, args.steps // 20)
+        images, frames = generate_all(pipe, labels, args.scale, args, mesh, record_every)
+        if jax.process_index() > 0:  # Every process holds all images; process 0 writes them.
+            return
+        meta = {"seed": args.seed, "scale": args.scale, "steps": args.steps,
+                "sampler": args.sampler, "versions": checkpoint.versions()}
+        ncol = min(args.per_class, 16)
+        title = f"guided samples, scale {args.scale:g}, {args.steps} {args.sampler} steps"
+        with writing_to(out, remove=[n for n in SAMPLE_OUTPUTS if n not in names]) as stage:
+            viz.save_grid(images, labels, stage("grid.png"), ncol=ncol, title=title)
+            if frames is not None:
+                viz.save_gif(frames, stage("trajectory.gif"), ncol=ncol)
+            np.savez(stage("samples.npz"), images=images.astype(np.float32), labels=labels,
+                     **{k: np.asarray(json.dumps(v) if isinstance(v, dict) else v)
+                        for k, v in meta.items()})
     console = cli.Console(sys.stdout)  # The outputs are written: a full console loses nothing.
     for name in names:
         print(out / name, file=console)
@@ -262,42 +375,50 @@ def run_figures(args, mesh):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxguide import checkpoint, data, guidance, metrics, viz
+    from jaxguide import data, guidance, metrics, viz
 
     check_args(args)
     pipe = load_pipeline(args)
     check_args(args, pipe.num_classes)
     evaluator = load_evaluator(args)  # Its errors before any figure.
-    out = checkpoint.ensure_writable_dir(args.out, "--out")
-    key = jax.random.key(args.seed)
-    if args.data_dir:
+    x_test = None
+    if args.data_dir:  # Read before --out is made: its errors leave nothing behind.
         try:
             x_test, y_test = data.load_mnist("test", args.data_dir)
         except data.DataError as e:
             raise data.DataError(f"--data-dir: {e}") from e
-        x0, y = jnp.asarray(x_test[:1]), int(y_test[0])
-    else:
-        y = 7
-        x0 = jnp.asarray(generate_all(pipe, np.array([y]), 8.0, args, mesh, desc="test digit")[0][:1])
-    ts = jnp.linspace(0.0, 1.0, 16) ** 2 * pipe.sde.T
-    x_ts, _ = pipe.sde.marginal(jax.random.fold_in(key, 1), jnp.repeat(x0, len(ts), 0), ts)
-    probs = np.exp(np.asarray(pipe.log_prob_fn(x_ts, ts)))
-    targets = [y, (y + 1) % pipe.num_classes]
-    grads = jnp.stack([guidance.classifier_grad(pipe.log_prob_fn, jnp.full(len(ts), c))(x_ts, ts)
-                       for c in targets])
-    with writing_to(out) as stage:
-        viz.plot_classifier_over_time(ts, x_ts, probs, stage("classifier_over_time.png"), y)
-        viz.plot_gradient_maps(ts, x_ts, grads, stage("gradient_maps.png"), targets)
-    paths = [out / "classifier_over_time.png", out / "gradient_maps.png"]
-    if evaluator is not None:
-        labels = np.repeat(np.arange(pipe.num_classes, dtype=np.int32), args.per_class)
-        accs = [metrics.guided_accuracy(evaluator(generate_all(pipe, labels, s, args, mesh,
-                                                               desc=f"scale {s:g}")[0]).predictions,
-                                        labels)[0] for s in FIGURE_SCALES]
-        with writing_to(out) as stage:
-            viz.plot_accuracy_vs_scale(FIGURE_SCALES, accs, stage("accuracy_vs_scale.png"),
-                                       f"{len(labels)} samples, {args.steps} {args.sampler} steps")
-        paths.append(out / "accuracy_vs_scale.png")
+    written = list(FIGURE_OUTPUTS)[:2] + (["accuracy_vs_scale.png"] if evaluator else [])
+    check_outputs(Path(args.out), FIGURE_OUTPUTS, written)
+    with output_folder(args.out) as out:
+        key = jax.random.key(args.seed)
+        if x_test is not None:
+            x0, y = jnp.asarray(x_test[:1]), int(y_test[0])
+        else:
+            y = 7
+            x0 = jnp.asarray(generate_all(pipe, np.array([y]), 8.0, args, mesh,
+                                          desc="test digit")[0][:1])
+        ts = jnp.linspace(0.0, 1.0, 16) ** 2 * pipe.sde.T
+        x_ts, _ = pipe.sde.marginal(jax.random.fold_in(key, 1), jnp.repeat(x0, len(ts), 0), ts)
+        probs = np.exp(np.asarray(pipe.log_prob_fn(x_ts, ts)))
+        targets = [y, (y + 1) % pipe.num_classes]
+        grads = jnp.stack([guidance.classifier_grad(pipe.log_prob_fn,
+                                                    jnp.full(len(ts), c))(x_ts, ts)
+                           for c in targets])
+        # The earlier run's accuracy figure goes now: written again below, or not by this run.
+        with writing_to(out, remove=["accuracy_vs_scale.png"]) as stage:
+            viz.plot_classifier_over_time(ts, x_ts, probs, stage("classifier_over_time.png"), y)
+            viz.plot_gradient_maps(ts, x_ts, grads, stage("gradient_maps.png"), targets)
+        paths = [out / "classifier_over_time.png", out / "gradient_maps.png"]
+        if evaluator is not None:
+            labels = np.repeat(np.arange(pipe.num_classes, dtype=np.int32), args.per_class)
+            accs = [metrics.guided_accuracy(
+                evaluator(generate_all(pipe, labels, s, args, mesh, desc=f"scale {s:g}")[0]
+                          ).predictions, labels)[0] for s in FIGURE_SCALES]
+            with writing_to(out) as stage:
+                viz.plot_accuracy_vs_scale(FIGURE_SCALES, accs, stage("accuracy_vs_scale.png"),
+                                           f"{len(labels)} samples, {args.steps} "
+                                           f"{args.sampler} steps")
+            paths.append(out / "accuracy_vs_scale.png")
     console = cli.Console(sys.stdout)
     for p in paths:
         print(p, file=console)

@@ -97,8 +97,9 @@ def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = N
     images = _check_images("images", images, "(N, H, W, 1)")
     labels = _check_length("labels", labels, len(images), "image")
     rows = -(-len(images) // ncol)
-    fig, axes = plt.subplots(rows, ncol, figsize=(ncol * 0.75 + 0.6, rows * 0.75 + 0.4),
-                             squeeze=False)
+    head = 0.3 if title else 0.05  # Inches above the grid, whatever the number of rows.
+    height = rows * 0.75 + 0.05 + head
+    fig, axes = plt.subplots(rows, ncol, figsize=(ncol * 0.75 + 0.6, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, img in enumerate(to_uint8(images)):
@@ -108,7 +109,7 @@ def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = N
             ax.text(-6, 14, str(labels[i]), ha="right", va="center", fontsize=12)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.01, top=0.95 if title else 0.99,
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.05 / height, top=1 - head / height,
                         wspace=0.05, hspace=0.05)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -145,3 +145,166 @@ def test_closed_console_loses_no_outputs(sample_script, tiny_checkpoints, tmp_pa
                                       "--batch-size", "4", "--no-gif", "--out", str(out)])
     assert rc == 0
     assert (out / "grid.png").is_file() and load_npz(out)["labels"].tolist() == LABELS
+
+
+# ------------------------------------------------------------------------ one run's outputs
+
+
+def fake_generate(key, pipe, labels, scale, *, record_every=None, **kwargs):
+    """pipeline.generate without sampling: images (and 3 frames) of the label's value."""
+    import jax.numpy as jnp
+
+    x = jnp.broadcast_to((labels / 10.0)[:, None, None, None], (len(labels), 28, 28, 1))
+    return (x, jnp.stack([x] * 3)) if record_every else x
+
+
+@pytest.fixture
+def fake_sampling(monkeypatch):
+    from jaxguide import pipeline
+
+    monkeypatch.setattr(pipeline, "generate", fake_generate)
+
+
+def run_rc(script, capsys, *argv):
+    rc = cli.run(script.main, [str(a) for a in argv])
+    return rc, capsys.readouterr()
+
+
+def assert_refused(rc, captured, *texts):
+    assert rc == 2, captured.err
+    line = captured.err.splitlines()[-1]
+    assert len([s for s in captured.err.splitlines() if s.startswith("error: ")]) == 1
+    assert "Traceback" not in captured.err and line.startswith("error: "), captured.err
+    for text in texts:
+        assert text in line, f"{text!r} not in {line!r}"
+
+
+SMALL = ["--steps", 2, "--per-class", 1]
+
+
+def test_no_gif_removes_the_gif_of_an_earlier_run(sample_script, tiny_checkpoints, tmp_path,
+                                                  capsys, fake_sampling):
+    out = tmp_path / "O"
+    base = ["--checkpoint-dir", tiny_checkpoints, *SMALL, "--out", out]
+    run_in_process(sample_script, capsys, *base, "--classes", 3)
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "samples.npz", "trajectory.gif"]
+    captured = run_in_process(sample_script, capsys, *base, "--classes", 5, "--no-gif")
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "samples.npz"]
+    assert load_npz(out)["labels"].tolist() == [5]
+    assert captured.out.splitlines() == [str(out / "grid.png"), str(out / "samples.npz")]
+
+
+@pytest.mark.parametrize("name, content, argv", [
+    ("trajectory.gif", b"my notes", ["--no-gif"]),  # Would be removed.
+    ("trajectory.gif", b"my notes", []),  # Would be replaced.
+    ("grid.png", b"GIF89a not a png", []),
+    ("samples.npz", b"", []),
+    ("samples.npz", "other npz", []),  # A valid npz, not sample.py's arrays.
+])
+def test_user_files_named_like_outputs_are_kept(name, content, argv, sample_script,
+                                                tiny_checkpoints, tmp_path, capsys, monkeypatch):
+    from jaxguide import pipeline
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking --out")
+
+    monkeypatch.setattr(pipeline, "generate", no_sampling)
+    out = tmp_path / "mine"
+    out.mkdir()
+    if content == "other npz":
+        np.savez(out / name, images=np.zeros(2), labels=np.zeros(2))
+    else:
+        (out / name).write_bytes(content)
+    before = (out / name).read_bytes()
+    rc, captured = run_rc(sample_script, capsys, "--checkpoint-dir", tiny_checkpoints, *SMALL,
+                          *argv, "--out", out)
+    verb = "cannot remove" if argv else "cannot write"
+    assert_refused(rc, captured, f"--out {out}: {verb} {out / name}", "not sample.py's",
+                   "choose another --out")
+    assert [p.name for p in out.iterdir()] == [name] and (out / name).read_bytes() == before
+
+
+def test_outputs_of_an_earlier_run_are_replaced(sample_script, tiny_checkpoints, tmp_path,
+                                                capsys, fake_sampling):
+    """A PNG, GIF and sample.py npz of those names are the earlier run's: replaced."""
+    out = tmp_path / "again"
+    base = ["--checkpoint-dir", tiny_checkpoints, *SMALL, "--out", out]
+    run_in_process(sample_script, capsys, *base, "--classes", "1,2")
+    Image.new("L", (2, 2)).save(out / "grid.png")  # Any PNG counts as an earlier grid.
+    run_in_process(sample_script, capsys, *base, "--classes", "4")
+    assert load_npz(out)["labels"].tolist() == [4]
+    with Image.open(out / "grid.png") as im:
+        assert im.size != (2, 2)
+
+
+def test_figures_refuses_a_user_file_and_removes_a_stale_accuracy_figure(
+        sample_script, tiny_checkpoints, tmp_path, capsys, fake_sampling):
+    out = tmp_path / "figs"
+    out.mkdir()
+    (out / "gradient_maps.png").write_text("my gradients")
+    rc, captured = run_rc(sample_script, capsys, "figures", "--checkpoint-dir", tiny_checkpoints,
+                          "--steps", 2, "--out", out)
+    assert_refused(rc, captured, f"cannot write {out / 'gradient_maps.png'}", "not a PNG image")
+    assert [p.name for p in out.iterdir()] == ["gradient_maps.png"]
+
+    (out / "gradient_maps.png").unlink()
+    Image.new("L", (2, 2)).save(out / "accuracy_vs_scale.png")  # An earlier run's, evaluator
+    run_in_process(sample_script, capsys, "figures", "--checkpoint-dir",  # and all.
+                   tiny_checkpoints, "--steps", 2, "--out", out)
+    assert sorted(p.name for p in out.iterdir()) == ["classifier_over_time.png",
+                                                     "gradient_maps.png"]
+
+
+def jnp_full_nan(n):
+    import jax.numpy as jnp
+
+    return jnp.full((n, 28, 28, 1), jnp.nan)
+
+
+def test_failed_run_leaves_no_folder_it_created(sample_script, tiny_checkpoints, tmp_path,
+                                                capsys, monkeypatch):
+    from jaxguide import pipeline
+
+    monkeypatch.setattr(pipeline, "generate", lambda key, pipe, labels, scale, **kw:
+                        jnp_full_nan(len(labels)))
+    base = ["--checkpoint-dir", tiny_checkpoints, *SMALL, "--no-gif"]
+    rc, captured = run_rc(sample_script, capsys, *base, "--out", tmp_path / "a" / "b" / "c")
+    assert_refused(rc, captured, "non-finite values")
+    assert list(tmp_path.iterdir()) == []  # a/, a/b/ and a/b/c/ were this run's: removed.
+
+    (tmp_path / "mine" / "empty").mkdir(parents=True)
+    (tmp_path / "mine" / "notes").write_text("kept")
+    for out in (tmp_path / "mine" / "empty", tmp_path / "mine" / "new"):
+        rc, captured = run_rc(sample_script, capsys, *base, "--out", out)
+        assert_refused(rc, captured, "non-finite values")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["empty", "notes"]
+
+
+def test_figures_empty_test_split_leaves_no_folder(sample_script, tiny_checkpoints, tmp_path,
+                                                   capsys):
+    from test_data import FILES, write_idx
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for split, n in (("train", 2), ("test", 0)):
+        images, labels = FILES[split]
+        write_idx(data_dir / images, np.zeros((n, 28, 28), np.uint8))
+        write_idx(data_dir / labels, np.zeros(n, np.uint8))
+    out = tmp_path / "figs"
+    rc, captured = run_rc(sample_script, capsys, "figures", "--checkpoint-dir", tiny_checkpoints,
+                          "--data-dir", data_dir, "--out", out)
+    assert_refused(rc, captured, "--data-dir")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text, classes", [
+    ("0-9", list(range(10))), (" 1 - 2 , 7 ", [1, 2, 7]), ("3-3,0", [3, 0]), ("007", [7]),
+])
+def test_classes_accepted(sample_script, text, classes):
+    assert sample_script.parse_classes(text, 10) == classes
+
+
+def test_classes_default_to_all_of_the_classifiers(sample_script):
+    args = sample_script.parse_args([])
+    assert args.classes is None and args.scale == 32.0
+    assert sample_script.parse_classes(args.classes, 4) == [0, 1, 2, 3]
