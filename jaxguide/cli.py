@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import signal
 import sys
+from pathlib import Path
 
 from jaxguide import parallel
 from jaxguide.checkpoint import CheckpointError
@@ -14,6 +16,7 @@ from jaxguide.data import DataError
 
 _HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})")  # host:port, [v6]:port
 USER_ERRORS = (ValueError, TypeError, CheckpointError, DataError, OSError, RuntimeError)
+NAME_MAX = 255  # Bytes in one file name, on every common file system.
 
 
 def exit_with(main) -> None:
@@ -86,6 +89,8 @@ def check_path(flag: str, value: str | None) -> None:
         raise ValueError(f"{flag}: got {shown}, accepted a folder path")
     try:
         value.encode("utf-8")
+        if any(len(os.fsencode(part)) > NAME_MAX for part in Path(value).parts):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
         os.stat(value)
     except UnicodeEncodeError:
         raise ValueError(f"{flag}: got {shown}, accepted a UTF-8 path") from None

@@ -160,6 +160,8 @@ SAMPLE_CASES = {
     # In a folder that exists (a failed run removes the {out} it created): os.stat reports
     # a missing parent before a name too long.
     "out-name-too-long": (["--out", "{empty}/" + "b" * 300], ["--out", "an unusable path"]),
+    "out-name-too-long-under-a-new-folder": (["--out", "{empty}/new/" + "b" * 300],
+                                             ["--out", "an unusable path (File name too long)"]),
     "out-not-utf8": (["--out", "{out}/bad\udcff"], ["--out", "accepted a UTF-8 path"]),
     "figures-checkpoint-dir-empty": (["figures", "--checkpoint-dir", "{empty}"],
                                      ["--checkpoint-dir", "no denoiser/"]),
@@ -295,7 +297,7 @@ TRAIN_CASES = {
                                    ["--batch-size", "got 100", "at most the 64 training images"]),
     "workdir-empty": (["--workdir", ""], ["--workdir", "got ''", "accepted a folder path"]),
     "data-dir-empty": (["--data-dir", ""], ["--data-dir", "got ''", "accepted a folder path"]),
-    "workdir-name-too-long": (["--workdir", "{empty}/" + "w" * 300],  # See out-name-too-long.
+    "workdir-name-too-long": (["--workdir", "{empty}/new/" + "w" * 300],
                               ["--workdir", "an unusable path"]),
 }
 
