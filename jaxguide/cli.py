@@ -16,22 +16,24 @@ from jaxguide.data import DataError
 
 _HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})")  # host:port, [v6]:port
 USER_ERRORS = (ValueError, TypeError, CheckpointError, DataError, OSError, RuntimeError)
+INTERRUPTED = (130, 143)  # Exit statuses after SIGINT (Ctrl-C) and SIGTERM: 128 + signal.
 NAME_MAX = 255  # Bytes in one file name, on every common file system.
 
 
 def exit_with(main) -> None:
     """Runs main on the command line's arguments and ends the process with `run`'s status.
 
-    After Ctrl-C the process ends at once (`os._exit(130)`, output flushed): a normal
-    interpreter shutdown while XLA's threads still compile or run can crash (a segfault).
-    Training has saved its checkpoint by then (saves are synchronous).
+    After Ctrl-C (or a SIGTERM that training caught) the process ends at once
+    (`os._exit(130)` or 143, output flushed): a normal interpreter shutdown while XLA's
+    threads still compile or run can crash (a segfault). Training has saved its checkpoint by
+    then (saves are synchronous).
     """
     signal.signal(signal.SIGINT, signal.default_int_handler)  # The scripts' import-time one.
     status = run(main)
-    if status == 130:
+    if status in INTERRUPTED:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(status)
     sys.exit(status)
 
 
@@ -41,8 +43,8 @@ def run(main, argv=None) -> int:
     debug = "--debug" in argv
     try:
         main([a for a in argv if a != "--debug"])
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # training.Stopped says which signal: 130 or 143.
+        return getattr(e, "status", INTERRUPTED[0])
     except USER_ERRORS as e:
         if debug:
             raise

@@ -171,18 +171,27 @@ def make_evaluate(cfg: TrainConfig, model: nn.Module, images, labels, n: int = 1
     return evaluate
 
 
+class Stopped(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM, after saving a checkpoint. `status` is the
+    conventional exit status, 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.status = 128 + signum
+
+
 class _StopRequest:
     """Turns SIGINT/SIGTERM into a flag that the loop checks between steps."""
 
     def __init__(self):
-        self.signal = None
+        self.signal = self.signum = None
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
+        self.signal, self.signum = signal.Signals(signum).name, signum
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -290,7 +299,7 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
                 bar.close()
                 print(f"{stop.signal}: saved checkpoint at step {done} in {mgr.directory}; "
                       "run the same command to resume", file=out)
-                raise KeyboardInterrupt
+                raise Stopped(stop.signum)
     bar.close()
     model_dir = checkpoint.save_model(workdir / "model", eval_variables(state),
                                       {**meta, "step": int(state.step), "metrics": last_eval})

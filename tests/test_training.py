@@ -752,3 +752,31 @@ def test_cli_user_errors(tmp_path, args, expected):
     assert all(word in lines[0] for word in expected), lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not workdir.exists()  # Refused before it was made, or removed again while empty.
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_cli_stops_on_a_signal_with_its_status(tmp_path, sig, status):
+    """train.py saves a checkpoint and exits with 128 + the signal's number, no traceback."""
+    from test_data import write_dataset
+
+    (tmp_path / "mnist").mkdir()
+    write_dataset(tmp_path / "mnist", gz=False, n_train=16, n_test=4)
+    workdir = tmp_path / "w"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "classifier", "--workdir", str(workdir),
+         "--data-dir", str(tmp_path / "mnist"), "--config", "tiny", "--steps", "1000000",
+         "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while not (workdir / "metrics.jsonl").exists():  # Past compilation, in the loop.
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err[-3000:]
+    assert f"{signal.Signals(sig).name}: saved checkpoint at step" in out
+    assert "Traceback" not in out + err
+    assert step_dirs(workdir)
