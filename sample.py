@@ -50,9 +50,10 @@ SAMPLE_ONLY = ("--classes", "--scale", "--no-gif")
 _CLASS_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")  # ASCII digits only.
 
 
-def parse_class_ranges(text: str) -> list[tuple[int, int]]:
+def parse_class_ranges(text: str) -> list[tuple[int | str, int | str]]:
     """'0-9' or '0,3,7' (or a mix, '0-2,7') → [(lo, hi), ...] with lo <= hi; checks the form
-    only (ASCII digits, spaces around the parts allowed), expands nothing."""
+    only (ASCII digits, spaces around the parts allowed), expands nothing. A number of more
+    than 18 digits stays a string of digits (no class count is that large)."""
     form = f"--classes: got {text!r}, accepted digits like 0,3,7 or a range like 0-9"
     ranges = []
     for part in text.split(","):
@@ -404,21 +405,20 @@ def run_figures(args, mesh):
         grads = jnp.stack([guidance.classifier_grad(pipe.log_prob_fn,
                                                     jnp.full(len(ts), c))(x_ts, ts)
                            for c in targets])
-        # The earlier run's accuracy figure goes now: written again below, or not by this run.
-        with writing_to(out, remove=["accuracy_vs_scale.png"]) as stage:
-            viz.plot_classifier_over_time(ts, x_ts, probs, stage("classifier_over_time.png"), y)
-            viz.plot_gradient_maps(ts, x_ts, grads, stage("gradient_maps.png"), targets)
-        paths = [out / "classifier_over_time.png", out / "gradient_maps.png"]
-        if evaluator is not None:
+        accs = None
+        if evaluator is not None:  # Before any figure is written: all replaced together.
             labels = np.repeat(np.arange(pipe.num_classes, dtype=np.int32), args.per_class)
             accs = [metrics.guided_accuracy(
                 evaluator(generate_all(pipe, labels, s, args, mesh, desc=f"scale {s:g}")[0]
                           ).predictions, labels)[0] for s in FIGURE_SCALES]
-            with writing_to(out) as stage:
+        with writing_to(out, remove=[n for n in FIGURE_OUTPUTS if n not in written]) as stage:
+            viz.plot_classifier_over_time(ts, x_ts, probs, stage("classifier_over_time.png"), y)
+            viz.plot_gradient_maps(ts, x_ts, grads, stage("gradient_maps.png"), targets)
+            if accs is not None:
                 viz.plot_accuracy_vs_scale(FIGURE_SCALES, accs, stage("accuracy_vs_scale.png"),
                                            f"{len(labels)} samples, {args.steps} "
                                            f"{args.sampler} steps")
-            paths.append(out / "accuracy_vs_scale.png")
+        paths = [out / name for name in written]
     console = cli.Console(sys.stdout)
     for p in paths:
         print(p, file=console)

@@ -82,6 +82,7 @@ def main(argv):
             raise ValueError(f"--epochs: got {args.epochs}, accepted a finite number > 0")
     for name in ("workdir", "data_dir"):
         cli.check_path("--" + name.replace("_", "-"), getattr(args, name))
+    # training.train checks the work dir too, but only after the data is read: here first.
     with checkpoint.removed_if_left_empty(args.workdir):  # Nothing left if this fails early.
         checkpoint.ensure_writable_dir(args.workdir, "--workdir")
         training.check_workdir(args.workdir, cfg.task)

@@ -15,9 +15,17 @@ from jaxguide.parallel import make_mesh
 from jaxguide.pipeline import Pipeline, generate, load_pipeline
 from jaxguide.samplers import sample, score_from_eps, time_grid
 from jaxguide.sde import VPSDE
-from jaxguide.training import TrainingError, export, train
 
 __version__ = "0.1.0"
+_TRAINING = ("TrainingError", "export", "train")  # Imported on first use (optax, tqdm).
+
+
+def __getattr__(name):
+    if name in _TRAINING:
+        from jaxguide import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'jaxguide' has no attribute {name!r}")
 
 __all__ = [
     "CheckpointError", "DataError", "Evaluator", "NoisyClassifier", "Pipeline", "SeedUNet",

@@ -159,7 +159,7 @@ def removed_if_left_empty(path: str | Path):
     """On an exception inside, removes the folder `path` and the parents the block created,
     if it created them and they hold no file (only empty folders, if any): a run that fails
     before writing anything leaves no trace."""
-    path = Path(path).absolute()
+    path = Path(os.path.realpath(path))  # "new/../old" is old: never counted as made here.
     new = [p for p in (path, *path.parents) if not os.path.lexists(p)]
     try:
         yield

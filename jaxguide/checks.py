@@ -101,7 +101,10 @@ def check_shape(shape) -> tuple[int, ...]:
 
 
 def check_bool(name: str, value) -> bool:
-    """A Python or NumPy bool."""
+    """A Python, NumPy or concrete 0-d JAX bool."""
+    if (isinstance(value, (jax.Array, np.ndarray)) and is_concrete(value) and value.ndim == 0
+            and value.dtype == bool):
+        value = value.item()
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: got {value!r}, accepted True or False")
     return bool(value)

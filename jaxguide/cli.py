@@ -91,13 +91,14 @@ def check_path(flag: str, value: str | None) -> None:
         raise ValueError(f"{flag}: got {shown}, accepted a folder path")
     try:
         value.encode("utf-8")
-        if any(len(os.fsencode(part)) > NAME_MAX for part in Path(value).parts):
-            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
-        os.stat(value)
+        try:
+            os.stat(value)
+        except (FileNotFoundError, NotADirectoryError):  # Then made: each name must fit.
+            if any(len(os.fsencode(part)) > NAME_MAX for part in Path(value).parts):
+                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)) from None
+            # Else reported by whoever needs the path to exist, in their own words.
     except UnicodeEncodeError:
         raise ValueError(f"{flag}: got {shown}, accepted a UTF-8 path") from None
-    except (FileNotFoundError, NotADirectoryError):
-        pass  # Reported by whoever needs the path to exist, in their own words.
     except OSError as e:
         raise ValueError(f"{flag}: got {shown}, an unusable path ({e.strerror or e})") from None
 

@@ -61,13 +61,15 @@ def score_from_eps(eps_fn, sde: VPSDE, min_std: float = 0.01) -> Partial:
 def time_grid(sde: VPSDE, n_steps: int, t_min: float = 1e-3, kind: str = "uniform") -> jax.Array:
     """Decreasing times T = t₀ > … > t_N = t_min, shape (n_steps + 1,).
 
-    n_steps >= 1; t_min in [1e-5·T, T) (see `sample`); kind one of GRIDS.
+    n_steps >= 1; t_min in [1e-5·T, T) (see `sample`; checked when concrete); kind one of
+    GRIDS.
     """
     _check_sde(sde)
     n_steps = _check_n_steps(n_steps)
-    t_min = _check_t_min(sde, t_min)
+    if is_concrete(t_min):
+        t_min = _check_t_min(sde, t_min)
     if kind not in GRIDS:
-        raise ValueError(f"grid: got {kind!r}, accepted {', '.join(GRIDS)}")
+        raise ValueError(f"kind: got {kind!r}, accepted {', '.join(GRIDS)}")
     u = jnp.linspace(0.0, 1.0, n_steps + 1, dtype=jnp.float32)
     if kind == "uniform":
         return sde.T + (t_min - sde.T) * u
@@ -269,10 +271,11 @@ def _check_n_steps(n_steps) -> int:
 
 def _check_t_min(sde: VPSDE, t_min) -> float:
     """t_min as a float in [T_MIN_FRACTION·T, T)."""
-    if not (is_real(t_min) and T_MIN_FRACTION * sde.T <= as_scalar(t_min) < sde.T):
+    value = as_scalar(t_min)
+    if not (is_real(value) and T_MIN_FRACTION * sde.T <= value < sde.T):
         raise ValueError(
             f"t_min: got {t_min!r}, accepted [{T_MIN_FRACTION * sde.T:g}, T={sde.T:g})")
-    return float(as_scalar(t_min))
+    return float(value)
 
 
 def _check_sde(sde) -> None:

@@ -7,6 +7,7 @@ from its checkpoint at step s continues exactly as the uninterrupted run would h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -382,9 +383,15 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _log_records(path: Path) -> list[dict[str, Any]] | None:
     """The records of a training log, or None unless every line is a JSON object with an
-    integer "step" (a file that is not a jaxguide log)."""
+    integer "step" (a file that is not a jaxguide log). A last line without its newline, cut
+    short by a kill, is dropped."""
     try:
-        records = [json.loads(line) for line in path.read_text().splitlines()]
+        lines = path.read_text().split("\n")
+        torn = lines.pop()  # "" after a whole last line.
+        records = [json.loads(line) for line in lines]
+        if torn:
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(torn))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     ok = all(isinstance(r, dict) and type(r.get("step")) is int for r in records)
@@ -421,10 +428,11 @@ class _Log:
     def __init__(self, path: Path, after: int):
         self.path = path
         records = _log_records(path) if path.is_file() else None
-        if records and jax.process_index() == 0:
+        if records is not None and jax.process_index() == 0:  # Also ends a torn last line.
             kept = [r for r in records if r["step"] <= after]
-            if len(kept) < len(records):
-                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, path)  # Atomic: a kill leaves the old log or the new one.
 
     def write(self, record: dict[str, Any]) -> None:
         if jax.process_index() > 0:  # One log per run, written by process 0.

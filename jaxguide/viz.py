@@ -14,13 +14,16 @@ from jaxguide.checks import check_int  # noqa: E402
 
 
 def _check_images(name: str, images, form: str) -> np.ndarray:
-    """`images` as a float64 array of shape `form` (e.g. "(N, H, W, 1)"): every dimension >= 1,
-    the last 1, finite values; else a ValueError (TypeError: not numbers) naming `name`."""
+    """`images` as a real array (its own dtype) of shape `form` (e.g. "(N, H, W, 1)"): every
+    dimension >= 1, the last 1, finite values; else a ValueError (TypeError: not numbers)
+    naming `name`."""
     try:
-        x = np.asarray(images, np.float64)
-    except (TypeError, ValueError):
+        x = np.asarray(images)
+    except ValueError:  # Ragged.
+        x = np.asarray(None)
+    if x.dtype.kind not in "iuf":
         raise TypeError(f"{name}: got {type(images).__name__}, accepted a numeric array "
-                        f"{form}") from None
+                        f"{form}")
     if x.ndim != form.count(",") + 1 or x.shape[-1] != 1 or 0 in x.shape:
         raise ValueError(f"{name}: got shape {x.shape}, accepted {form} with every "
                          "dimension >= 1")
@@ -72,15 +75,22 @@ def to_uint8(images) -> np.ndarray:
     x = np.asarray(images)
     if x.ndim < 3 or x.shape[-1] != 1:
         raise ValueError(f"images: got shape {x.shape}, accepted (..., H, W, 1)")
-    x = _check_finite("images", x[..., 0])
-    return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
+    return _to_uint8(_check_finite("images", x))
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.round((np.clip(x[..., 0], -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
 def tile(images, ncol: int, pad: int = 2) -> np.ndarray:
     """(N, H, W, 1) in [−1, 1] → one uint8 image of ceil(N / ncol) rows × ncol, padded."""
     ncol = check_int("ncol", ncol, 1)
     pad = check_int("pad", pad, 0)
-    imgs = to_uint8(_check_images("images", images, "(N, H, W, 1)"))
+    return _tile(_to_uint8(_check_images("images", images, "(N, H, W, 1)")), ncol, pad)
+
+
+def _tile(imgs: np.ndarray, ncol: int, pad: int = 2) -> np.ndarray:
+    """`tile` of checked uint8 images (N, H, W)."""
     n, h, w = imgs.shape
     nrow = -(-n // ncol)
     canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, np.uint8)
@@ -102,7 +112,7 @@ def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = N
     fig, axes = plt.subplots(rows, ncol, figsize=(ncol * 0.75 + 0.6, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for i, img in enumerate(to_uint8(images)):
+    for i, img in enumerate(_to_uint8(images)):
         ax = axes[divmod(i, ncol)]
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
         if i % ncol == 0:
@@ -124,7 +134,8 @@ def save_gif(frames, path: str | Path, ncol: int, hold: int = 10, scale: int = 2
     frames = _check_images("frames", frames, "(F, N, H, W, 1)")
     hold, scale = check_int("hold", hold, 0), check_int("scale", scale, 1)
     duration_ms = check_int("duration_ms", duration_ms, 1)
-    tiles = [Image.fromarray(tile(f, ncol)) for f in frames]
+    ncol = check_int("ncol", ncol, 1)
+    tiles = [Image.fromarray(_tile(_to_uint8(f), ncol)) for f in frames]
     tiles = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in tiles]
     tiles += [tiles[-1]] * hold
     tiles[0].save(path, save_all=True, append_images=tiles[1:], duration=duration_ms, loop=0)
@@ -150,7 +161,7 @@ def plot_classifier_over_time(ts, x_ts, probs, path: str | Path, true_label: int
         axes[0, i].set(ylim=(0, 1), xticks=range(0, probs.shape[1], 3), yticks=[])
         axes[0, i].tick_params(labelsize=6)
         axes[0, i].set_title(f"t={ts[i]:.2f}", fontsize=7)
-        axes[1, i].imshow(to_uint8(x_ts[i]), cmap="gray")
+        axes[1, i].imshow(_to_uint8(x_ts[i]), cmap="gray")
         axes[1, i].axis("off")
     fig.suptitle(f"noisy classifier q(y | x_t, t) for a digit {true_label} (red)", fontsize=9)
     fig.tight_layout()
@@ -172,7 +183,7 @@ def plot_gradient_maps(ts, x_ts, grads, path: str | Path, labels) -> Path:
                          f"({r}, {', '.join(map(str, x_ts.shape))})")
     fig, axes = plt.subplots(1 + r, n, figsize=(1.1 * n, 1.2 * (1 + r)), squeeze=False)
     for i in range(n):
-        axes[0, i].imshow(to_uint8(x_ts[i]), cmap="gray")
+        axes[0, i].imshow(_to_uint8(x_ts[i]), cmap="gray")
         axes[0, i].set_title(f"t={ts[i]:.2f}", fontsize=7)
         for j in range(r):
             g = np.asarray(grads[j, i, ..., 0])

@@ -434,7 +434,7 @@ API_CASES = {
                             ValueError, r"n_steps: got 0, accepted an integer >= 1"),
     "time_grid-sde": (lambda: time_grid(None, 2), TypeError, r"sde: expected a jaxguide\.VPSDE"),
     "time_grid-kind": (lambda: time_grid(VPSDE(), 2, kind="cosine"),
-                       ValueError, r"grid: got 'cosine', accepted uniform"),
+                       ValueError, r"kind: got 'cosine', accepted uniform"),
     "guidance-label-above-int32": (
         lambda: classifier_guidance(_score, _log_probs, np.array([2**32 + 3]), 1.0),
         ValueError, r"labels: got 4294967299, accepted \[0, 2147483647\]"),
@@ -541,6 +541,10 @@ def test_zero_d_jax_numbers_are_accepted_as_numbers():
                clip=jnp.float32(5), t_min=jnp.float32(0.01), snr=jnp.float32(0.1),
                method="predictor_corrector")
     assert x.shape == (2, 4) and bool(jnp.all(jnp.isfinite(x)))
+    assert sample(KEY, _score, VPSDE(), (2, 4), n_steps=2, denoise_last=jnp.bool_(False)
+                  ).shape == (2, 4)
+    grid = jax.jit(lambda t_min: time_grid(VPSDE(), 4, t_min))(0.01)  # A traced t_min.
+    assert grid.shape == (5,) and float(grid[-1]) == pytest.approx(0.01)
     cfg = TrainConfig(lr=jnp.float32(1e-3), steps=jnp.int32(5))
     assert (cfg.lr, cfg.steps) == (pytest.approx(1e-3), 5) and type(cfg.steps) is int
 

@@ -308,3 +308,29 @@ def test_classes_default_to_all_of_the_classifiers(sample_script):
     args = sample_script.parse_args([])
     assert args.classes is None and args.scale == 32.0
     assert sample_script.parse_classes(args.classes, 4) == [0, 1, 2, 3]
+
+
+def test_figures_replaces_all_its_outputs_or_none(sample_script, tiny_checkpoints, tmp_path,
+                                                  capsys, fake_sampling, monkeypatch):
+    """The accuracy sweep runs before any figure is written: if it fails, the earlier run's
+    three figures are all still there, unchanged."""
+    from types import SimpleNamespace
+
+    from jaxguide import metrics
+
+    monkeypatch.setattr(sample_script, "load_evaluator", lambda args: lambda images:
+                        SimpleNamespace(predictions=np.zeros(len(images), np.int64)))
+    out = tmp_path / "figs"
+    argv = ["figures", "--checkpoint-dir", tiny_checkpoints, "--steps", 2, "--per-class", 2,
+            "--out", out]
+    run_in_process(sample_script, capsys, *argv)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == sorted(sample_script.FIGURE_OUTPUTS)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("the sweep failed")
+
+    monkeypatch.setattr(metrics, "guided_accuracy", failing)
+    rc, captured = run_rc(sample_script, capsys, *argv)
+    assert_refused(rc, captured, "the sweep failed")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -636,10 +636,21 @@ def test_a_workdir_made_by_a_failed_run_is_removed(tmp_path):
     with pytest.raises(data.DataError):
         training.train(CFG, workdir, data_dir=tmp_path / "no-mnist", progress=False)
     assert list(tmp_path.iterdir()) == []
-    (tmp_path / "old").mkdir()  # One that existed before is kept, empty or not.
-    with pytest.raises(data.DataError):
-        training.train(CFG, tmp_path / "old", data_dir=tmp_path / "no-mnist", progress=False)
-    assert (tmp_path / "old").is_dir()
+    (tmp_path / "old" / "sub").mkdir(parents=True)  # One that existed before is kept, empty
+    for path in (tmp_path / "old", tmp_path / "new" / ".." / "old"):  # or not, however named.
+        with pytest.raises(data.DataError):
+            training.train(CFG, path, data_dir=tmp_path / "no-mnist", progress=False)
+        assert (tmp_path / "old" / "sub").is_dir()
+
+
+def test_resume_after_a_kill_mid_log_line(ref, tmp_path):
+    """A log whose last line a kill cut short still resumes; the torn line is dropped."""
+    ref_dir, _ = ref
+    shutil.copytree(ref_dir / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in records(ref_dir) if r["step"] <= 2) + '{"step": 3, "lo')
+    training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
+    assert record_steps(records(tmp_path)) == record_steps(records(ref_dir))
 
 
 def test_disk_too_small_for_the_checkpoints(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxguide.checks import check_int, check_ints, is_concrete
-from jaxguide.checks import check_times as check_finite_times
+from jaxguide.checks import check_times as check_time_values
 from jaxguide.nets.conv import Conv
 
 
@@ -44,7 +44,8 @@ def check_images(x, *, channels: int | None, multiple: int = 1,
             or shape[1:3] != (size or shape[1:3])
             or any(d < multiple or d % multiple for d in shape[1:3])):
         raise ValueError(f"x: got shape {shape}, accepted {accepted}")
-    if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
+    if (is_concrete(x) and getattr(x, "is_fully_addressable", True)  # Not a multi-host array.
+            and not np.all(np.isfinite(np.asarray(x)))):
         raise ValueError("x: contains NaN or inf, accepted finite images")
     return shape[0]
 
@@ -60,7 +61,7 @@ def check_times(t, batch: int) -> jax.Array:
     if jnp.shape(t) not in ((), (batch,)):
         raise ValueError(f"t: got shape {jnp.shape(t)} for a batch of {batch} images, "
                          f"accepted () or ({batch},)")
-    check_finite_times(t)
+    check_time_values(t)
     return jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
 
 
