@@ -765,7 +765,8 @@ def test_cli_user_errors(tmp_path, args, expected):
     assert not workdir.exists()  # Refused before it was made, or removed again while empty.
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, status", [  # One code path: SIGINT's run under -m slow.
+    pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)])
 def test_cli_stops_on_a_signal_with_its_status(tmp_path, sig, status):
     """train.py saves a checkpoint and exits with 128 + the signal's number, no traceback."""
     from test_data import write_dataset
