@@ -20,6 +20,7 @@ OPERATIONAL_FIELDS = ("log_every", "eval_every", "ckpt_every", "keep")
 
 # Step counters and batch sizes are int32 under jit: at most INT32_MAX.
 SEED_MAX = 2**32 - 1    # jax.random.key keeps 32 bits of a seed.
+F32_TINY, F32_MAX = 1.1754944e-38, 3.4028235e38  # float32's normal range: lr, grad_clip.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +64,12 @@ class TrainConfig:
                              ("eval_every", 1, None), ("ckpt_every", 1, None), ("keep", 1, None)):
             self._set(name, check_int(name, getattr(self, name), lo, hi))
         finite = math.isfinite
-        self._check_real("lr", "a number in (0, 1)", lambda v: 0 < v < 1)
+        self._check_real("lr", "a number in [1.2e-38, 1) (> 0 in float32)",
+                         lambda v: F32_TINY <= v < 1)
         self._check_real("weight_decay", "a finite number >= 0", lambda v: finite(v) and v >= 0)
         self._check_real("warmup_frac", "a number in [0, 1)", lambda v: 0 <= v < 1)
-        self._check_real("grad_clip", "a finite number > 0, or None (no clipping)",
-                         lambda v: finite(v) and v > 0, optional=True)
+        self._check_real("grad_clip", "a number in [1.2e-38, 3.4e38] (float32), or None (no "
+                         "clipping)", lambda v: F32_TINY <= v <= F32_MAX, optional=True)
         self._check_real("ema_decay", "a number in (0, 1), or None (no EMA)",
                          lambda v: 0 < v < 1, optional=True)
         self._check_real("beta_min", "a finite number > 0", lambda v: finite(v) and v > 0)

@@ -79,9 +79,19 @@ def label_log_prob(log_prob_fn, labels, *, num_classes: int | None = None) -> Pa
                    _check_labels(labels, num_classes))
 
 
+def _checked_density(log_density_fn, x, t):
+    """log_density_fn(x, t), which must be one value per example, (B,)."""
+    out = log_density_fn(x, t)
+    if jnp.shape(out) != x.shape[:1]:
+        raise ValueError(f"log_density_fn: returned shape {jnp.shape(out)} for x of shape "
+                         f"{x.shape}, accepted ({x.shape[0]},): one log-density per example "
+                         "(per-class log-probabilities go to classifier_guidance)")
+    return out
+
+
 def _density_grad(log_density_fn, x, t):
     # One backward pass: examples are independent, so ∇ of the sum is the per-example ∇.
-    return jax.grad(lambda x: jnp.sum(log_density_fn(x, t)))(x)
+    return jax.grad(lambda x: jnp.sum(_checked_density(log_density_fn, x, t)))(x)
 
 
 def density_grad(log_density_fn) -> Partial:
@@ -96,6 +106,8 @@ def classifier_grad(log_prob_fn, labels, *, num_classes: int | None = None) -> P
 
 def _scaled(fn, scale, x, t):
     check_batch("scale", scale, x)
+    # A traced scale cannot raise when negative: it makes its images NaN instead.
+    scale = jnp.where(scale >= 0, scale, jnp.nan)
     return _expand(scale, x) * fn(x, t)
 
 
@@ -148,6 +160,10 @@ def _check_num_classes(num_classes, log_prob_fn):
 
 
 def _check_labels(labels, num_classes):
+    dtype = getattr(labels, "dtype", None)
+    if not is_concrete(labels) and not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"labels: got a traced array of dtype {dtype}, accepted integer class "
+                         "indices")
     if is_concrete(labels):
         arr = np.asarray(labels)
         if arr.ndim > 1 or not np.issubdtype(arr.dtype, np.integer) and not (
@@ -162,7 +178,13 @@ def _check_labels(labels, num_classes):
 
 
 def _check_scale(scale):
-    """A real scale >= 0, () or (B,), finite in float32 (the dtype it is applied in)."""
+    """A real scale >= 0, () or (B,), finite in float32 (the dtype it is applied in); a traced
+    one must be real (a negative one makes its images NaN)."""
+    dtype = getattr(scale, "dtype", None)
+    if not is_concrete(scale) and not (jnp.issubdtype(dtype, jnp.floating)
+                                       or jnp.issubdtype(dtype, jnp.integer)):
+        raise ValueError(f"scale: got a traced array of dtype {dtype}, accepted a real number "
+                         ">= 0")
     if is_concrete(scale):
         arr = np.asarray(scale)
         real = jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)

@@ -62,6 +62,10 @@ class Evaluator:
         if missing:
             raise checkpoint.CheckpointError(f"{path}: has no {missing[0]}; expected the "
                                              "statistics mu, cov and mu_<c>, cov_<c> per class")
+        try:
+            _check_ref(stats, classes, overall=True)
+        except (TypeError, ValueError) as e:
+            raise checkpoint.CheckpointError(f"{path}: {e}") from e
         return stats
 
     def __call__(self, images) -> Evaluation:
@@ -163,6 +167,9 @@ def _check_stats(mu_name: str, mu, cov_name: str, cov) -> tuple[np.ndarray, np.n
             raise ValueError(f"{name}: contain NaN or inf, accepted finite values")
     if not np.allclose(cov, cov.T):
         raise ValueError(f"{cov_name}: not symmetric, accepted a covariance matrix")
+    if np.linalg.eigvalsh(cov).min() < -1e-6 * max(1.0, np.abs(cov).max()):
+        raise ValueError(f"{cov_name}: has negative eigenvalues, accepted a covariance matrix "
+                         "(positive semi-definite)")
     return mu, cov
 
 

@@ -316,6 +316,10 @@ def export(workdir: str | Path, step: int | None = None, out: str | Path | None 
     checkpoint (EMA variables + metadata) in `out` (default `<workdir>/model`)."""
     workdir = Path(workdir)
     out = checkpoint.check_replaceable(out or workdir / "model")
+    if (out / checkpoint.REFERENCE_FILE).exists():  # train() computes them from the test set.
+        raise TrainingError(f"{out}: holds the {checkpoint.REFERENCE_FILE} of an evaluator, which "
+                            "export cannot recompute (no data), so it is not replaced; accepted "
+                            "a new path (out=...)")
     if not (workdir / "checkpoints").is_dir():
         raise TrainingError(f"workdir {workdir}: no checkpoints/ folder; accepted a work dir "
                             "that train.py wrote")

@@ -25,9 +25,9 @@ from jaxguide import checkpoint, cli, data, metrics, pipeline
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import TrainConfig, get_config
 from jaxguide.data import DataError
-from jaxguide.guidance import add_scores, classifier_guidance
+from jaxguide.guidance import add_scores, classifier_guidance, guidance_term
 from jaxguide.nets import apply_fn, make_model
-from jaxguide.samplers import sample, time_grid
+from jaxguide.samplers import sample, score_from_eps, time_grid
 from jaxguide.sde import VPSDE
 
 # ------------------------------------------------------------------------ fixtures
@@ -210,6 +210,12 @@ def test_sample_refuses_to_write_non_finite_images(bad, capsys, monkeypatch):
 @pytest.mark.parametrize("reference, expected", [
     (b"not an npz file", "unreadable"),
     ({"mu": np.zeros(2), "cov": np.eye(2)}, "has no mu_0"),  # Overall statistics only.
+    ({**{f"{s}{c}": v for c in ("", "_0", "_1") for s, v in (("mu", np.zeros(2)),
+                                                             ("cov", np.eye(2)))},
+      "cov_1": -np.eye(2)}, "ref['cov_1']: has negative eigenvalues"),
+    ({**{f"{s}{c}": v for c in ("", "_0", "_1") for s, v in (("mu", np.zeros(2)),
+                                                             ("cov", np.eye(2)))},
+      "cov_0": np.full((2, 2), np.nan)}, "ref['cov_0']: contain NaN or inf"),
 ])
 def test_sample_reads_evaluator_statistics_before_sampling(reference, expected, bad, capsys,
                                                            monkeypatch, tmp_path):
@@ -269,9 +275,9 @@ TRAIN_BASE = ["denoiser", "--workdir", "{workdir}/run", "--data-dir", "{missing}
 TRAIN_CASES = {
     "steps-0": (["--steps", "0"], ["--steps", "got 0", "accepted an integer >= 1"]),
     "batch-size-0": (["--batch-size", "0"], ["--batch-size", "got 0", ">= 1"]),
-    "lr-0": (["--lr", "0"], ["--lr", "got 0.0", "accepted a number in (0, 1)"]),
-    "lr-nan": (["--lr", "nan"], ["--lr", "got nan", "accepted a number in (0, 1)"]),
-    "lr-5": (["--lr", "5"], ["--lr", "got 5.0", "(0, 1)"]),
+    "lr-0": (["--lr", "0"], ["--lr", "got 0.0", "accepted a number in [1.2e-38, 1)"]),
+    "lr-nan": (["--lr", "nan"], ["--lr", "got nan", "accepted a number in [1.2e-38, 1)"]),
+    "lr-5": (["--lr", "5"], ["--lr", "got 5.0", "[1.2e-38, 1)"]),
     "seed-negative": (["--seed", "-1"], ["--seed", "got -1", ">= 0"]),
     "ckpt-every-0": (["--ckpt-every", "0"], ["--ckpt-every", "got 0", ">= 1"]),
     "model-bogus": (["--model", "bogus"], ["--model", "'bogus'", "accepted unet, seed"]),
@@ -452,6 +458,28 @@ API_CASES = {
                          TypeError, r"x: got a list, accepted an array"),
     "vpsde-prior-dtype": (lambda: VPSDE().prior(KEY, (2,), "bogus"),
                           TypeError, r"dtype: got 'bogus', accepted a floating dtype"),
+    "guidance-traced-float-labels": (
+        lambda: jax.jit(lambda lab: classifier_guidance(_score, _log_probs, lab, 1.0)(
+            jnp.ones((2, 4)), jnp.full(2, 0.5)))(jnp.array([1.5, 2.0])),
+        ValueError, r"labels: got a traced array of dtype float32, accepted integer class"),
+    "guidance-traced-complex-scale": (
+        lambda: jax.jit(lambda sc: classifier_guidance(_score, _log_probs, 1, sc)(
+            jnp.ones((2, 4)), jnp.full(2, 0.5)))(jnp.complex64(2)),
+        ValueError, r"scale: got a traced array of dtype complex64, accepted a real number"),
+    "guidance_term-per-class-output": (
+        lambda: guidance_term(_log_probs, 1.0)(jnp.ones((2, 4)), jnp.full(2, 0.5)),
+        ValueError, r"log_density_fn: returned shape \(2, 10\) for x of shape \(2, 4\), "
+        r"accepted \(2,\)"),
+    "score_from_eps-output-shape": (
+        lambda: score_from_eps(lambda x, t: jnp.zeros(2), VPSDE())(jnp.ones((2, 4)),
+                                                                   jnp.full(2, 0.5)),
+        ValueError, r"eps_fn: returned shape \(2,\) for x of shape \(2, 4\)"),
+    "score_from_eps-integer-x": (
+        lambda: score_from_eps(lambda x, t: x, VPSDE())(jnp.ones((2, 4), jnp.int32),
+                                                        jnp.full(2, 0.5)),
+        ValueError, r"x: got dtype int32, accepted a floating dtype"),
+    "TrainConfig-lr-zero-in-float32": (lambda: TrainConfig(lr=1e-320), ValueError,
+                                       r"lr: got 1e-320, accepted a number in \[1\.2e-38, 1\)"),
     "guidance-label-10": (lambda: classifier_guidance(_score, _log_probs, jnp.array([1, 10]), 1.0,
                                                       num_classes=10),
                           ValueError, r"labels: got 10, accepted \[0, 9\]"),
@@ -507,7 +535,7 @@ API_CASES = {
     "TrainConfig-batch_size-0": (lambda: TrainConfig(batch_size=0),
                                  ValueError, r"batch_size: got 0, accepted an integer >= 1"),
     "TrainConfig-lr-nan": (lambda: TrainConfig(lr=math.nan),
-                           ValueError, r"lr: got nan, accepted a number in \(0, 1\)"),
+                           ValueError, r"lr: got nan, accepted a number in \[1\.2e-38, 1\)"),
     "TrainConfig-steps-float": (lambda: TrainConfig(steps=10.0),
                                 ValueError, r"steps: got 10\.0, accepted an integer >= 1"),
     "make_model-bogus": (lambda: make_model("bogus"),
@@ -571,3 +599,10 @@ def test_apply_fn_names_bad_models_variables_and_inputs(tiny_checkpoints):
         with pytest.raises(exc_type, match=pattern):
             call()
     assert jax.jit(apply_fn(den, den_vars))(x, 0.5).shape == x.shape  # Traced: not checked.
+
+
+def test_a_traced_negative_scale_makes_its_images_nan():
+    guided = jax.jit(lambda sc: classifier_guidance(_score, _log_probs, 1, sc)(
+        jnp.ones((2, 4)), jnp.full(2, 0.5)))
+    assert bool(jnp.all(jnp.isnan(guided(jnp.array([-1.0, 1.0]))[0])))
+    assert bool(jnp.all(jnp.isfinite(guided(jnp.array([-1.0, 1.0]))[1])))

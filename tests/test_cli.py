@@ -9,6 +9,7 @@ the same command gives bitwise-identical images in two processes.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -334,3 +335,26 @@ def test_figures_replaces_all_its_outputs_or_none(sample_script, tiny_checkpoint
     rc, captured = run_rc(sample_script, capsys, *argv)
     assert_refused(rc, captured, "the sweep failed")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_ctrl_c_while_outputs_move_into_place_waits_for_all(sample_script, tiny_checkpoints,
+                                                           tmp_path, capsys, fake_sampling,
+                                                           monkeypatch):
+    """A Ctrl-C that arrives between two renames is held until every output is in place."""
+    import signal as sig
+
+    out = tmp_path / "o"
+    base = ["--checkpoint-dir", tiny_checkpoints, "--steps", 2, "--per-class", 1, "--out", out]
+    run_in_process(sample_script, capsys, *base, "--classes", "3")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    replace = os.replace
+
+    def replace_then_interrupt(src, dst):
+        replace(src, dst)
+        os.kill(os.getpid(), sig.SIGINT)
+
+    monkeypatch.setattr(sample_script.os, "replace", replace_then_interrupt)
+    assert cli.run(sample_script.main, [str(a) for a in base] + ["--classes", "5"]) == 130
+    assert set(np.load(out / "samples.npz")["labels"]) == {5}
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(after) == sorted(before) and all(after[n] != before[n] for n in after)

@@ -47,7 +47,7 @@ def config(**changes):
 CASES = {
     # id: (call, exception type, regex the message must match)
     # --- TrainConfig
-    "lr-string": (lambda: config(lr="0.1"), TypeError, r"lr: got '0\.1', accepted a number in \(0, 1\)"),
+    "lr-string": (lambda: config(lr="0.1"), TypeError, r"lr: got '0\.1', accepted a number in \[1\.2e-38, 1\)"),
     "lr-none": (lambda: config(lr=None), TypeError, r"lr: got None, accepted a number"),
     "beta_min-negative": (lambda: config(beta_min=-1), ValueError,
                           r"beta_min: got -1, accepted a finite number > 0"),
@@ -57,7 +57,7 @@ CASES = {
     "schedule-too-large": (lambda: config(beta_max=1e5), ValueError,
                            r"integral of beta over \[0, T\] must be <= 10000, got 50000"),
     "grad_clip-negative": (lambda: config(grad_clip=-1), ValueError,
-                           r"grad_clip: got -1, accepted a finite number > 0, or None"),
+                           r"grad_clip: got -1, accepted a number in \[1\.2e-38, 3\.4e38\] \(float32\), or None"),
     "grad_clip-nan": (lambda: config(grad_clip=math.nan), ValueError, r"grad_clip: got nan"),
     "weight_decay-nan": (lambda: config(weight_decay=math.nan), ValueError,
                          r"weight_decay: got nan, accepted a finite number >= 0"),

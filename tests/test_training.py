@@ -631,6 +631,21 @@ def test_resume_from_a_checkpoint_without_its_arrays(ref, tmp_path):
         training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
 
 
+def test_export_keeps_an_evaluators_reference_statistics(ref, tmp_path):
+    """An export cannot recompute an evaluator's test-set statistics: it never replaces a
+    model folder that holds them."""
+    ref_dir, _ = ref
+    out = tmp_path / "evaluator"
+    shutil.copytree(ref_dir / "model", out)
+    stats = out / checkpoint.REFERENCE_FILE
+    np.savez(stats, mu=np.zeros(2))
+    before = stats.read_bytes()
+    with pytest.raises(TrainingError, match=re.escape(f"{out}: holds the "
+                                                      f"{checkpoint.REFERENCE_FILE} of an evaluator")):
+        training.export(ref_dir, out=out)
+    assert stats.read_bytes() == before
+
+
 def test_a_workdir_made_by_a_failed_run_is_removed(tmp_path):
     workdir = tmp_path / "new" / "work"
     with pytest.raises(data.DataError):
