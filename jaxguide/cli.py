@@ -29,6 +29,7 @@ def exit_with(main) -> None:
     then (saves are synchronous).
     """
     signal.signal(signal.SIGINT, signal.default_int_handler)  # The scripts' import-time one.
+    signal.signal(signal.SIGTERM, _terminate)  # Cleans up like Ctrl-C instead of dying at once.
     status = run(main)
     if status in INTERRUPTED:
         sys.stdout.flush()
@@ -37,13 +38,23 @@ def exit_with(main) -> None:
     sys.exit(status)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that its cleanup runs; exit status 143."""
+
+    status = INTERRUPTED[1]
+
+
+def _terminate(signum, frame):
+    raise Terminated("SIGTERM")
+
+
 def run(main, argv=None) -> int:
     """Runs main(argv); a user error prints one line `error: ...` and returns 2."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
         main([a for a in argv if a != "--debug"])
-    except KeyboardInterrupt as e:  # training.Stopped says which signal: 130 or 143.
+    except KeyboardInterrupt as e:  # Terminated, training.Stopped: 143 after SIGTERM.
         return getattr(e, "status", INTERRUPTED[0])
     except USER_ERRORS as e:
         if debug:

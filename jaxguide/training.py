@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxguide import checkpoint, data, losses, parallel
+from jaxguide.checks import check_int
 from jaxguide.cli import Console
 from jaxguide.compiler import jit
 from jaxguide.configs import TrainConfig
@@ -314,6 +315,13 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
 def export(workdir: str | Path, step: int | None = None, out: str | Path | None = None) -> Path:
     """Exports training checkpoint `step` (default: the latest) of `workdir` as a model
     checkpoint (EMA variables + metadata) in `out` (default `<workdir>/model`)."""
+    if not isinstance(workdir, (str, os.PathLike)):
+        raise TypeError(f"workdir: got {workdir!r}, accepted a path")
+    if step is not None:
+        step = check_int("step", step, 0)
+    if out is not None and not (isinstance(out, (str, os.PathLike)) and os.fspath(out)):
+        raise ValueError(f"out: got {out!r}, accepted a non-empty path or None "
+                         "(<workdir>/model)")
     workdir = Path(workdir)
     out = checkpoint.check_replaceable(out or workdir / "model")
     if (out / checkpoint.REFERENCE_FILE).exists():  # train() computes them from the test set.

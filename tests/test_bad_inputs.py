@@ -21,7 +21,7 @@ import pytest
 
 from conftest import load_script, raising_cases, run_cli
 from test_data import write_dataset
-from jaxguide import checkpoint, cli, data, metrics, pipeline
+from jaxguide import checkpoint, cli, data, metrics, pipeline, training
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import TrainConfig, get_config
 from jaxguide.data import DataError
@@ -480,6 +480,13 @@ API_CASES = {
         ValueError, r"x: got dtype int32, accepted a floating dtype"),
     "TrainConfig-lr-zero-in-float32": (lambda: TrainConfig(lr=1e-320), ValueError,
                                        r"lr: got 1e-320, accepted a number in \[1\.2e-38, 1\)"),
+    "export-step-float": (lambda: training.export("w", step=4.0), ValueError,
+                          r"step: got 4\.0, accepted an integer >= 0"),
+    "export-step-bool": (lambda: training.export("w", step=True), TypeError, r"step: got True"),
+    "export-out-empty": (lambda: training.export("w", out=""), ValueError,
+                         r"out: got '', accepted a non-empty path or None"),
+    "export-workdir-none": (lambda: training.export(None), TypeError,
+                            r"workdir: got None, accepted a path"),
     "guidance-label-10": (lambda: classifier_guidance(_score, _log_probs, jnp.array([1, 10]), 1.0,
                                                       num_classes=10),
                           ValueError, r"labels: got 10, accepted \[0, 9\]"),

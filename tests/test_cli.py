@@ -358,3 +358,31 @@ def test_ctrl_c_while_outputs_move_into_place_waits_for_all(sample_script, tiny_
     assert set(np.load(out / "samples.npz")["labels"]) == {5}
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(after) == sorted(before) and all(after[n] != before[n] for n in after)
+
+
+def test_sigterm_while_sampling_leaves_nothing_and_exits_143(tiny_checkpoints, tmp_path):
+    import signal as sig
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    out = tmp_path / "new" / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "sample.py"), "--checkpoint-dir", str(tiny_checkpoints),
+         "--steps", "100000", "--per-class", "1", "--classes", "0", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while not out.exists():  # Made (and probed) just before sampling starts.
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(sig.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # The folders it made, removed.

@@ -4,6 +4,7 @@ The third-party weights and reference I/O live in ../shared/seed (next to the re
 committed); the tests that need them skip when that folder is absent.
 """
 
+import re
 from pathlib import Path
 
 import jax
@@ -104,6 +105,19 @@ def test_loader_reports_bad_state_dicts(state_dict):
     extra = dict(state_dict, **{"head.weight": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match=r"unexpected keys \(1\): head\.weight"):
         load_torch_state_dict(extra)
+
+    w = state_dict["final_conv.weight"]
+    for value, message in [(np.full_like(w, np.nan), "contains NaN or inf"),
+                           (np.full(w.shape, 1e300), "contains NaN or inf \\(in float32\\)"),
+                           (w.astype(np.complex64), "got dtype complex64, accepted real")]:
+        with pytest.raises(ValueError, match=r"final_conv\.weight: " + message):
+            load_torch_state_dict(dict(state_dict, **{"final_conv.weight": value}))
+    var = next(k for k in state_dict if k.endswith(".running_var"))
+    with pytest.raises(ValueError, match=re.escape(var) + r": got a negative variance"):
+        load_torch_state_dict(dict(state_dict, **{var: -np.ones_like(state_dict[var])}))
+    for arrays in (None, [("a", w)], {1: w}):
+        with pytest.raises(TypeError, match=r"arrays: got .*, accepted a dict of name -> array"):
+            load_torch_state_dict(arrays)
 
 
 @needs_seed

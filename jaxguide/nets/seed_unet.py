@@ -358,6 +358,9 @@ def load_torch_state_dict(arrays: Mapping[str, np.ndarray]) -> dict:
     `num_batches_tracked` entries are ignored and `centers`, if present, must equal
     (k + 0.5) / 100. Raises ValueError naming every missing, unexpected or mis-shaped entry.
     """
+    if not isinstance(arrays, Mapping) or not all(isinstance(k, str) for k in arrays):
+        raise TypeError(f"arrays: got {type(arrays).__name__}, accepted a dict of name -> array "
+                        "(a PyTorch state_dict as numpy arrays)")
     flat, missing, bad_shapes, known = {}, [], [], {"centers"}
     for path, leaf in _expected_variables().items():
         name = _torch_name(path)
@@ -367,7 +370,15 @@ def load_torch_state_dict(arrays: Mapping[str, np.ndarray]) -> dict:
             missing.append(name)
             continue
         known.add(name)
-        value = np.asarray(arrays[name], np.float32)
+        raw = np.asarray(arrays[name])
+        if raw.dtype.kind not in "iuf":
+            raise ValueError(f"{name}: got dtype {raw.dtype}, accepted real numbers")
+        with np.errstate(over="ignore"):
+            value = raw.astype(np.float32)
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{name}: contains NaN or inf (in float32), accepted finite values")
+        if name.endswith(".running_var") and value.min() < 0:
+            raise ValueError(f"{name}: got a negative variance {value.min():g}, accepted >= 0")
         want = _torch_shape(leaf.shape)
         if value.shape != want:
             bad_shapes.append(f"{name}: got {value.shape}, expected {want}")
