@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -243,11 +244,11 @@ def load_evaluator(args, required: bool = False):
         raise checkpoint.CheckpointError(f"--checkpoint-dir: {e}") from e
 
 
-def _starts_with(magic: bytes):
-    def check(path: Path) -> bool:
-        with open(path, "rb") as f:
-            return f.read(len(magic)) == magic
-    return check
+def _has_magic(magic: str, path: Path) -> bool:
+    """`viz.has_magic` with viz's constant `magic` (viz is imported when first needed)."""
+    from jaxguide import viz
+
+    return viz.has_magic(path, getattr(viz, magic))
 
 
 def _is_samples_npz(path: Path) -> bool:
@@ -261,8 +262,8 @@ def _is_samples_npz(path: Path) -> bool:
 
 # Each command's outputs: name -> (what it is, whether a file of that name is one).
 SAMPLE_OUTPUTS = {
-    "grid.png": ("a PNG image", _starts_with(b"\x89PNG\r\n\x1a\n")),
-    "trajectory.gif": ("a GIF image", _starts_with(b"GIF8")),
+    "grid.png": ("a PNG image", functools.partial(_has_magic, "PNG_MAGIC")),
+    "trajectory.gif": ("a GIF image", functools.partial(_has_magic, "GIF_MAGIC")),
     "samples.npz": ("an npz of sample.py's arrays", _is_samples_npz),
 }
 FIGURE_OUTPUTS = {name: SAMPLE_OUTPUTS["grid.png"] for name in

@@ -23,10 +23,10 @@ MAX_ELEMENTS = INT32_MAX  # Elements of one batch of samples (XLA:CPU indexes wi
 
 
 def as_scalar(value):
-    """A concrete 0-d real (non-bool) JAX or NumPy array as its Python number; any other
-    value unchanged."""
+    """A concrete 0-d bool or real JAX or NumPy array as its Python bool or number; any
+    other value unchanged."""
     if (isinstance(value, (jax.Array, np.ndarray)) and is_concrete(value) and value.ndim == 0
-            and np.dtype(value.dtype).kind in "iuf"):
+            and np.dtype(value.dtype).kind in "biuf"):
         return value.item()
     return value
 
@@ -102,9 +102,7 @@ def check_shape(shape) -> tuple[int, ...]:
 
 def check_bool(name: str, value) -> bool:
     """A Python, NumPy or concrete 0-d JAX bool."""
-    if (isinstance(value, (jax.Array, np.ndarray)) and is_concrete(value) and value.ndim == 0
-            and value.dtype == bool):
-        value = value.item()
+    value = as_scalar(value)
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: got {value!r}, accepted True or False")
     return bool(value)

@@ -390,7 +390,6 @@ def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> TrainState:
 
 
 LOG_FILE, PLOT_FILE = "metrics.jsonl", "loss.png"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _log_records(path: Path) -> list[dict[str, Any]] | None:
@@ -422,9 +421,10 @@ def check_workdir(workdir: str | Path, task: str) -> None:
                             "(JSON lines with a step), so it is not written to; accepted a "
                             "new work dir or one of a jaxguide run")
     if os.path.lexists(plot):
+        from jaxguide import viz
+
         try:
-            with plot.open("rb") as f:
-                is_png = plot.is_file() and f.read(8) == _PNG_MAGIC
+            is_png = viz.has_magic(plot, viz.PNG_MAGIC)
         except OSError:
             is_png = False
         if not is_png:

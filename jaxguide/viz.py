@@ -13,6 +13,16 @@ import numpy as np  # noqa: E402
 from jaxguide.checks import check_int  # noqa: E402
 
 
+PNG_MAGIC, GIF_MAGIC = b"\x89PNG\r\n\x1a\n", b"GIF8"  # How the files written here start.
+
+
+def has_magic(path: str | Path, magic: bytes) -> bool:
+    """Whether the regular file `path` starts with `magic` (PNG_MAGIC, GIF_MAGIC); an
+    unreadable file raises OSError."""
+    with open(path, "rb") as f:
+        return Path(path).is_file() and f.read(len(magic)) == magic
+
+
 def _check_images(name: str, images, form: str) -> np.ndarray:
     """`images` as a real array (its own dtype) of shape `form` (e.g. "(N, H, W, 1)"): every
     dimension >= 1, the last 1, finite values; else a ValueError (TypeError: not numbers)
