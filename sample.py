@@ -320,15 +320,11 @@ def writing_to(out: Path, remove=()):
 
     try:
         yield stage
-        # Ctrl-C or SIGTERM waits until every file is in place: all old or all new outputs.
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
+        with cli.signals_held():  # Every file moves into place: all old or all new outputs.
             for path, tmp in staged.items():
                 os.replace(tmp, path)
             for name in remove:
                 (out / name).unlink(missing_ok=True)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     except OSError as e:
         finals = {str(tmp): path for path, tmp in staged.items()}
         name = e.filename2 or finals.get(str(e.filename), e.filename) or "a file"

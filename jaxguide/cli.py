@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import re
@@ -46,6 +47,27 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame):
     raise Terminated("SIGTERM")
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Holds SIGINT and SIGTERM until the block ends (then the first one caught takes
+    effect): for steps that must not be cut in two. From the main thread only. (Masking the
+    signals would not do: another thread of the process, XLA's, would take them.)"""
+    caught = []
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+           for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            handler = old[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
 
 
 def run(main, argv=None) -> int:
