@@ -19,6 +19,8 @@ import numpy as np
 
 
 INT32_MAX = 2**31 - 1
+# float32's normal range: a float parameter outside it is 0 or inf once cast to float32.
+F32_TINY, F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 MAX_ELEMENTS = INT32_MAX  # Elements of one batch of samples (XLA:CPU indexes with int32).
 
 

@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from jaxguide.checks import INT32_MAX, check_int, check_number
+from jaxguide.checks import F32_MAX, F32_TINY, INT32_MAX, check_int, check_number
 from jaxguide.sde import VPSDE
 
 TASKS = ("denoiser", "classifier", "evaluator")
@@ -20,7 +20,6 @@ OPERATIONAL_FIELDS = ("log_every", "eval_every", "ckpt_every", "keep")
 
 # Step counters and batch sizes are int32 under jit: at most INT32_MAX.
 SEED_MAX = 2**32 - 1    # jax.random.key keeps 32 bits of a seed.
-F32_TINY, F32_MAX = 1.1754944e-38, 3.4028235e38  # float32's normal range: lr, grad_clip.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,14 +12,12 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
-from jaxguide.checks import (check_array, check_batch, check_float_dtype, check_key, check_shape,
-                             check_times, is_real)
+from jaxguide.checks import (F32_MAX, F32_TINY, check_array, check_batch, check_float_dtype,
+                             check_key, check_shape, check_times, is_real)
 
 
-_F32_NORMAL = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
 MAX_INTEGRAL_BETA = 1e4  # ∫₀ᵀβ: m(T) = exp(−½∫β) is 0 in float32 from ∫β ≈ 207 on.
 
 
@@ -46,7 +44,7 @@ class VPSDE:
             value = getattr(self, name)
             if not is_real(value) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"VPSDE: {name} must be a finite number > 0, got {value!r}")
-            lo, hi = _F32_NORMAL
+            lo, hi = F32_TINY, F32_MAX
             if not lo <= value <= hi:  # Else 0 or inf once cast to float32.
                 raise ValueError(f"VPSDE: {name} must lie in float32's normal range "
                                  f"[{lo:.3g}, {hi:.3g}], got {value!r}")
