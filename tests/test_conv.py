@@ -291,6 +291,19 @@ def test_max_pool_2x2_equals_flax_max_pool(shape):
     np.testing.assert_array_equal(grad(max_pool_2x2), grad(flax_pool))
 
 
+@pytest.mark.parametrize("shape,p", [((2, 7, 7, 64), 2), ((3, 4, 5, 3), 3)])
+def test_upsample_nearest_equals_jax_image_resize(shape, p):
+    from jaxguide.nets.unet import upsample_nearest
+
+    b, h, w, c = shape
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    resize = lambda x: jax.image.resize(x, (b, h * p, w * p, c), "nearest")
+    np.testing.assert_array_equal(upsample_nearest(x, p), resize(x))
+    grad = lambda up: jax.grad(lambda x: jnp.sum(jnp.sin(up(x))))(x)
+    np.testing.assert_allclose(grad(lambda x: upsample_nearest(x, p)), grad(resize),
+                               rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("k,padding", [(5, ((0, 0), (0, 0))), (3, ((1, 1), (1, 1))),
                                        (3, ((0, 2), (2, 1)))])
 def test_dense_conv_gradients_equal_xla(k, padding):

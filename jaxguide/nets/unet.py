@@ -86,6 +86,14 @@ def depth_to_space(x: jax.Array, p: int) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c // (p * p))
 
 
+def upsample_nearest(x: jax.Array, p: int) -> jax.Array:
+    """(B, H, W, C) → (B, H·p, W·p, C), each pixel repeated p×p times: the values of
+    `jax.image.resize(..., "nearest")`, as a broadcast (its gradient a sum, not a scatter)."""
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, p, w, p, c))
+    return x.reshape(b, h * p, w * p, c)
+
+
 def fourier_features(t: jax.Array, dim: int, max_period: float = 1e4) -> jax.Array:
     """Sinusoidal features of times t (B,) in [0, 1] → (B, dim)."""
     half = dim // 2
@@ -175,8 +183,7 @@ class UNet(nn.Module):
             for _ in range(self.blocks + 1):
                 h = ResBlock(ch, self.groups)(jnp.concatenate([h, skips.pop()], -1), emb)
             if level > 0:
-                b, hh, ww, c = h.shape
-                h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
+                h = upsample_nearest(h, 2)
                 h = Conv(self.channels[level - 1], (3, 3))(h)
         h = nn.silu(nn.GroupNorm(self.groups)(h))
         h = Conv(out_channels * self.patch**2, (3, 3), kernel_init=nn.initializers.zeros)(h)
