@@ -52,13 +52,16 @@ def add_scores(*score_fns) -> Partial:
     return _add({f"score_fns[{i}]": f for i, f in enumerate(score_fns)})
 
 
-def _label_log_prob(log_prob_fn, labels, x, t):
+def _label_log_prob(num_classes, log_prob_fn, labels, x, t):
     check_batch("labels", labels, x)
     log_probs = log_prob_fn(x, t)
     if jnp.ndim(log_probs) != 2 or jnp.shape(log_probs)[0] != x.shape[0] or not log_probs.shape[1]:
         raise ValueError(f"log_prob_fn: returned shape {jnp.shape(log_probs)} for x of shape "
                          f"{x.shape}, accepted ({x.shape[0]}, K) per-class log-probabilities")
     k = log_probs.shape[1]
+    if num_classes not in (None, k):  # The labels were checked against num_classes.
+        raise ValueError(f"num_classes: got {num_classes}, but log_prob_fn returned {k} "
+                         f"classes (shape {log_probs.shape})")
     labels = jnp.broadcast_to(labels, log_probs.shape[:1])
     picked = jnp.take_along_axis(log_probs, jnp.clip(labels, 0, k - 1)[:, None], axis=1)[:, 0]
     # Labels are traced, so a label outside [0, K) cannot raise here (an out-of-range gather
@@ -75,8 +78,14 @@ def label_log_prob(log_prob_fn, labels, *, num_classes: int | None = None) -> Pa
     made by `jaxguide.nets.apply_fn`; a label found out of range only when traced gives NaN.
     """
     num_classes = _check_num_classes(num_classes, log_prob_fn)
-    return Partial(_label_log_prob, _as_partial(log_prob_fn, "log_prob_fn"),
+    return Partial(_label_log_prob_for(num_classes), _as_partial(log_prob_fn, "log_prob_fn"),
                    _check_labels(labels, num_classes))
+
+
+@functools.lru_cache(maxsize=None)
+def _label_log_prob_for(num_classes: int | None):
+    """`_label_log_prob` for num_classes: one function object per value (as `_sum_named`)."""
+    return functools.partial(_label_log_prob, num_classes)
 
 
 def _checked_density(log_density_fn, x, t):

@@ -25,7 +25,7 @@ from jaxguide import checkpoint, cli, data, metrics, pipeline, training
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import TrainConfig, get_config
 from jaxguide.data import DataError
-from jaxguide.guidance import add_scores, classifier_guidance, guidance_term
+from jaxguide.guidance import add_scores, classifier_guidance, guidance_term, label_log_prob
 from jaxguide.nets import apply_fn, make_model
 from jaxguide.samplers import sample, score_from_eps, time_grid
 from jaxguide.sde import VPSDE
@@ -478,6 +478,12 @@ API_CASES = {
         lambda: score_from_eps(lambda x, t: x, VPSDE())(jnp.ones((2, 4), jnp.int32),
                                                         jnp.full(2, 0.5)),
         ValueError, r"x: got dtype int32, accepted a floating dtype"),
+    "score_from_eps-list-x": (
+        lambda: score_from_eps(lambda x, t: x, VPSDE())([[0.0]], 0.5),
+        TypeError, r"x: got a list, accepted an array"),
+    "label_log_prob-num_classes-above-K": (  # Label 11 would only have made NaN.
+        lambda: label_log_prob(_log_probs, 11, num_classes=12)(jnp.ones((2, 4)), jnp.full(2, 0.5)),
+        ValueError, r"num_classes: got 12, but log_prob_fn returned 10 classes"),
     "TrainConfig-lr-zero-in-float32": (lambda: TrainConfig(lr=1e-320), ValueError,
                                        r"lr: got 1e-320, accepted a number in \[1\.2e-38, 1\)"),
     "export-step-float": (lambda: training.export("w", step=4.0), ValueError,
