@@ -130,7 +130,7 @@ CASES = {
            "x-list": ({"x": [[0.0]]}, TypeError, r"x: got a list, accepted an array"),
            "t-batch-3": ({"t": jnp.zeros(3)}, ValueError,
                          r"t: got shape \(3,\) for a batch of 2 images, accepted \(\) or \(2,\)"),
-           "t-string": ({"t": "0.5"}, TypeError, r"t: got '0\.5', accepted a number"),
+           "t-string": ({"t": "0.5"}, TypeError, r"t: got '0\.5', accepted a real number"),
        }.items()},
     "unet-x-27x27": (lambda: apply("unet", x=jnp.zeros((2, 27, 27, 1))), ValueError,
                      r"x: got shape \(2, 27, 27, 1\), accepted \(B, H, W, 1\) with B >= 1 and "
