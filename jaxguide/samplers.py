@@ -245,16 +245,7 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
         raise ValueError(f"snr: got {snr!r}, accepted a number in (0, 1]")
     if record_every is not None:
         record_every = check_positive_int("record_every", record_every)
-    if indices is None:
-        indices = jnp.arange(shape[0], dtype=jnp.uint32)
-    elif np.shape(indices) != shape[:1]:
-        raise ValueError(f"indices: expected shape {shape[:1]}, got {np.shape(indices)}")
-    elif is_concrete(indices):
-        idx = np.asarray(indices)
-        if idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() > np.iinfo(np.uint32).max:
-            raise ValueError(f"indices: got {str(idx.tolist())[:80]}, accepted integers in "
-                             f"0..{np.iinfo(np.uint32).max}")
-    indices = jnp.asarray(indices, jnp.uint32)
+    indices = _check_indices(indices, shape[0])
     if mesh is not None:
         if not isinstance(mesh, Mesh):
             raise TypeError(f"mesh: got {type(mesh).__name__}, accepted a jax.sharding.Mesh "
@@ -267,6 +258,21 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
                    clip=None if clip is None else float(as_scalar(clip)), t_min=t_min,
                    denoise_last=denoise_last, snr=float(as_scalar(snr)), record_every=record_every,
                    mesh=mesh)
+
+
+def _check_indices(indices, batch: int) -> jax.Array:
+    """The (batch,) global sample indices as uint32 (default arange(batch)); concrete ones must
+    be integers in 0..2^32-1."""
+    if indices is None:
+        return jnp.arange(batch, dtype=jnp.uint32)
+    if np.shape(indices) != (batch,):
+        raise ValueError(f"indices: expected shape {(batch,)}, got {np.shape(indices)}")
+    if is_concrete(indices):
+        idx = np.asarray(indices)
+        if idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() > np.iinfo(np.uint32).max:
+            raise ValueError(f"indices: got {str(idx.tolist())[:80]}, accepted integers in "
+                             f"0..{np.iinfo(np.uint32).max}")
+    return jnp.asarray(indices, jnp.uint32)
 
 
 def _check_n_steps(n_steps) -> int:
