@@ -102,6 +102,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: got {path!r}, accepted a path (str or os.PathLike)")
     path = Path(path)
+    return _parse_idx(path, _read_idx_bytes(path))
+
+
+def _read_idx_bytes(path: Path) -> bytes:
+    """The bytes of the file at `path`, gunzipped when its name ends in ``.gz``."""
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "not found"
         raise DataError(f"IDX file {path} {what}")
@@ -111,12 +116,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"IDX file {path}: cannot read ({e.strerror or e})") from e
     if path.name.endswith(".gz"):
         try:
-            data = gzip.decompress(raw)
+            return gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"IDX file {path}: corrupt gzip data ({e})") from e
-    else:
-        data = raw
+    return raw
 
+
+def _parse_idx(path: Path, data: bytes) -> np.ndarray:
+    """The array an IDX file's bytes hold (see `read_idx`); `path` is for the messages."""
     if len(data) < 4:
         raise DataError(
             f"IDX file {path}: too short for an IDX header ({len(data)} bytes)"
