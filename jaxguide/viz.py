@@ -116,21 +116,20 @@ def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = N
     ncol = check_int("ncol", ncol, 1)
     images = _check_images("images", images, "(N, H, W, 1)")
     labels = _check_length("labels", labels, len(images), "image")
-    rows = -(-len(images) // ncol)
+    pad = 2
+    canvas = _tile(_to_uint8(images), ncol, pad)  # One image: fast, unlike N subplots.
+    rows, h = -(-len(images) // ncol), images.shape[1]
     head = 0.3 if title else 0.05  # Inches above the grid, whatever the number of rows.
-    height = rows * 0.75 + 0.05 + head
-    fig, axes = plt.subplots(rows, ncol, figsize=(ncol * 0.75 + 0.6, height), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, img in enumerate(_to_uint8(images)):
-        ax = axes[divmod(i, ncol)]
-        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
-        if i % ncol == 0:
-            ax.text(-6, 14, str(labels[i]), ha="right", va="center", fontsize=12)
+    width, height = ncol * 0.75 + 0.6, rows * 0.75 + 0.05 + head
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((0.5 / width, 0.05 / height, 1 - 0.55 / width, 1 - (0.05 + head) / height))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.axis("off")
+    for r in range(rows):
+        ax.text(-2 * pad, pad + r * (h + pad) + h / 2, str(labels[r * ncol]), ha="right",
+                va="center", fontsize=12)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.05 / height, top=1 - head / height,
-                        wspace=0.05, hspace=0.05)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
