@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import math
 import os
@@ -244,11 +243,11 @@ def load_evaluator(args, required: bool = False):
         raise checkpoint.CheckpointError(f"--checkpoint-dir: {e}") from e
 
 
-def _has_magic(magic: str, path: Path) -> bool:
-    """`viz.has_magic` with viz's constant `magic` (viz is imported when first needed)."""
+def _made_here(path: Path) -> bool:
+    """`viz.made_here` (viz is imported when first needed)."""
     from jaxguide import viz
 
-    return viz.has_magic(path, getattr(viz, magic))
+    return viz.made_here(path)
 
 
 def _is_samples_npz(path: Path) -> bool:
@@ -262,9 +261,9 @@ def _is_samples_npz(path: Path) -> bool:
 
 # Each command's outputs: name -> (what it is, whether a file of that name is one).
 SAMPLE_OUTPUTS = {
-    "grid.png": ("a PNG image", functools.partial(_has_magic, "PNG_MAGIC")),
-    "trajectory.gif": ("a GIF image", functools.partial(_has_magic, "GIF_MAGIC")),
-    "samples.npz": ("an npz of sample.py's arrays", _is_samples_npz),
+    "grid.png": ("sample.py's PNG image", _made_here),
+    "trajectory.gif": ("sample.py's GIF image", _made_here),
+    "samples.npz": ("sample.py's npz of arrays", _is_samples_npz),
 }
 FIGURE_OUTPUTS = {name: SAMPLE_OUTPUTS["grid.png"] for name in
                   ("classifier_over_time.png", "gradient_maps.png", "accuracy_vs_scale.png")}
@@ -284,7 +283,7 @@ def check_outputs(out: Path, outputs: dict, written) -> None:
             try:
                 if ours(path):
                     continue
-                what = f"not {kind}, so not sample.py's"
+                what = f"not {kind}"
             except OSError as e:
                 what = f"unreadable ({e.strerror or e})"
         action = (f"cannot write {path}: it exists and is" if name in written else

@@ -267,7 +267,7 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
     evaluate = make_evaluate(cfg, model, x_test, y_test)
     meta = model_metadata(cfg, x_train.shape[1:])
     start = int(state.step)
-    log = _Log(workdir / LOG_FILE, after=start)
+    log = _Log(workdir / LOG_FILE, after=start, header=_log_header(cfg))
     last_eval: dict[str, float] = {}
     out, err = Console(sys.stdout), Console(sys.stderr)
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.task,
@@ -390,6 +390,7 @@ def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> TrainState:
 
 
 LOG_FILE, PLOT_FILE = "metrics.jsonl", "loss.png"
+LOG_HEADER = "jaxguide_log"  # A log's first record: {"step": 0, LOG_HEADER: 1, "task": ...}.
 
 
 def _log_records(path: Path) -> list[dict[str, Any]] | None:
@@ -409,6 +410,17 @@ def _log_records(path: Path) -> list[dict[str, Any]] | None:
     return records if ok else None
 
 
+def _log_header(cfg: TrainConfig) -> dict[str, Any]:
+    return {"step": 0, LOG_HEADER: 1, "task": cfg.task, "model": cfg.model}
+
+
+def _log_task(records: list[dict[str, Any]] | None) -> str | None:
+    """The task named by a training log's header (its first record), or None if it has none."""
+    if records and records[0].get(LOG_HEADER) == 1 and isinstance(records[0].get("task"), str):
+        return records[0]["task"]
+    return None
+
+
 def check_workdir(workdir: str | Path, task: str) -> None:
     """Raises unless training `task` may write in `workdir`, before it starts: the model/ it
     exports, the log and the plot it writes must be absent or a jaxguide run's (of `task`).
@@ -416,32 +428,41 @@ def check_workdir(workdir: str | Path, task: str) -> None:
     workdir = Path(workdir)
     checkpoint.check_replaceable(workdir / "model", task)
     log, plot = workdir / LOG_FILE, workdir / PLOT_FILE
-    if os.path.lexists(log) and (not log.is_file() or _log_records(log) is None):
-        raise TrainingError(f"workdir {workdir}: {LOG_FILE} is not a jaxguide training log "
-                            "(JSON lines with a step), so it is not written to; accepted a "
-                            "new work dir or one of a jaxguide run")
+    if os.path.lexists(log):
+        owner = _log_task(_log_records(log) if log.is_file() else None)
+        if owner is None:
+            raise TrainingError(f"workdir {workdir}: {LOG_FILE} is not a jaxguide training log "
+                                "(its first line is not jaxguide's header), so it is not "
+                                "written to; accepted a new work dir or one of a jaxguide run")
+        if owner != task:
+            raise TrainingError(f"workdir {workdir}: {LOG_FILE} is the log of a {owner} run; "
+                                f"accepted a new work dir or one of a {task} run")
     if os.path.lexists(plot):
-        from jaxguide import viz
+        _check_plot(workdir, plot)
 
-        try:
-            is_png = viz.has_magic(plot, viz.PNG_MAGIC)
-        except OSError:
-            is_png = False
-        if not is_png:
-            raise TrainingError(f"workdir {workdir}: {PLOT_FILE} is not a PNG image, so it is "
-                                "not replaced; accepted a new work dir or one of a jaxguide run")
+
+def _check_plot(workdir: Path, plot: Path) -> None:
+    from jaxguide import viz
+
+    try:
+        ours = viz.made_here(plot)
+    except OSError:
+        ours = False
+    if not ours:
+        raise TrainingError(f"workdir {workdir}: {PLOT_FILE} is not a plot jaxguide made, so it "
+                            "is not replaced; accepted a new work dir or one of a jaxguide run")
 
 
 class _Log:
-    """Appends JSON lines to a training log, whose records after step `after` (those of
-    steps a resumed run takes again, or of a run that never saved a checkpoint) are
-    dropped first."""
+    """Appends JSON lines to a training log that starts with `header` (step 0); records
+    after step `after` (those of steps a resumed run takes again, or of a run that never
+    saved a checkpoint) are dropped first."""
 
-    def __init__(self, path: Path, after: int):
+    def __init__(self, path: Path, after: int, header: dict[str, Any]):
         self.path = path
         records = _log_records(path) if path.is_file() else None
-        if records is not None and jax.process_index() == 0:  # Also ends a torn last line.
-            kept = [r for r in records if r["step"] <= after]
+        if jax.process_index() == 0:  # Also ends a torn last line.
+            kept = [r for r in records if r["step"] <= after] if records else [header]
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, path)  # Atomic: a kill leaves the old log or the new one.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -13,14 +14,31 @@ import numpy as np  # noqa: E402
 from jaxguide.checks import check_int  # noqa: E402
 
 
-PNG_MAGIC, GIF_MAGIC = b"\x89PNG\r\n\x1a\n", b"GIF8"  # How the files written here start.
+SOFTWARE = "jaxguide"  # Written into every PNG and GIF made here: see `made_here`.
 
 
-def has_magic(path: str | Path, magic: bytes) -> bool:
-    """Whether the regular file `path` starts with `magic` (PNG_MAGIC, GIF_MAGIC); an
-    unreadable file raises OSError."""
-    with open(path, "rb") as f:
-        return Path(path).is_file() and f.read(len(magic)) == magic
+def made_here(path: str | Path) -> bool:
+    """Whether the regular file `path` is a PNG or GIF written by this module (its metadata
+    names SOFTWARE); an unreadable file raises OSError."""
+    from PIL import Image
+
+    if not Path(path).is_file():
+        return False
+    raw = Path(path).read_bytes()
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            tag = {"PNG": lambda: im.text.get("Software"),
+                   "GIF": lambda: im.info.get("comment")}.get(im.format, lambda: None)()
+    except Exception:  # noqa: BLE001 - whatever PIL cannot parse is not ours.
+        return False
+    return tag in (SOFTWARE, SOFTWARE.encode())
+
+
+def _save_png(fig, path: str | Path, dpi: int) -> Path:
+    """Writes `fig` as a PNG at exactly `path` (whatever its suffix), marked as made here."""
+    fig.savefig(path, dpi=dpi, format="png", metadata={"Software": SOFTWARE})
+    plt.close(fig)
+    return Path(path)
 
 
 def _check_images(name: str, images, form: str) -> np.ndarray:
@@ -75,9 +93,7 @@ def plot_losses(records: list[dict], path: str | Path) -> Path:
         axes[0, 1].set(xlabel="step", title="held-out")
         axes[0, 1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save_png(fig, path, dpi=100)
 
 
 def to_uint8(images) -> np.ndarray:
@@ -130,9 +146,7 @@ def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = N
                 va="center", fontsize=12)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save_png(fig, path, dpi=100)
 
 
 def save_gif(frames, path: str | Path, ncol: int, hold: int = 10, scale: int = 2,
@@ -147,7 +161,8 @@ def save_gif(frames, path: str | Path, ncol: int, hold: int = 10, scale: int = 2
     tiles = [Image.fromarray(_tile(_to_uint8(f), ncol)) for f in frames]
     tiles = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in tiles]
     tiles += [tiles[-1]] * hold
-    tiles[0].save(path, save_all=True, append_images=tiles[1:], duration=duration_ms, loop=0)
+    tiles[0].save(path, format="GIF", save_all=True, append_images=tiles[1:],
+                  duration=duration_ms, loop=0, comment=SOFTWARE)
     return Path(path)
 
 
@@ -174,9 +189,7 @@ def plot_classifier_over_time(ts, x_ts, probs, path: str | Path, true_label: int
         axes[1, i].axis("off")
     fig.suptitle(f"noisy classifier q(y | x_t, t) for a digit {true_label} (red)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save_png(fig, path, dpi=110)
 
 
 def plot_gradient_maps(ts, x_ts, grads, path: str | Path, labels) -> Path:
@@ -205,9 +218,7 @@ def plot_gradient_maps(ts, x_ts, grads, path: str | Path, labels) -> Path:
     for j, y in enumerate(labels):
         axes[1 + j, 0].set_ylabel(f"∇ log q({y}|x_t)", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save_png(fig, path, dpi=110)
 
 
 def plot_accuracy_vs_scale(scales, accuracies, path: str | Path, subtitle: str = "") -> Path:
@@ -225,6 +236,4 @@ def plot_accuracy_vs_scale(scales, accuracies, path: str | Path, subtitle: str =
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save_png(fig, path, dpi=110)

@@ -171,6 +171,17 @@ def run_rc(script, capsys, *argv):
     return rc, capsys.readouterr()
 
 
+def save_marked_png(path):
+    """A 2×2 PNG with the metadata of the PNGs jaxguide writes."""
+    from PIL import PngImagePlugin
+
+    from jaxguide import viz
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", viz.SOFTWARE)
+    Image.new("L", (2, 2)).save(path, pnginfo=info)
+
+
 def assert_refused(rc, captured, *texts):
     assert rc == 2, captured.err
     line = captured.err.splitlines()[-1]
@@ -199,6 +210,8 @@ def test_no_gif_removes_the_gif_of_an_earlier_run(sample_script, tiny_checkpoint
     ("trajectory.gif", b"my notes", ["--no-gif"]),  # Would be removed.
     ("trajectory.gif", b"my notes", []),  # Would be replaced.
     ("grid.png", b"GIF89a not a png", []),
+    ("grid.png", "plain png", []),  # A PNG, but not one jaxguide made.
+    ("trajectory.gif", "plain gif", ["--no-gif"]),
     ("samples.npz", b"", []),
     ("samples.npz", "other npz", []),  # A valid npz, not sample.py's arrays.
 ])
@@ -214,6 +227,8 @@ def test_user_files_named_like_outputs_are_kept(name, content, argv, sample_scri
     out.mkdir()
     if content == "other npz":
         np.savez(out / name, images=np.zeros(2), labels=np.zeros(2))
+    elif content in ("plain png", "plain gif"):
+        Image.new("L", (2, 2)).save(out / name, format=content[-3:])
     else:
         (out / name).write_bytes(content)
     before = (out / name).read_bytes()
@@ -227,11 +242,12 @@ def test_user_files_named_like_outputs_are_kept(name, content, argv, sample_scri
 
 def test_outputs_of_an_earlier_run_are_replaced(sample_script, tiny_checkpoints, tmp_path,
                                                 capsys, fake_sampling):
-    """A PNG, GIF and sample.py npz of those names are the earlier run's: replaced."""
+    """A PNG or GIF jaxguide made and a sample.py npz of those names are an earlier run's:
+    replaced."""
     out = tmp_path / "again"
     base = ["--checkpoint-dir", tiny_checkpoints, *SMALL, "--out", out]
     run_in_process(sample_script, capsys, *base, "--classes", "1,2")
-    Image.new("L", (2, 2)).save(out / "grid.png")  # Any PNG counts as an earlier grid.
+    save_marked_png(out / "grid.png")  # Any PNG jaxguide made counts as an earlier grid.
     run_in_process(sample_script, capsys, *base, "--classes", "4")
     assert load_npz(out)["labels"].tolist() == [4]
     with Image.open(out / "grid.png") as im:
@@ -245,11 +261,12 @@ def test_figures_refuses_a_user_file_and_removes_a_stale_accuracy_figure(
     (out / "gradient_maps.png").write_text("my gradients")
     rc, captured = run_rc(sample_script, capsys, "figures", "--checkpoint-dir", tiny_checkpoints,
                           "--steps", 2, "--out", out)
-    assert_refused(rc, captured, f"cannot write {out / 'gradient_maps.png'}", "not a PNG image")
+    assert_refused(rc, captured, f"cannot write {out / 'gradient_maps.png'}",
+                   "not sample.py's PNG image")
     assert [p.name for p in out.iterdir()] == ["gradient_maps.png"]
 
     (out / "gradient_maps.png").unlink()
-    Image.new("L", (2, 2)).save(out / "accuracy_vs_scale.png")  # An earlier run's, evaluator
+    save_marked_png(out / "accuracy_vs_scale.png")  # An earlier run's, evaluator
     run_in_process(sample_script, capsys, "figures", "--checkpoint-dir",  # and all.
                    tiny_checkpoints, "--steps", 2, "--out", out)
     assert sorted(p.name for p in out.iterdir()) == ["classifier_over_time.png",

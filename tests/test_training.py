@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxguide import checkpoint, data, training
 from jaxguide.checkpoint import CheckpointError
@@ -141,8 +142,17 @@ def step_dirs(workdir):
 
 
 def records(workdir):
+    """The records of a work dir's training log after its header."""
     path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    recs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    assert not recs or recs[0]["step"] == 0 and recs[0][training.LOG_HEADER] == 1
+    return recs[1:]
+
+
+def log_upto(workdir, step):
+    """The text of a work dir's training log, header included, up to `step`."""
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step)
 
 
 def record_steps(recs):
@@ -339,8 +349,7 @@ def test_resume_in_process_is_bitwise_identical(ref, tmp_path):
     ref_dir, final = ref
     # A run stopped after its checkpoint at step 2: the same work dir, later steps gone.
     shutil.copytree(ref_dir / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
-    (tmp_path / "metrics.jsonl").write_text("".join(
-        json.dumps(r) + "\n" for r in records(ref_dir) if r["step"] <= 2))
+    (tmp_path / "metrics.jsonl").write_text(log_upto(ref_dir, 2))
     state = training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
 
     assert_states_equal(state, final)
@@ -590,8 +599,14 @@ def test_unwritable_workdir(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, pattern", [
-    ("loss.png", "my notes", r"loss\.png is not a PNG image, so it is not replaced"),
+    ("loss.png", "my notes", r"loss\.png is not a plot jaxguide made, so it is not replaced"),
+    ("loss.png", "plain png", r"loss\.png is not a plot jaxguide made"),
     ("metrics.jsonl", '{"mine": 1}\n', r"metrics\.jsonl is not a jaxguide training log"),
+    ("metrics.jsonl", '{"step": 100, "loss": 0.5}\n',  # A log, but not one jaxguide wrote.
+     r"metrics\.jsonl is not a jaxguide training log \(its first line is not jaxguide's header\)"),
+    ("metrics.jsonl", '{"step": 0, "jaxguide_log": 1, "task": "denoiser", "model": "unet"}\n',
+     r"metrics\.jsonl is the log of a denoiser run; accepted a new work dir or one of a "
+     r"classifier run"),
     ("metrics.jsonl", "hello world\n", r"metrics\.jsonl is not a jaxguide training log"),
     ("metrics.jsonl", None, r"metrics\.jsonl is not a jaxguide training log"),  # A folder.
 ])
@@ -599,12 +614,15 @@ def test_users_files_in_the_workdir_are_kept(tmp_path, name, content, pattern):
     mine = tmp_path / name
     if content is None:
         mine.mkdir()
+    elif content == "plain png":
+        Image.new("L", (2, 2)).save(mine)
     else:
         mine.write_text(content)
+    before = mine.read_bytes() if mine.is_file() else None
     with pytest.raises(TrainingError, match=re.escape(f"workdir {tmp_path}: ") + pattern):
         training.train(CFG, tmp_path, data_dir=tmp_path / "no-mnist", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # Before any data or write.
-    assert content is None or mine.read_text() == content
+    assert before is None or mine.read_bytes() == before
 
 
 def test_log_keeps_only_the_steps_a_run_has_saved(ref, tmp_path):
@@ -662,8 +680,7 @@ def test_resume_after_a_kill_mid_log_line(ref, tmp_path):
     """A log whose last line a kill cut short still resumes; the torn line is dropped."""
     ref_dir, _ = ref
     shutil.copytree(ref_dir / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
-    (tmp_path / "metrics.jsonl").write_text("".join(
-        json.dumps(r) + "\n" for r in records(ref_dir) if r["step"] <= 2) + '{"step": 3, "lo')
+    (tmp_path / "metrics.jsonl").write_text(log_upto(ref_dir, 2) + '{"step": 3, "lo')
     training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
     assert record_steps(records(tmp_path)) == record_steps(records(ref_dir))
 
