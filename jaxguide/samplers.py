@@ -182,8 +182,9 @@ def _sample(key, score_fn, sde, indices, *, shape, n_steps, method, grid, init, 
             x = jnp.clip(x, -clip, clip)
         x = parallel.constrain_batch(x, mesh)
         if record_every:
-            # Slot j ends up holding the state after step min(j·k, n_steps).
-            traj = jax.lax.dynamic_update_index_in_dim(traj, x, (i + record_every) // record_every, 0)
+            # Slot j ends up holding the state after step min(j·k, n_steps): step i + 1
+            # writes slot ceil((i + 1) / k) (written so that it cannot overflow int32).
+            traj = jax.lax.dynamic_update_index_in_dim(traj, x, i // record_every + 1, 0)
         return (x, state, traj), None
 
     (x, _, traj), _ = jax.lax.scan(body, (x, state, traj), jnp.arange(n_steps))

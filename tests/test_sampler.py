@@ -210,6 +210,9 @@ def test_record_every_shapes_and_slots():
     _, traj_c = sample(key, score, SDE, (5, D), n_steps=n, clip=None, record_every=3, init="clipped")
     np.testing.assert_array_equal(np.asarray(traj_c[0]), np.clip(t1[0], -1, 1))
     assert np.any(np.abs(t1[0]) > 1)  # the clipping did something
+    # k beyond n: the initial and the final state (no int32 overflow in the slot index).
+    _, traj_big = sample(key, score, SDE, (5, D), n_steps=n, clip=None, record_every=2**31 - 1)
+    np.testing.assert_allclose(np.asarray(traj_big), t1[[0, n]], rtol=1e-6, atol=1e-6)
 
 
 def test_initial_state_analytically():
