@@ -118,6 +118,8 @@ def check_output(name: str, out, x) -> None:
     if tuple(out.shape) != tuple(x.shape):
         raise ValueError(f"{name}: returned shape {tuple(out.shape)} for x of shape {x.shape}, "
                          "accepted the shape of x")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"{name}: returned dtype {out.dtype}, accepted a real floating array")
 
 
 def check_key(key) -> None:
@@ -165,9 +167,12 @@ def check_times(t, hi=math.inf) -> None:
     arr = np.asarray(t)
     if arr.dtype not in (np.float16, np.float32, np.float64):
         arr = arr.astype(np.float64)
-    bad = ~(np.isfinite(arr) & (arr >= 0) & (arr <= arr.dtype.type(hi)))
+    with np.errstate(over="ignore"):  # Networks take times in float32: 1e300 is inf there.
+        in_f32 = np.isfinite(arr.astype(np.float32))
+    bad = ~(np.isfinite(arr) & in_f32 & (arr >= 0) & (arr <= arr.dtype.type(hi)))
     if np.any(bad):
-        accepted = "a finite time >= 0" if hi == math.inf else f"a time in [0, T={hi}]"
+        accepted = ("a finite time >= 0 (in float32)" if hi == math.inf
+                    else f"a time in [0, T={hi}]")
         raise ValueError(f"t: got {arr[bad].ravel()[0]}, accepted {accepted}")
 
 

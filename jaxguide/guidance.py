@@ -13,18 +13,21 @@ log_prob_fn(x, t) -> (B, K) per-class log-probabilities, log_density_fn(x, t) ->
 from __future__ import annotations
 
 import functools
+import reprlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxguide.checks import (INT32_MAX, check_batch, check_output, check_positive_int,
-                             is_concrete)
+from jaxguide.checks import (INT32_MAX, check_array, check_batch, check_float_dtype,
+                             check_output, check_positive_int, is_concrete)
 from jaxguide.sde import _expand
 
 
 def _sum_of(names, fns, x, t):
+    check_array("x", x)
+    check_float_dtype("x", x.dtype)
     out = 0.0
     for name, fn in zip(names, fns):
         term = fn(x, t)
@@ -99,6 +102,8 @@ def _checked_density(log_density_fn, x, t):
 
 
 def _density_grad(log_density_fn, x, t):
+    check_array("x", x)
+    check_float_dtype("x", x.dtype)  # jax.grad needs it.
     # One backward pass: examples are independent, so ∇ of the sum is the per-example ∇.
     return jax.grad(lambda x: jnp.sum(_checked_density(log_density_fn, x, t)))(x)
 
@@ -174,7 +179,11 @@ def _check_labels(labels, num_classes):
         raise ValueError(f"labels: got a traced array of dtype {dtype}, accepted integer class "
                          "indices")
     if is_concrete(labels):
-        arr = np.asarray(labels)
+        try:
+            arr = np.asarray(labels)
+        except ValueError:  # Ragged.
+            raise ValueError(f"labels: got {reprlib.repr(labels)}, accepted integer class "
+                             "indices of shape () or (B,)") from None
         if arr.ndim > 1 or not np.issubdtype(arr.dtype, np.integer) and not (
                 np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
             raise ValueError(f"labels: got {repr(arr.tolist())[:80]} ({arr.dtype}, shape "

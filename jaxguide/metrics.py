@@ -132,10 +132,13 @@ def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
 def _float64(name: str, value, form: str) -> np.ndarray:
     """`value` as a float64 array, else a TypeError naming `name` and the `form` accepted."""
     try:
-        return np.asarray(value, np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: got {type(value).__name__}, accepted an array {form} of "
-                        "numbers") from None
+        arr = np.asarray(value)
+    except ValueError:  # Ragged.
+        arr = np.asarray(None)
+    if arr.dtype.kind not in "biuf":  # Strings would be parsed, complex lose their imaginary part.
+        raise TypeError(f"{name}: got {type(value).__name__} of dtype {arr.dtype}, accepted an "
+                        f"array {form} of real numbers")
+    return arr.astype(np.float64)
 
 
 def check_features(feats) -> np.ndarray:

@@ -29,8 +29,8 @@ from jax.tree_util import Partial
 from jaxguide import parallel
 from jaxguide.compiler import jit
 from jaxguide.guidance import _as_partial
-from jaxguide.checks import (INT32_MAX, as_scalar, check_array, check_bool, check_float_dtype,
-                             check_key, check_output, check_positive_int, check_shape, is_concrete, is_real)
+from jaxguide.checks import (INT32_MAX, as_scalar, check_array, check_batch, check_bool,
+                             check_float_dtype, check_key, check_output, check_positive_int, check_shape, is_concrete, is_real)
 from jaxguide.sde import VPSDE, _expand
 
 NFE_PER_STEP = {"euler_maruyama": 1, "predictor_corrector": 2, "heun": 2, "dpm_solver_2m": 1}
@@ -45,6 +45,7 @@ DEFAULT_GRID = {"euler_maruyama": "uniform", "predictor_corrector": "uniform", "
 def _eps_score(eps_fn, sde, min_std, x, t):
     check_array("x", x)
     check_float_dtype("x", x.dtype)
+    check_batch("t", t, x)
     eps = eps_fn(x, t)
     check_output("eps_fn", eps, x)
     return -eps / _expand(jnp.maximum(sde.std(t), min_std), x)
@@ -268,6 +269,9 @@ def _check_indices(indices, batch: int) -> jax.Array:
         return jnp.arange(batch, dtype=jnp.uint32)
     if np.shape(indices) != (batch,):
         raise ValueError(f"indices: expected shape {(batch,)}, got {np.shape(indices)}")
+    if not is_concrete(indices) and np.dtype(indices.dtype).kind not in "iu":
+        raise ValueError(f"indices: got a traced array of dtype {indices.dtype}, accepted "
+                         "integers")
     if is_concrete(indices):
         idx = np.asarray(indices)
         if idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() > np.iinfo(np.uint32).max:

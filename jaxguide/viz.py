@@ -42,16 +42,16 @@ def _save_png(fig, path: str | Path, dpi: int) -> Path:
 
 
 def _check_images(name: str, images, form: str) -> np.ndarray:
-    """`images` as a real array (its own dtype) of shape `form` (e.g. "(N, H, W, 1)"): every
-    dimension >= 1, the last 1, finite values; else a ValueError (TypeError: not numbers)
-    naming `name`."""
+    """`images` as a floating array (its own dtype) of shape `form` (e.g. "(N, H, W, 1)"):
+    every dimension >= 1, the last 1, finite values; else a ValueError (TypeError: not
+    floating numbers; uint8 images would all clip to white) naming `name`."""
     try:
         x = np.asarray(images)
     except ValueError:  # Ragged.
         x = np.asarray(None)
-    if x.dtype.kind not in "iuf":
-        raise TypeError(f"{name}: got {type(images).__name__}, accepted a numeric array "
-                        f"{form}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{name}: got {type(images).__name__} of dtype {x.dtype}, accepted a "
+                        f"numeric array {form} of floats in [-1, 1]")
     if x.ndim != form.count(",") + 1 or x.shape[-1] != 1 or 0 in x.shape:
         raise ValueError(f"{name}: got shape {x.shape}, accepted {form} with every "
                          "dimension >= 1")
@@ -99,6 +99,8 @@ def plot_losses(records: list[dict], path: str | Path) -> Path:
 def to_uint8(images) -> np.ndarray:
     """Images in [−1, 1], (..., H, W, 1) → uint8 (..., H, W)."""
     x = np.asarray(images)
+    if x.dtype.kind != "f":
+        raise TypeError(f"images: got dtype {x.dtype}, accepted floats in [-1, 1]")
     if x.ndim < 3 or x.shape[-1] != 1:
         raise ValueError(f"images: got shape {x.shape}, accepted (..., H, W, 1)")
     return _to_uint8(_check_finite("images", x))
@@ -151,12 +153,16 @@ def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = N
 
 def save_gif(frames, path: str | Path, ncol: int, hold: int = 10, scale: int = 2,
              duration_ms: int = 120) -> Path:
-    """Animates a trajectory (F, N, H, W, 1) as a GIF of grids, holding the last frame."""
+    """Animates a trajectory (F, N, H, W, 1) as a GIF of grids, holding the last frame.
+
+    hold: extra copies of the last frame, 0..10 000; scale: pixel size, 1..64; duration_ms:
+    per frame, 1..655 350 (GIF's limit).
+    """
     from PIL import Image
 
     frames = _check_images("frames", frames, "(F, N, H, W, 1)")
-    hold, scale = check_int("hold", hold, 0), check_int("scale", scale, 1)
-    duration_ms = check_int("duration_ms", duration_ms, 1)
+    hold, scale = check_int("hold", hold, 0, 10_000), check_int("scale", scale, 1, 64)
+    duration_ms = check_int("duration_ms", duration_ms, 1, 655_350)
     ncol = check_int("ncol", ncol, 1)
     tiles = [Image.fromarray(_tile(_to_uint8(f), ncol)) for f in frames]
     tiles = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in tiles]

@@ -478,6 +478,28 @@ API_CASES = {
         lambda: score_from_eps(lambda x, t: x, VPSDE())(jnp.ones((2, 4), jnp.int32),
                                                         jnp.full(2, 0.5)),
         ValueError, r"x: got dtype int32, accepted a floating dtype"),
+    "score_from_eps-t-batch": (
+        lambda: score_from_eps(lambda x, t: x, VPSDE())(jnp.ones((2, 4)), jnp.full(3, 0.5)),
+        ValueError, r"t: got shape \(3,\) for a batch of 2 images, accepted \(\) or \(2,\)"),
+    "sample-complex-score": (
+        lambda: sample(jax.random.key(0), lambda x, t: (-x).astype(jnp.complex64), VPSDE(), (1, 2),
+                       n_steps=2),
+        ValueError, r"score_fn: returned dtype complex64, accepted a real floating array"),
+    "sample-traced-float-indices": (  # They were cast: two images got the same noise.
+        lambda: jax.jit(lambda i: sample(jax.random.key(0), _score, VPSDE(), (2, 3), n_steps=2,
+                                         indices=i))(jnp.array([0.7, -1.0])),
+        ValueError, r"indices: got a traced array of dtype float32, accepted integers"),
+    "guided-integer-x": (
+        lambda: classifier_guidance(_score, _log_probs, 1, 1.0)(jnp.ones((2, 4), jnp.int32),
+                                                                jnp.full(2, 0.5)),
+        ValueError, r"x: got dtype int32, accepted a floating dtype"),
+    "guidance_term-integer-x": (
+        lambda: guidance_term(lambda x, t: x.sum(1), 1.0)(jnp.ones((2, 4), jnp.int32),
+                                                          jnp.full(2, 0.5)),
+        ValueError, r"x: got dtype int32, accepted a floating dtype"),
+    "guidance-ragged-labels": (
+        lambda: classifier_guidance(_score, _log_probs, [[0], [1, 2]], 1.0),
+        ValueError, r"labels: got \[\[0\], \[1, 2\]\], accepted integer class indices"),
     "score_from_eps-list-x": (
         lambda: score_from_eps(lambda x, t: x, VPSDE())([[0.0]], 0.5),
         TypeError, r"x: got a list, accepted an array"),
@@ -607,6 +629,16 @@ def test_apply_fn_names_bad_models_variables_and_inputs(tiny_checkpoints):
         (lambda: apply_fn(den, den_vars)(x, -1.0), ValueError, r"t: got -1\.0, accepted"),
         (lambda: apply_fn(den, den_vars)(x.at[0, 0, 0, 0].set(jnp.inf), 0.5), ValueError,
          r"x: contains NaN or inf, accepted finite images"),
+        # All zeros came out of integer variables.
+        (lambda: apply_fn(den, jax.tree.map(lambda a: a.astype(jnp.int32), den_vars)),
+         ValueError, r"variables: got dtype int32 at \['params'\]\[.*accepted floating arrays"),
+        # Finite in float64, inf in the network's float32: only NaN came out.
+        (lambda: apply_fn(den, den_vars)(x, np.float64(1e300)), ValueError,
+         r"t: got 1e\+300, accepted a finite time >= 0 \(in float32\)"),
+        # The input is right, the variables are another network's: the message says so.
+        (lambda: apply_fn(make_model("classifier"), den_vars)(x, 0.5), ValueError,
+         r"x: got shape \(2, 28, 28, 1\), accepted \(B, 28, 28, 4\) with B >= 1 \(C = 4: what "
+         r"the variables were made for\)"),
     ]
     for call, exc_type, pattern in cases:
         with pytest.raises(exc_type, match=pattern):

@@ -38,7 +38,17 @@ VIZ_CASES = {
     "save_grid-rank": (lambda: viz.save_grid(np.zeros((2, 28, 28)), [0, 1], _in("g.png"), 2),
                        ValueError, r"images: got shape \(2, 28, 28\), accepted \(N, H, W, 1\)"),
     "save_grid-not-numbers": (lambda: viz.save_grid([["a"]], [0], _in("g.png"), 1),
-                              TypeError, r"images: got list, accepted a numeric array"),
+                              TypeError, r"images: got list of dtype <U1, accepted a numeric array"),
+    "tile-uint8": (lambda: viz.tile(np.zeros((2, 28, 28, 1), np.uint8), 2),  # Was all white.
+                   TypeError, r"images: got ndarray of dtype uint8, accepted a numeric array "
+                   r"\(N, H, W, 1\) of floats in \[-1, 1\]"),
+    "to_uint8-uint8": (lambda: viz.to_uint8(np.zeros((2, 28, 28, 1), np.uint8)),
+                       TypeError, r"images: got dtype uint8, accepted floats in \[-1, 1\]"),
+    "save_gif-hold-huge": (lambda: viz.save_gif(IMGS[None], _in("t.gif"), 2, hold=10**12),
+                           ValueError, r"hold: got 1000000000000, accepted an integer >= 0 and "
+                           r"<= 10000"),
+    "save_gif-scale-huge": (lambda: viz.save_gif(IMGS[None], _in("t.gif"), 2, scale=10**6),
+                            ValueError, r"scale: got 1000000, accepted an integer >= 1 and <= 64"),
     "tile-ncol-0": (lambda: viz.tile(IMGS, 0), ValueError, r"ncol: got 0, accepted an integer >= 1"),
     "tile-ncol-float": (lambda: viz.tile(IMGS, 2.0), ValueError, r"ncol: got 2\.0, accepted an integer"),
     "tile-ncol-str": (lambda: viz.tile(IMGS, "2"), TypeError, r"ncol: got '2', accepted an integer"),
@@ -123,9 +133,18 @@ METRICS_CASES = {
     "frechet_distance-nan": (lambda: metrics.frechet_distance(np.full((5, 3), np.nan), FEATS),
                              ValueError, r"features: contain NaN or inf, accepted finite"),
     "frechet_distance-None": (lambda: metrics.frechet_distance(None, FEATS),
-                              ValueError, r"features: got shape \(\), accepted \(N, D\)"),
+                              TypeError, r"features: got NoneType of dtype object, accepted an "
+                              r"array \(N, D\) of real numbers"),
     "frechet_distance-strings": (lambda: metrics.frechet_distance([["a"], ["b"]], FEATS),
-                                 TypeError, r"features: got list, accepted an array \(N, D\)"),
+                                 TypeError, r"features: got list of dtype <U1, accepted an array "
+                                 r"\(N, D\)"),
+    "frechet_distance-number-strings": (  # Were parsed as numbers.
+        lambda: metrics.frechet_distance(FEATS.astype(str), FEATS),
+        TypeError, r"features: got ndarray of dtype <U\d+, accepted an array \(N, D\) of real"),
+    "frechet_distance-complex": (  # Lost their imaginary part: FD 0.
+        lambda: metrics.frechet_distance(FEATS + 100j, FEATS),
+        TypeError, r"features: got ndarray of dtype complex128, accepted an array \(N, D\) of "
+        r"real numbers"),
     "frechet_distance-no-dims": (lambda: metrics.frechet_distance(np.zeros((5, 0)), FEATS),
                                  ValueError, r"features: got shape \(5, 0\), accepted \(N, D\)"),
     "frechet_from_stats-non-square": (lambda: metrics.frechet_from_stats(

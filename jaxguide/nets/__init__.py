@@ -7,6 +7,8 @@ from typing import Any
 
 import flax.errors
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 from jax.tree_util import Partial
 
 from jaxguide.nets.classifier import Evaluator, NoisyClassifier
@@ -44,6 +46,12 @@ def apply_fn(model: nn.Module, variables) -> Partial:
     if not isinstance(variables, Mapping):
         raise TypeError(f"variables: got {reprlib.repr(variables)}, accepted a dict of "
                         "collections such as {'params': ...} (model.init, load_model)")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            what = f"a {type(leaf).__name__}" if dtype is None else f"dtype {dtype}"
+            raise ValueError(f"variables: got {what} at {jax.tree_util.keystr(path)}, accepted "
+                             "floating arrays (model.init, load_model)")
     return Partial(_Apply(model), variables)
 
 

@@ -59,7 +59,7 @@ class NoisyClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x, t, train: bool = False):
-        t = check_times(t, check_images(x, channels=fitted_channels(self, "Conv_0"),
+        t = check_times(t, check_images(x, channels=fitted_channels(self, "Conv_0"), fitted=True,
                                         size=IMAGE_SIZE))
         c1, c2, hidden = 10 * self.width, 20 * self.width, 50 * self.width
         h = Conv(c1, (5, 5), padding="VALID")(x)
@@ -100,7 +100,7 @@ class Evaluator(nn.Module):
         self.drop = nn.Dropout(self.dropout)
 
     def features(self, x, train: bool = False):
-        check_images(x, channels=fitted_channels(self, "conv1"), size=IMAGE_SIZE)
+        check_images(x, channels=fitted_channels(self, "conv1"), size=IMAGE_SIZE, fitted=True)
         h = max_pool_2x2(nn.relu(self.conv1(x)))
         h = max_pool_2x2(nn.relu(self.conv2(h)))
         h = self.drop(h.reshape(h.shape[0], -1), deterministic=not train)

@@ -23,17 +23,20 @@ from jaxguide.nets.conv import Conv
 
 
 def check_images(x, *, channels: int | None, multiple: int = 1,
-                 size: tuple[int, int] | None = None) -> int:
+                 size: tuple[int, int] | None = None, fitted: bool = False) -> int:
     """Checks a network's input images when traced (and finite when concrete); returns the
     batch size B.
 
     x: a floating (B, H, W, C) array of images scaled to [-1, 1], with C = `channels` (None:
     any), H and W positive multiples of `multiple` or, given `size`, (H, W) = size.
+    `fitted`: C was read from the variables (`fitted_channels`), which the message says.
     """
     hw = "H, W" if size is None else "%d, %d" % size
     accepted = f"(B, {hw}, {channels or 'C'}) with B >= 1"
     if multiple > 1:
         accepted += f" and H and W positive multiples of {multiple}"
+    if fitted and channels:
+        accepted += f" (C = {channels}: what the variables were made for)"
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise TypeError(f"x: got a {type(x).__name__}, accepted an array of shape {accepted}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -159,6 +162,7 @@ class UNet(nn.Module):
     def __call__(self, x, t, train: bool = False):
         del train  # No dropout or batch statistics.
         batch = check_images(x, channels=fitted_channels(self, "Conv_0", self.patch**2),
+                             fitted=True,
                              multiple=self.patch * 2 ** (len(self.channels) - 1))
         t = check_times(t, batch)
         out_channels = x.shape[-1]
