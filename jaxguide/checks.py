@@ -154,6 +154,12 @@ def check_array(name: str, x) -> None:
         raise TypeError(f"{name}: got a {type(x).__name__}, accepted an array")
 
 
+def check_float_array(name: str, x) -> None:
+    """x must be an array of a floating dtype (e.g. what `jax.grad` differentiates)."""
+    check_array(name, x)
+    check_float_dtype(name, x.dtype)
+
+
 def check_times(t, hi=math.inf) -> None:
     """Times are a real number or a real array (checked when traced); concrete ones must be
     finite and in [0, hi] (compared in t's own precision)."""

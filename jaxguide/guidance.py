@@ -20,14 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxguide.checks import (INT32_MAX, check_array, check_batch, check_float_dtype,
-                             check_output, check_positive_int, is_concrete)
+from jaxguide.checks import (INT32_MAX, check_batch, check_float_array, check_output,
+                             check_positive_int, is_concrete)
 from jaxguide.sde import _expand
 
 
 def _sum_of(names, fns, x, t):
-    check_array("x", x)
-    check_float_dtype("x", x.dtype)
+    check_float_array("x", x)
     out = 0.0
     for name, fn in zip(names, fns):
         term = fn(x, t)
@@ -102,8 +101,7 @@ def _checked_density(log_density_fn, x, t):
 
 
 def _density_grad(log_density_fn, x, t):
-    check_array("x", x)
-    check_float_dtype("x", x.dtype)  # jax.grad needs it.
+    check_float_array("x", x)  # jax.grad needs it.
     # One backward pass: examples are independent, so ∇ of the sum is the per-example ∇.
     return jax.grad(lambda x: jnp.sum(_checked_density(log_density_fn, x, t)))(x)
 

@@ -29,8 +29,9 @@ from jax.tree_util import Partial
 from jaxguide import parallel
 from jaxguide.compiler import jit
 from jaxguide.guidance import _as_partial
-from jaxguide.checks import (INT32_MAX, as_scalar, check_array, check_batch, check_bool,
-                             check_float_dtype, check_key, check_output, check_positive_int, check_shape, is_concrete, is_real)
+from jaxguide.checks import (INT32_MAX, as_scalar, check_batch, check_bool, check_float_array,
+                             check_key, check_output, check_positive_int, check_shape, is_concrete,
+                             is_real)
 from jaxguide.sde import VPSDE, _expand
 
 NFE_PER_STEP = {"euler_maruyama": 1, "predictor_corrector": 2, "heun": 2, "dpm_solver_2m": 1}
@@ -43,8 +44,7 @@ DEFAULT_GRID = {"euler_maruyama": "uniform", "predictor_corrector": "uniform", "
 
 
 def _eps_score(eps_fn, sde, min_std, x, t):
-    check_array("x", x)
-    check_float_dtype("x", x.dtype)
+    check_float_array("x", x)
     check_batch("t", t, x)
     eps = eps_fn(x, t)
     check_output("eps_fn", eps, x)
