@@ -33,7 +33,7 @@ if __name__ == "__main__":  # Ctrl-C while JAX imports: status 130, no traceback
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 from jaxguide import cli  # noqa: E402
-from jaxguide.checks import check_int  # noqa: E402
+from jaxguide.checks import SEED_MAX, check_int  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_STEPS = 50
@@ -43,7 +43,6 @@ MAX_STEPS = 100_000
 MAX_IMAGES = 100_000
 MAX_BATCH = 8192
 MAX_SCALE = 1e6
-MAX_SEED = 2**32 - 1  # JAX keys take 32-bit seeds: larger ones would repeat smaller ones.
 FIGURE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 # Flags of the sampling command that `figures` does not use: refused there when given.
 SAMPLE_ONLY = ("--classes", "--scale", "--no-gif")
@@ -154,7 +153,7 @@ def check_args(args, num_classes: int | None = None) -> list[int]:
     if not (math.isfinite(args.scale) and 0 <= args.scale <= MAX_SCALE):
         raise ValueError(f"--scale: got {args.scale}, accepted a finite number >= 0 "
                          f"(at most {MAX_SCALE:g})")
-    check_int("--seed", args.seed, 0, MAX_SEED)
+    check_int("--seed", args.seed, 0, SEED_MAX)
     if args.command == "figures" and args.evaluate:
         raise ValueError("--evaluate: used only by `sample.py sample`; figures evaluates its "
                          "accuracy-against-scale sweep whenever an evaluator is present")

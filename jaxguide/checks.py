@@ -22,6 +22,7 @@ INT32_MAX = 2**31 - 1
 # float32's normal range: a float parameter outside it is 0 or inf once cast to float32.
 F32_TINY, F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 MAX_ELEMENTS = INT32_MAX  # Elements of one batch of samples (XLA:CPU indexes with int32).
+SEED_MAX = 2**32 - 1  # jax.random.key keeps 32 bits of a seed: larger ones repeat smaller ones.
 
 
 def as_scalar(value):
@@ -76,15 +77,6 @@ def is_real(value) -> bool:
     """A real Python, NumPy or 0-d JAX number, not a bool and not NaN."""
     value = as_scalar(value)
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
-
-
-def check_positive_int(name, value, hi: int = INT32_MAX) -> int:
-    """`value` as a Python int, if it is an integer in [1, hi]."""
-    value = as_scalar(value)
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or not 1 <= value <= hi):
-        raise ValueError(f"{name}: got {value!r}, accepted an integer >= 1 and <= {hi}")
-    return int(value)
 
 
 def check_shape(shape) -> tuple[int, ...]:

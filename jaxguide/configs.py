@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from jaxguide.checks import F32_MAX, F32_TINY, INT32_MAX, check_int, check_number
+from jaxguide.checks import F32_MAX, F32_TINY, INT32_MAX, SEED_MAX, check_int, check_number
 from jaxguide.sde import VPSDE
 
 TASKS = ("denoiser", "classifier", "evaluator")
@@ -17,9 +17,6 @@ PRESETS = ("default", "tiny")
 
 # Fields that change how a run is watched, not what it computes: they may differ on resume.
 OPERATIONAL_FIELDS = ("log_every", "eval_every", "ckpt_every", "keep")
-
-# Step counters and batch sizes are int32 under jit: at most INT32_MAX.
-SEED_MAX = 2**32 - 1    # jax.random.key keeps 32 bits of a seed.
 
 
 @dataclasses.dataclass(frozen=True)

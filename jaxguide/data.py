@@ -15,8 +15,6 @@ Batching is stateless: the batch of global training step ``s`` is
 ``images[batch_indices(seed, s, n, batch_size)]``, a pure function of
 ``(seed, s)``, so a run resumed from a checkpoint at step ``s`` sees exactly the
 batches an uninterrupted run would have seen.
-
-Only numpy is imported at module import time.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxguide.checks import (INT32_MAX, check_batch, check_float_array, check_output,
-                             check_positive_int, is_concrete)
+from jaxguide.checks import (INT32_MAX, check_batch, check_float_array, check_int, check_output,
+                             is_concrete)
 from jaxguide.sde import _expand
 
 
@@ -164,7 +164,7 @@ def _check_num_classes(num_classes, log_prob_fn):
         model_k = None
     if num_classes is None:
         return model_k
-    num_classes = check_positive_int("num_classes", num_classes)
+    num_classes = check_int("num_classes", num_classes, 1, INT32_MAX)
     if model_k is not None and num_classes != model_k:
         raise ValueError(f"num_classes: got {num_classes}, accepted {model_k} (the classes of "
                          "log_prob_fn's model)")

@@ -18,6 +18,7 @@ import numpy as np
 from jaxguide import checkpoint
 from jaxguide.checks import check_int, check_pixels
 from jaxguide.compiler import jit
+from jaxguide.data import IMAGE_SHAPE
 
 
 REFERENCE_FILE = checkpoint.REFERENCE_FILE
@@ -50,8 +51,8 @@ class Evaluator:
         to hold those of every class in `classes`."""
         path = self.path / REFERENCE_FILE
         if not path.is_file():
-            raise checkpoint.CheckpointError(f"{path}: not found (run benchmarks/quality.py "
-                                             "with --data-dir to compute it)")
+            raise checkpoint.CheckpointError(f"{path}: not found (train.py evaluator writes it "
+                                             "beside the model it exports)")
         try:
             with np.load(path, allow_pickle=False) as f:
                 stats = dict(f)
@@ -81,8 +82,9 @@ class Evaluator:
 def check_images(images) -> np.ndarray:
     """Validates images: (N, 28, 28, 1), finite, in [−1, 1]; returns float32."""
     x = np.asarray(images)
-    if x.ndim != 4 or x.shape[1:] != (28, 28, 1) or len(x) == 0:
-        raise ValueError(f"images: got shape {x.shape}, accepted (N, 28, 28, 1) with N >= 1")
+    if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or len(x) == 0:
+        shape = ", ".join(map(str, IMAGE_SHAPE))
+        raise ValueError(f"images: got shape {x.shape}, accepted (N, {shape}) with N >= 1")
     if not jnp.issubdtype(x.dtype, jnp.floating):  # bfloat16 included
         raise ValueError(f"images: got dtype {x.dtype}, accepted floats in [-1, 1]")
     x = x.astype(np.float32)
@@ -242,10 +244,10 @@ def evaluate_samples(evaluator: "Evaluator", images, labels, ref: dict[str, np.n
 
     Images (N, 28, 28, 1) and labels (N,) are checked, with `ref`, before the evaluator runs.
     """
-    images = check_images(images)
-    _check_ref(ref, np.unique(_class_labels(labels, len(images), 10)), overall=True)
+    images, num_classes = check_images(images), evaluator.model.num_classes
+    _check_ref(ref, np.unique(_class_labels(labels, len(images), num_classes)), overall=True)
     ev = evaluator(images)
-    acc, per_class = guided_accuracy(ev.predictions, labels)
+    acc, per_class = guided_accuracy(ev.predictions, labels, num_classes)
     return {"accuracy": acc, "per_class_accuracy": per_class,
             "fd": frechet_from_stats(*gaussian_stats(ev.features), ref["mu"], ref["cov"]),
             "class_fd": class_frechet_distance(ev.features, labels, ref), "n": len(ev.predictions)}

@@ -30,7 +30,7 @@ from jaxguide import parallel
 from jaxguide.compiler import jit
 from jaxguide.guidance import _as_partial
 from jaxguide.checks import (INT32_MAX, as_scalar, check_batch, check_bool, check_float_array,
-                             check_key, check_output, check_positive_int, check_shape, is_concrete,
+                             check_int, check_key, check_output, check_shape, is_concrete,
                              is_real)
 from jaxguide.sde import VPSDE, _expand
 
@@ -246,7 +246,7 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
     if not (is_real(snr) and 0 < snr <= 1):
         raise ValueError(f"snr: got {snr!r}, accepted a number in (0, 1]")
     if record_every is not None:
-        record_every = check_positive_int("record_every", record_every)
+        record_every = check_int("record_every", record_every, 1, INT32_MAX)
     indices = _check_indices(indices, shape[0])
     if mesh is not None:
         if not isinstance(mesh, Mesh):
@@ -281,7 +281,7 @@ def _check_indices(indices, batch: int) -> jax.Array:
 
 
 def _check_n_steps(n_steps) -> int:
-    return check_positive_int("n_steps", n_steps, INT32_MAX - 1)  # n_steps + 1 int32 times.
+    return check_int("n_steps", n_steps, 1, INT32_MAX - 1)  # n_steps + 1 int32 times.
 
 
 def _check_t_min(sde: VPSDE, t_min) -> float:

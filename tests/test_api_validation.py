@@ -70,7 +70,7 @@ CASES = {
                                                          num_classes=-3),
                              ValueError, r"num_classes: got -3, accepted an integer >= 1"),
     "num_classes-str": (lambda: classifier_guidance(_score, _log_probs, 0, 1.0, num_classes="10"),
-                        ValueError, r"num_classes: got '10', accepted an integer >= 1"),
+                        TypeError, r"num_classes: got '10', accepted an integer >= 1"),
     "num_classes-float": (lambda: classifier_guidance(_score, _log_probs, 0, 1.0, num_classes=3.0),
                           ValueError, r"num_classes: got 3\.0"),
     "num_classes-not-the-model's": (

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import raising_cases
 from test_data import write_dataset, write_idx
-from jaxguide import data, metrics, viz
+from jaxguide import data, metrics, nets, viz
 from jaxguide.data import DataError
 
 # -------------------------------------------------------------------------------- viz
@@ -120,6 +120,8 @@ REF = metrics.reference_stats(FEATS, LABELS)
 
 class _NeverRun:
     """An evaluator stand-in: argument errors must come before any evaluation."""
+
+    model = nets.Evaluator()  # Read for its num_classes only.
 
     def __call__(self, images):
         raise AssertionError("the evaluator ran before the arguments were checked")

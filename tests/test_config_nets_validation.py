@@ -93,6 +93,8 @@ CASES = {
                     r"groups: got 3, accepted a divisor of every width in channels=\(64, 128\)"),
     "unet-blocks": (lambda: UNet(blocks=-1), ValueError, r"blocks: got -1, accepted an integer >= 0"),
     "unet-emb_dim": (lambda: UNet(emb_dim=1), ValueError, r"emb_dim: got 1, accepted an integer >= 2"),
+    "unet-emb_dim-odd": (lambda: UNet(emb_dim=9), ValueError,  # Its features were 8 wide.
+                         r"emb_dim: got 9, accepted an even integer >= 2"),
     "unet-patch": (lambda: UNet(patch=0), ValueError, r"patch: got 0"),
     "classifier-num_classes": (lambda: make_model("classifier", {"num_classes": 0}), ValueError,
                                r"model_kwargs for 'classifier': num_classes: got 0, accepted an "

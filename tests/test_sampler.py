@@ -256,7 +256,7 @@ def test_score_from_eps():
     (dict(n_steps=0), "n_steps", ValueError),
     (dict(n_steps=-1), "n_steps", ValueError),
     (dict(n_steps=1.5), "n_steps", ValueError),
-    (dict(n_steps=True), "n_steps", ValueError),
+    (dict(n_steps=True), "n_steps", TypeError),  # A bool is not a count.
     (dict(shape=(0, 2)), "shape", ValueError),
     (dict(shape=(4, 0)), "shape", ValueError),
     (dict(shape=()), "shape", ValueError),

@@ -92,7 +92,7 @@ def upsample_nearest(x: jax.Array, p: int) -> jax.Array:
 
 
 def fourier_features(t: jax.Array, dim: int, max_period: float = 1e4) -> jax.Array:
-    """Sinusoidal features of times t (B,) in [0, 1] → (B, dim)."""
+    """Sinusoidal features of times t (B,) in [0, 1] → (B, dim); dim even."""
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
     angles = 1000.0 * t[:, None] * freqs[None, :]
@@ -136,7 +136,7 @@ class UNet(nn.Module):
     Attributes:
       channels: width at each resolution, starting at (H/patch, W/patch).
       blocks: residual blocks per resolution on the way down (one more on the way up).
-      emb_dim: width of the time embedding.
+      emb_dim: width of the time embedding, even.
       patch: space-to-depth factor.
       groups: GroupNorm groups; divides every width in `channels`.
     """
@@ -150,7 +150,8 @@ class UNet(nn.Module):
     def __post_init__(self):
         object.__setattr__(self, "channels", check_ints("channels", self.channels, 1))
         check_int("blocks", self.blocks, 0)
-        check_int("emb_dim", self.emb_dim, 2)
+        if check_int("emb_dim", self.emb_dim, 2) % 2:  # Sines and cosines, half each.
+            raise ValueError(f"emb_dim: got {self.emb_dim}, accepted an even integer >= 2")
         check_int("patch", self.patch, 1)
         check_int("groups", self.groups, 1)
         if any(c % self.groups for c in self.channels):
