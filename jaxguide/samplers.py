@@ -107,12 +107,12 @@ def _checked_score(score_fn, x, t):
 # draws the j-th standard normal of this step, `last` is a traced bool for the final step.
 
 def _euler_maruyama(score_fn, sde, x, state, t, t_next, noise, last, *, denoise_last, **_):
-    h = t - t_next
-    beta = sde.beta(t)
+    """One step back of dx = [f(x, t) − g(t)² ∇log p_t(x)] dt + g(t) dw̄, from t to t_next."""
+    h, g = t - t_next, sde.diffusion(t)
     z = noise(0)
     if denoise_last:
         z = jnp.where(last, 0.0, z)
-    x = x + h * beta * (0.5 * x + score_fn(x, _batch_t(t, x))) + jnp.sqrt(beta * h) * z
+    x = x - h * (sde.drift(x, t) - g**2 * score_fn(x, _batch_t(t, x))) + g * jnp.sqrt(h) * z
     return x, state
 
 
@@ -128,7 +128,7 @@ def _predictor_corrector(score_fn, sde, x, state, t, t_next, noise, last, *, snr
 
 def _ode_velocity(score_fn, sde, x, t):
     """dx/dt of the probability-flow ODE: f(x, t) − ½ g(t)² ∇log p_t(x)."""
-    return -0.5 * sde.beta(t) * (x + score_fn(x, _batch_t(t, x)))
+    return sde.drift(x, t) - 0.5 * sde.diffusion(t) ** 2 * score_fn(x, _batch_t(t, x))
 
 
 def _heun(score_fn, sde, x, state, t, t_next, noise, last, **_):
