@@ -24,8 +24,10 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -272,6 +274,8 @@ def check_outputs(out: Path, outputs: dict, written) -> None:
     """Refuses (a ValueError naming --out) to replace or remove a file of one of `outputs`'
     names that sample.py did not write; `written`: the names this run writes, the others it
     removes. Called before sampling."""
+    if not out.is_dir():  # "new/../x" is x (see checkpoint.ensure_writable_dir).
+        out = Path(os.path.realpath(out))
     for name, (kind, ours) in outputs.items():
         path = out / name
         if os.path.islink(path) or (os.path.lexists(path) and not path.is_file()):
@@ -298,25 +302,28 @@ def output_folder(out: str):
     from jaxguide import checkpoint
 
     with checkpoint.removed_if_left_empty(out):
-        yield checkpoint.ensure_writable_dir(out, "--out")
+        path = checkpoint.ensure_writable_dir(out, "--out")
+        with checkpoint.held_exclusively(path, "--out", "sample.py run"):
+            yield path
 
 
 @contextlib.contextmanager
 def writing_to(out: Path, remove=()):
-    """Yields `stage(name)`: the hidden temporary path to write `out/name` to. The files move
+    """Yields `stage(name)`: the path to write `out/name` to, in a new hidden folder of `out`
+    (never a user's file, and another run's are its own). The files move
     into place together when the block ends, and the files `out/name` for `name` in `remove`
     (an earlier run's outputs this run does not write) are deleted; nothing changes if the
     block fails or is interrupted (no half-written or mixed outputs). A failed write (a folder
     in a file's place, a full disk) becomes one error naming the file. Check the names first
     with `check_outputs`."""
-    staged = {}
+    staged, staging = {}, None
 
     def stage(name: str) -> Path:
-        stem, _, ext = name.rpartition(".")
-        staged[out / name] = out / f".{stem}.partial.{ext}"  # Keeps the format's extension.
+        staged[out / name] = staging / name
         return staged[out / name]
 
     try:
+        staging = Path(tempfile.mkdtemp(prefix=".sample.", dir=out))
         yield stage
         with cli.signals_held():  # Every file moves into place: all old or all new outputs.
             for path, tmp in staged.items():
@@ -328,8 +335,8 @@ def writing_to(out: Path, remove=()):
         name = e.filename2 or finals.get(str(e.filename), e.filename) or "a file"
         raise ValueError(f"--out {out}: cannot write {name} ({e.strerror or e})") from e
     finally:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_sample(args, mesh):

@@ -84,12 +84,12 @@ def main(argv):
         cli.check_path("--" + name.replace("_", "-"), getattr(args, name))
     # training.train checks the work dir too, but only after the data is read: here first.
     with checkpoint.removed_if_left_empty(args.workdir):  # Nothing left if this fails early.
-        checkpoint.ensure_writable_dir(args.workdir, "--workdir")
-        training.check_workdir(args.workdir, cfg.task)
+        workdir = checkpoint.ensure_writable_dir(args.workdir, "--workdir")
+        training.check_workdir(workdir, cfg.task)
         cfg, dataset = _load_data(cfg, args)
-        training.train(cfg, args.workdir, dataset=dataset, progress=not args.no_progress,
+        training.train(cfg, workdir, dataset=dataset, progress=not args.no_progress,
                        devices=mesh.size)
-    print(f"model: {args.workdir}/model", file=cli.Console(sys.stdout))
+    print(f"model: {workdir}/model", file=cli.Console(sys.stdout))
 
 
 def _load_data(cfg, args):

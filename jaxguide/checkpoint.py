@@ -25,6 +25,11 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs are not locked against each other.
+    fcntl = None
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,7 +141,8 @@ def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
 # Training checkpoints ---------------------------------------------------------------------
 
 def ensure_writable_dir(path: str | Path, name: str, probe_bytes: int = 1 << 20) -> Path:
-    """Creates directory `path` and proves it writable with a `probe_bytes` file.
+    """Creates directory `path`, proves it writable with a `probe_bytes` file and returns it
+    (resolved if it does not lead there as written, e.g. "new/../x").
 
     Raises a ValueError naming `name` (the argument `path` came from) before any work starts,
     rather than a failed save after it.
@@ -145,13 +151,35 @@ def ensure_writable_dir(path: str | Path, name: str, probe_bytes: int = 1 << 20)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{name} {path}: is a file, accepted a folder (new or existing)")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_probe.{jax.process_index()}"
-        probe.write_bytes(b"\0" * probe_bytes)
-        probe.unlink()
+        real = os.path.realpath(path)  # "new/../x" makes x, not also new.
+        Path(real).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=real) as probe:  # A new file: never a user's.
+            probe.write(b"\0" * probe_bytes)
+            probe.flush()
+            os.fsync(probe.fileno())
     except OSError as e:
         raise ValueError(f"{name} {path}: not writable ({e.strerror or e})") from e
-    return path
+    return path if path.is_dir() else Path(real)  # "new/../x" does not lead anywhere.
+
+
+@contextlib.contextmanager
+def held_exclusively(path: str | Path, name: str, user: str):
+    """Holds an advisory lock on the existing folder `path` for the block (in process 0, which
+    writes for the others): a second run on the same folder is refused with a ValueError
+    naming `name` instead of mixing its files with this run's. `user`: who holds it."""
+    if fcntl is None or jax.process_index() > 0:
+        yield
+        return
+    fd = os.open(os.path.realpath(path), os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{name} {path}: in use by another {user}; wait for it to end or "
+                             f"choose another {name}") from None
+        yield
+    finally:
+        os.close(fd)  # Releases the lock.
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import operator
 import os
 import zlib
@@ -143,7 +144,7 @@ def _parse_idx(path: Path, data: bytes) -> np.ndarray:
     dims = tuple(
         int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
     )
-    expected_len = int(np.prod(dims, dtype=np.int64))
+    expected_len = math.prod(dims)  # Python ints: a forged header cannot overflow it.
     body_len = len(data) - header_len
     dims_str = "x".join(map(str, dims))
     if body_len < expected_len:

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -240,9 +241,10 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     mesh = parallel.make_mesh(devices)
     parallel.check_divisible("batch_size", cfg.batch_size, mesh)
     with checkpoint.removed_if_left_empty(workdir):
-        checkpoint.ensure_writable_dir(workdir, "workdir")
-        check_workdir(workdir, cfg.task)
-        return _train(cfg, workdir, mesh, data_dir, dataset, progress)
+        workdir = checkpoint.ensure_writable_dir(workdir, "workdir")
+        with checkpoint.held_exclusively(workdir, "workdir", "training run"):
+            check_workdir(workdir, cfg.task)
+            return _train(cfg, workdir, mesh, data_dir, dataset, progress)
 
 
 def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
@@ -262,13 +264,12 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
     check_disk_space(workdir, state, cfg.keep)
     state = parallel.replicate(mesh, state)
     mgr = checkpoint.manager(workdir, cfg.keep)
-    state = _maybe_resume(mgr, cfg, state)
+    state, last_eval = _maybe_resume(mgr, cfg, state)  # Exported even if no step is left.
     train_step = make_train_step(cfg, model, tx, mesh)
     evaluate = make_evaluate(cfg, model, x_test, y_test)
     meta = model_metadata(cfg, x_train.shape[1:])
     start = int(state.step)
     log = _Log(workdir / LOG_FILE, after=start, header=_log_header(cfg))
-    last_eval: dict[str, float] = {}
     out, err = Console(sys.stdout), Console(sys.stderr)
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.task,
                dynamic_ncols=True, file=err)
@@ -376,17 +377,20 @@ def model_metadata(cfg: TrainConfig, image_shape) -> dict[str, Any]:
             "sde": {"beta_min": cfg.beta_min, "beta_max": cfg.beta_max, "T": cfg.T}}
 
 
-def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> TrainState:
+def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> tuple[TrainState, dict]:
+    """(the state of the latest checkpoint, its held-out metrics), or (state, {}) if none."""
     step = mgr.latest_step()
     if step is None:
-        return state
+        return state, {}
     saved = checkpoint.read_train_metadata(mgr, step)
     diffs = cfg.differences(TrainConfig.from_dict(saved["config"]))
     if diffs:
         raise TrainingError(f"{mgr.directory}/{step} was written with another config; "
                             f"differs in {'; '.join(diffs)} (requested vs saved). "
                             "Use another --workdir or the same settings")
-    return checkpoint.restore_train(mgr, step, checkpoint.abstract(state))
+    metrics = saved.get("metrics")
+    state = checkpoint.restore_train(mgr, step, checkpoint.abstract(state))
+    return state, metrics if isinstance(metrics, dict) else {}
 
 
 LOG_FILE, PLOT_FILE = "metrics.jsonl", "loss.png"
@@ -427,6 +431,9 @@ def check_workdir(workdir: str | Path, task: str) -> None:
     A user's file of the same name is never appended to or replaced."""
     workdir = Path(workdir)
     checkpoint.check_replaceable(workdir / "model", task)
+    if os.path.lexists(workdir / "checkpoints") and not (workdir / "checkpoints").is_dir():
+        raise TrainingError(f"workdir {workdir}: checkpoints is not a folder, so no checkpoint "
+                            "can be saved; accepted a new work dir or one of a jaxguide run")
     log, plot = workdir / LOG_FILE, workdir / PLOT_FILE
     if os.path.lexists(log):
         owner = _log_task(_log_records(log) if log.is_file() else None)
@@ -463,9 +470,10 @@ class _Log:
         records = _log_records(path) if path.is_file() else None
         if jax.process_index() == 0:  # Also ends a torn last line.
             kept = [r for r in records if r["step"] <= after] if records else [header]
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, path)  # Atomic: a kill leaves the old log or the new one.
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
+                                             delete=False) as tmp:  # A new file: never a user's.
+                tmp.write("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp.name, path)  # Atomic: a kill leaves the old log or the new one.
 
     def write(self, record: dict[str, Any]) -> None:
         if jax.process_index() > 0:  # One log per run, written by process 0.

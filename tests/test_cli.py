@@ -240,6 +240,37 @@ def test_user_files_named_like_outputs_are_kept(name, content, argv, sample_scri
     assert [p.name for p in out.iterdir()] == [name] and (out / name).read_bytes() == before
 
 
+def test_an_out_folder_in_use_is_refused(sample_script, tiny_checkpoints, tmp_path, capsys,
+                                        fake_sampling):
+    """Two runs writing one --out would mix their outputs."""
+    from jaxguide import checkpoint
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with checkpoint.held_exclusively(out, "--out", "sample.py run"):  # Another run.
+        rc, captured = run_rc(sample_script, capsys, "--checkpoint-dir", tiny_checkpoints, *SMALL,
+                              "--out", out)
+    assert_refused(rc, captured, f"--out {out}: in use by another sample.py run")
+    assert list(out.iterdir()) == []
+
+
+def test_staging_never_touches_a_users_hidden_files(sample_script, tiny_checkpoints, tmp_path,
+                                                    capsys, fake_sampling):
+    """Outputs are staged in a new hidden folder: a user's files or links of any name stay."""
+    out = tmp_path / "hidden"
+    out.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("precious")
+    (out / ".grid.partial.png").write_text("mine")  # The names staging used before.
+    (out / ".samples.partial.npz").symlink_to(target)
+    (out / ".write_probe.0").symlink_to(target)
+    run_in_process(sample_script, capsys, "--checkpoint-dir", tiny_checkpoints, *SMALL,
+                   "--no-gif", "--out", out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".grid.partial.png", ".samples.partial.npz", ".write_probe.0", "grid.png", "samples.npz"]
+    assert (out / ".grid.partial.png").read_text() == "mine" and target.read_text() == "precious"
+
+
 def test_outputs_of_an_earlier_run_are_replaced(sample_script, tiny_checkpoints, tmp_path,
                                                 capsys, fake_sampling):
     """A PNG or GIF jaxguide made and a sample.py npz of those names are an earlier run's:

@@ -177,6 +177,14 @@ def test_truncated(tmp_path, gz):
     assert str(p) in str(ei.value) and "3920" in str(ei.value)  # 5*28*28 bytes
 
 
+def test_forged_sizes_do_not_overflow(tmp_path):
+    """2^31 × 2^31 × 4 bytes wrapped to 0 in int64 and reached a numpy reshape error."""
+    p = write_idx(tmp_path / "img", struct.pack(">IIII", 0x803, 2**31, 2**31, 4))
+    with pytest.raises(DataError, match=r"truncated: header says 2147483648x2147483648x4 = "
+                                        r"18446744073709551616 bytes"):
+        read_idx(p)
+
+
 def test_truncated_header(tmp_path):
     p = write_idx(tmp_path / "img", struct.pack(">II", 0x803, 5))
     with pytest.raises(DataError, match="truncated header"):

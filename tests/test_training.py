@@ -599,6 +599,7 @@ def test_unwritable_workdir(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, pattern", [
+    ("checkpoints", "my notes", r"checkpoints is not a folder, so no checkpoint can be saved"),
     ("loss.png", "my notes", r"loss\.png is not a plot jaxguide made, so it is not replaced"),
     ("loss.png", "plain png", r"loss\.png is not a plot jaxguide made"),
     ("metrics.jsonl", '{"mine": 1}\n', r"metrics\.jsonl is not a jaxguide training log"),
@@ -638,6 +639,27 @@ def test_log_keeps_only_the_steps_a_run_has_saved(ref, tmp_path):
     training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
     assert record_steps(records(tmp_path)) == record_steps(records(ref_dir))
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_workdir_in_use_is_refused(tmp_path):
+    """Two runs in one work dir would overwrite each other's checkpoints and model."""
+    with checkpoint.held_exclusively(tmp_path, "workdir", "training run"):  # Another run.
+        with pytest.raises(ValueError, match=re.escape(f"workdir {tmp_path}: in use by another "
+                                                       "training run; wait for it to end")):
+            training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_at_the_last_step_exports_the_saved_metrics(ref, tmp_path):
+    """A run stopped after its last checkpoint (during the export): the rerun exports the
+    model with the held-out metrics of that checkpoint, not none."""
+    ref_dir, _ = ref
+    last = CFG.steps
+    shutil.copytree(ref_dir / "checkpoints" / str(last), tmp_path / "checkpoints" / str(last))
+    (tmp_path / "metrics.jsonl").write_text(log_upto(ref_dir, last))
+    training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
+    metrics = checkpoint.read_model_metadata(tmp_path / "model")["metrics"]
+    assert metrics and metrics == checkpoint.read_model_metadata(ref_dir / "model")["metrics"]
 
 
 def test_resume_from_a_checkpoint_without_its_arrays(ref, tmp_path):
