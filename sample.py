@@ -48,6 +48,9 @@ MAX_SCALE = 1e6
 FIGURE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 # Flags of the sampling command that `figures` does not use: refused there when given.
 SAMPLE_ONLY = ("--classes", "--scale", "--no-gif")
+# Flags `figures` uses only for its accuracy sweep (with an evaluator) and, --per-class aside,
+# for the digit it generates (without --data-dir): refused where neither runs.
+SWEEP_FLAGS = ("--per-class", "--steps", "--sampler", "--batch-size")
 _CLASS_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")  # ASCII digits only.
 
 
@@ -117,11 +120,10 @@ def parse_args(argv):
     cli.add_device_args(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    if args.command == "figures":  # --classes and --scale default to None: None = not given.
-        given = {"--classes": args.classes is not None, "--scale": args.scale is not None,
-                 "--no-gif": args.no_gif}
+    args.given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}  # No abbreviations.
+    if args.command == "figures":
         for flag in SAMPLE_ONLY:
-            if given[flag]:
+            if flag in args.given:
                 raise ValueError(f"{flag}: not used by 'figures' (accepted by the sampling "
                                  "command)")
     if args.scale is None:
@@ -390,11 +392,16 @@ def run_figures(args, mesh):
     check_args(args, pipe.num_classes)
     evaluator = load_evaluator(args)  # Its errors before any figure.
     x_test = None
-    if args.data_dir:  # Read before --out is made: its errors leave nothing behind.
-        try:
+    if args.data_dir or os.environ.get("JAXGUIDE_DATA_DIR"):  # Read before --out is made:
+        try:                                                  # its errors leave nothing behind.
             x_test, y_test = data.load_mnist("test", args.data_dir)
         except data.DataError as e:
-            raise data.DataError(f"--data-dir: {e}") from e
+            raise data.DataError(f"--data-dir: {e}" if args.data_dir else str(e)) from e
+    unused = [] if evaluator else SWEEP_FLAGS[:1] if x_test is None else SWEEP_FLAGS
+    for flag in sorted(set(unused) & args.given, key=SWEEP_FLAGS.index):
+        raise ValueError(f"{flag}: not used by 'figures' here (it runs no accuracy sweep without "
+                         "an evaluator in --checkpoint-dir" + (", and the test digit comes from "
+                         "the data" if x_test is not None else "") + ")")
     written = list(FIGURE_OUTPUTS)[:2] + (["accuracy_vs_scale.png"] if evaluator else [])
     check_outputs(Path(args.out), FIGURE_OUTPUTS, written)
     with output_folder(args.out) as out:

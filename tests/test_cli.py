@@ -285,6 +285,31 @@ def test_outputs_of_an_earlier_run_are_replaced(sample_script, tiny_checkpoints,
         assert im.size != (2, 2)
 
 
+def test_figures_refuses_flags_it_would_ignore(sample_script, tiny_checkpoints, tmp_path,
+                                               capsys, fake_sampling):
+    """Without an evaluator there is no accuracy sweep: --per-class would change nothing."""
+    import shutil
+
+    ckpt = tmp_path / "no-evaluator"
+    for name in ("denoiser", "classifier"):
+        shutil.copytree(tiny_checkpoints / name, ckpt / name)
+    rc, captured = run_rc(sample_script, capsys, "figures", "--checkpoint-dir", ckpt,
+                          "--per-class", 3, "--steps", 2, "--out", tmp_path / "figs")
+    assert_refused(rc, captured, "--per-class: not used by 'figures' here (it runs no "
+                   "accuracy sweep without an evaluator in --checkpoint-dir)")
+    assert not (tmp_path / "figs").exists()
+
+
+def test_figures_reads_the_data_dir_variable(sample_script, tiny_checkpoints, tmp_path, capsys,
+                                            monkeypatch, fake_sampling):
+    """JAXGUIDE_DATA_DIR is the test digit's source when --data-dir is not given."""
+    monkeypatch.setenv("JAXGUIDE_DATA_DIR", str(tmp_path / "no-mnist"))
+    rc, captured = run_rc(sample_script, capsys, "figures", "--checkpoint-dir", tiny_checkpoints,
+                          "--steps", 2, "--out", tmp_path / "figs")
+    assert_refused(rc, captured, "JAXGUIDE_DATA_DIR")
+    assert not (tmp_path / "figs").exists()
+
+
 def test_figures_refuses_a_user_file_and_removes_a_stale_accuracy_figure(
         sample_script, tiny_checkpoints, tmp_path, capsys, fake_sampling):
     out = tmp_path / "figs"
