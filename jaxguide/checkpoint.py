@@ -95,10 +95,14 @@ def _reason(e: BaseException, limit: int = 200) -> str:
 def _reading(what: str):
     """Turns a failure of the Orbax reads inside into one CheckpointError: `what (reason)`."""
     _drop_abandoned_read_reports()  # Before: they may report before the error reaches here.
+    absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl.setLevel(logging.ERROR)  # Orbax's warnings about what is missing: the error says it.
     try:
         yield
     except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
         raise CheckpointError(f"{what} ({_reason(e)})") from e
+    finally:
+        absl.setLevel(level)
 
 
 def _drop_abandoned_read_reports() -> None:
@@ -219,7 +223,8 @@ def save_train(mgr: ocp.CheckpointManager, step: int, state, metadata: dict[str,
 def read_train_metadata(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     """The metadata of training checkpoint `step`, validated, without reading arrays."""
     where = f"{mgr.directory}/{step}"
-    with _reading(f"{where}: unreadable checkpoint metadata"):
+    with _reading(f"{where}: unreadable checkpoint metadata; remove this step's folder to "
+                  "resume from an earlier one"):
         restored = mgr.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
     return check_format(restored.metadata, where)
 

@@ -662,6 +662,14 @@ def test_resume_at_the_last_step_exports_the_saved_metrics(ref, tmp_path):
     assert metrics and metrics == checkpoint.read_model_metadata(ref_dir / "model")["metrics"]
 
 
+def test_resume_from_an_empty_step_folder(tmp_path):
+    (tmp_path / "checkpoints" / "7").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{tmp_path / 'checkpoints' / '7'}: unreadable checkpoint metadata; remove this "
+            "step's folder to resume from an earlier one")):
+        training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
+
+
 def test_resume_from_a_checkpoint_without_its_arrays(ref, tmp_path):
     ref_dir, _ = ref
     shutil.copytree(ref_dir / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
