@@ -95,7 +95,8 @@ def _reason(e: BaseException, limit: int = 200) -> str:
 def _reading(what: str):
     """Turns a failure of the Orbax reads inside into one CheckpointError: `what (reason)`."""
     _drop_abandoned_read_reports()  # Before: they may report before the error reaches here.
-    absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl = logging.getLogger("absl")
+    level = absl.level
     absl.setLevel(logging.ERROR)  # Orbax's warnings about what is missing: the error says it.
     try:
         yield
