@@ -155,6 +155,9 @@ def ensure_writable_dir(path: str | Path, name: str, probe_bytes: int = 1 << 20)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{name} {path}: is a file, accepted a folder (new or existing)")
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{name} {path}: a link to {os.readlink(path)}, which does not exist; "
+                         "accepted a folder (new or existing)")
     try:
         real = os.path.realpath(path)  # "new/../x" makes x, not also new.
         Path(real).mkdir(parents=True, exist_ok=True)

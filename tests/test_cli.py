@@ -254,6 +254,16 @@ def test_an_out_folder_in_use_is_refused(sample_script, tiny_checkpoints, tmp_pa
     assert list(out.iterdir()) == []
 
 
+def test_a_dangling_link_as_out_is_named(sample_script, tiny_checkpoints, tmp_path, capsys):
+    out = tmp_path / "link"
+    out.symlink_to(tmp_path / "nowhere")
+    rc, captured = run_rc(sample_script, capsys, "--checkpoint-dir", tiny_checkpoints, *SMALL,
+                          "--out", out)
+    assert_refused(rc, captured, f"--out {out}: a link to {tmp_path / 'nowhere'}, which does "
+                   "not exist; accepted a folder")
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_staging_never_touches_a_users_hidden_files(sample_script, tiny_checkpoints, tmp_path,
                                                     capsys, fake_sampling):
     """Outputs are staged in a new hidden folder: a user's files or links of any name stay."""
