@@ -392,16 +392,18 @@ def run_figures(args, mesh):
     check_args(args, pipe.num_classes)
     evaluator = load_evaluator(args)  # Its errors before any figure.
     x_test = None
-    if args.data_dir or os.environ.get("JAXGUIDE_DATA_DIR"):  # Read before --out is made:
-        try:                                                  # its errors leave nothing behind.
+    if args.data_dir or os.environ.get(data.ENV_DATA_DIR):  # Read before --out is made:
+        try:                                                # its errors leave nothing behind.
             x_test, y_test = data.load_mnist("test", args.data_dir)
         except data.DataError as e:
             raise data.DataError(f"--data-dir: {e}" if args.data_dir else str(e)) from e
     unused = [] if evaluator else SWEEP_FLAGS[:1] if x_test is None else SWEEP_FLAGS
-    for flag in sorted(set(unused) & args.given, key=SWEEP_FLAGS.index):
-        raise ValueError(f"{flag}: not used by 'figures' here (it runs no accuracy sweep without "
-                         "an evaluator in --checkpoint-dir" + (", and the test digit comes from "
-                         "the data" if x_test is not None else "") + ")")
+    given_unused = [flag for flag in unused if flag in args.given]
+    if given_unused:
+        raise ValueError(f"{given_unused[0]}: not used by 'figures' here (it runs no accuracy "
+                         "sweep without an evaluator in --checkpoint-dir" + (
+                             ", and the test digit comes from the data" if x_test is not None
+                             else "") + ")")
     written = list(FIGURE_OUTPUTS)[:2] + (["accuracy_vs_scale.png"] if evaluator else [])
     check_outputs(Path(args.out), FIGURE_OUTPUTS, written)
     with output_folder(args.out) as out:
