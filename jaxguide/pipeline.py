@@ -1,7 +1,11 @@
 """Guided generation from model checkpoints: the library side of `sample.py`.
 
+    from jaxguide import generate, load_pipeline, save_grid
+
     pipe = load_pipeline("checkpoints")
-    images = generate(jax.random.key(0), pipe, labels=jnp.arange(10), scale=32.0, n_steps=50)
+    labels = jnp.arange(10)
+    images = generate(jax.random.key(0), pipe, labels, scale=32.0)  # DEFAULT_STEPS steps
+    save_grid(images, labels, "grid.png", ncol=10)  # And save_gif for a trajectory.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from jaxguide.guidance import classifier_guidance
 from jaxguide.nets import apply_fn
 from jaxguide.samplers import sample, score_from_eps
 from jaxguide.sde import VPSDE
+
+DEFAULT_STEPS = 50  # Reverse-SDE steps of `generate` and of sample.py's --steps.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,13 +80,14 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
     )
 
 
-def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, n_steps: int,
+def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, n_steps: int = DEFAULT_STEPS,
              method: str = "euler_maruyama", indices=None, record_every: int | None = None,
              **sampler_kwargs):
     """Class-guided samples, clipped to [−1, 1].
 
     Args:
       labels: (B,) target classes, B >= 1; scale: () or (B,) guidance scale (0 = unguided).
+      n_steps: reverse-SDE steps (default DEFAULT_STEPS, 50, as sample.py's --steps).
       indices: (B,) global sample indices (noise of image i depends only on key and i).
       sampler_kwargs: the rest of `sample`'s options, e.g. `mesh=make_mesh()` to split the
         batch over devices.
