@@ -36,9 +36,9 @@ if __name__ == "__main__":  # Ctrl-C while JAX imports: status 130, no traceback
 
 from jaxguide import cli  # noqa: E402
 from jaxguide.checks import SEED_MAX, check_int  # noqa: E402
+from jaxguide.pipeline import DEFAULT_STEPS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_STEPS = 50
 DEFAULT_SCALE = 32.0
 MAX_CLASSES = 1000  # Bound on class indices before the classifier says how many it has.
 MAX_STEPS = 100_000
@@ -96,21 +96,30 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", default="sample", choices=["sample", "figures"])
+    # Every default is shown in --help: "(default: %(default)s)", or in words where it is
+    # None (decided later).
+    p.add_argument("command", nargs="?", default="sample", choices=["sample", "figures"],
+                   help="sample: guided samples; figures: the analysis figures "
+                   "(default: %(default)s)")
     p.add_argument("--classes", help="digits to generate: 0,3,7 or 0-9 (default: all the "
                    "classifier's classes; not used by figures, which uses all)")
-    p.add_argument("--per-class", type=int, default=8, help="samples per class (figures: in "
-                   "its accuracy-vs-scale sweep, with an evaluator)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="reverse-SDE steps")
-    p.add_argument("--scale", type=float, help=f"guidance scale s >= 0 (default {DEFAULT_SCALE:g}; "
+    p.add_argument("--per-class", type=int, default=8, help="samples per class (default: "
+                   "%(default)s; figures: in its accuracy-vs-scale sweep, with an evaluator)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help="reverse-SDE steps (default: %(default)s)")
+    p.add_argument("--scale", type=float, help=f"guidance scale s >= 0 (default: {DEFAULT_SCALE:g}; "
                    "not used by figures, which sweeps 0-32)")
     p.add_argument("--sampler", default="euler_maruyama",
-                   help="euler_maruyama, predictor_corrector, heun or dpm_solver_2m")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=40, help="images per jitted call (rounded "
-                   "up to a multiple of --devices)")
-    p.add_argument("--out", default="out", help="output folder")
-    p.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints"))
+                   help="euler_maruyama, predictor_corrector, heun or dpm_solver_2m "
+                   "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise "
+                   "(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=40, help="images per jitted call, rounded "
+                   "up to a multiple of --devices (default: %(default)s)")
+    p.add_argument("--out", default="out", help="output folder (default: %(default)s)")
+    p.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints"),
+                   help="folder holding denoiser/, classifier/ "
+                   "and optionally evaluator/ (default: %(default)s)")
     p.add_argument("--data-dir", help="figures: MNIST IDX folder for the test digit "
                    "(default: a generated digit)")
     p.add_argument("--no-gif", action="store_true", help="write no trajectory.gif (and remove "
@@ -119,7 +128,7 @@ def parse_args(argv):
                    help="print the evaluator's accuracy and FDs of the samples")
     cli.add_device_args(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = p.parse_args(argv)
+    args = cli.parse_args(p, argv)
     args.given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}  # No abbreviations.
     if args.command == "figures":
         for flag in SAMPLE_ONLY:

@@ -24,23 +24,26 @@ from jaxguide import cli, configs  # noqa: E402
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=configs.TASKS)
+    # --help shows every default: "(default: %(default)s)", or where it comes from.
+    p.add_argument("task", choices=configs.TASKS, help="the model to train")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and the exported model")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: "
                    "$JAXGUIDE_DATA_DIR, else tensorflow-datasets)")
     p.add_argument("--model", help="denoiser: unet (default) or seed (the tutorial's UNet)")
-    p.add_argument("--config", default="default", choices=configs.PRESETS)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--epochs", type=float, help="alternative to --steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--ckpt-every", type=int)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--config", default="default", choices=configs.PRESETS,
+                   help="the preset of the task's settings (default: %(default)s)")
+    preset = "(default: the --config preset's)"
+    p.add_argument("--steps", type=int, help=f"training steps {preset}")
+    p.add_argument("--epochs", type=float, help="training epochs, instead of --steps")
+    p.add_argument("--batch-size", type=int, help=f"images per step {preset}")
+    p.add_argument("--lr", type=float, help=f"peak learning rate {preset}")
+    p.add_argument("--seed", type=int, help=f"seed of initialisation, batches and noise {preset}")
+    p.add_argument("--ckpt-every", type=int, help=f"steps between checkpoints {preset}")
+    p.add_argument("--eval-every", type=int, help=f"steps between held-out evaluations {preset}")
+    p.add_argument("--no-progress", action="store_true", help="show no progress bar")
     cli.add_device_args(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return p.parse_args(argv)
+    return cli.parse_args(p, argv)
 
 
 def _as_flag_error(e: Exception, names) -> Exception:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import errno
 import os
 import re
@@ -134,6 +135,27 @@ def check_path(flag: str, value: str | None) -> None:
         raise ValueError(f"{flag}: got {shown}, accepted a UTF-8 path") from None
     except OSError as e:
         raise ValueError(f"{flag}: got {shown}, an unusable path ({e.strerror or e})") from None
+
+
+def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, after refusing the first unknown `--flag` by name (argparse's
+    usage line and exit status 2), with the nearest known flag if one is close.
+
+    argparse alone would first hand the value after an unknown flag to an optional positional
+    argument: `sample.py --per-clas 4` would be "argument command: invalid choice: '4'".
+    Flags must be spelt out (allow_abbrev=False); anything after `--` is positional.
+    """
+    # argparse keeps its flags here (no public accessor); a flag it lacks fails below anyway.
+    known = [s for s in parser._option_string_actions if s.startswith("--")]
+    for arg in argv:
+        if arg == "--":
+            break
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known:
+            close = difflib.get_close_matches(flag, known, n=1)
+            parser.error(f"unrecognized arguments: {flag}"
+                         + (f" (did you mean {close[0]}?)" if close else ""))
+    return parser.parse_args(argv)
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:

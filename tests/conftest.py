@@ -65,6 +65,27 @@ def load_script(script: str):
     return _SCRIPTS[script]
 
 
+def help_entries(script) -> dict[str, str]:
+    """The --help of a loaded script (`load_script`), as {an argument's first word ("--steps",
+    "{sample,figures}"): its whole entry on one line, spaces normalised}."""
+    import contextlib
+    import io
+
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    entries, key = {}, None
+    for line in text.getvalue().splitlines():
+        if line.startswith("  ") and not line.startswith("   "):  # An entry's first line.
+            key = line.split()[0]
+            entries[key] = line
+        elif line.startswith("   ") and key is not None:  # Its continuation.
+            entries[key] += " " + line
+        else:
+            key = None
+    return {k: " ".join(v.split()) for k, v in entries.items()}
+
+
 def raising_cases(cases: dict) -> object:
     """A test parametrized over `cases`, {id: (call, exception type, message regex)}: each
     call must raise that exception with a matching message.

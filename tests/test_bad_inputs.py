@@ -328,6 +328,11 @@ ARGPARSE_CASES = [
     ("sample.py", ["--scale", "big"], "argument --scale: invalid float value: 'big'"),
     ("sample.py", ["smaple"], "argument command: invalid choice: 'smaple'"),
     ("sample.py", ["--debu"], "unrecognized arguments: --debu"),  # No abbreviations.
+    # An unknown flag is named first, before its value can be taken for the optional command.
+    ("sample.py", ["--per-clas", "4"],
+     "unrecognized arguments: --per-clas (did you mean --per-class?)"),
+    ("train.py", ["--stesp", "4", "denoiser", "--workdir", "w"],
+     "unrecognized arguments: --stesp (did you mean --steps?)"),
     ("train.py", ["bogus", "--workdir", "w"], "argument task: invalid choice: 'bogus'"),
     ("train.py", ["denoiser"], "the following arguments are required: --workdir"),
     ("train.py", ["denoiser", "--workdir", "w", "--lr", "fast"],

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import load_script, run_cli
+from conftest import help_entries, load_script, run_cli
 from jaxguide import cli
 
 ARGS = ["--steps", "3", "--per-class", "2", "--classes", "0,3,7"]
@@ -392,6 +392,21 @@ def test_classes_default_to_all_of_the_classifiers(sample_script):
     args = sample_script.parse_args([])
     assert args.classes is None and args.scale == 32.0
     assert sample_script.parse_classes(args.classes, 4) == [0, 1, 2, 3]
+
+
+def test_help_shows_every_default(sample_script):
+    """--help names each argument's default beside it, the value the run would take."""
+    entries = help_entries(sample_script)
+    shown = 0
+    for name, value in vars(sample_script.parse_args([])).items():
+        if name == "given" or value in (None, False):  # Flags; None: said in words.
+            continue
+        key = "{sample,figures}" if name == "command" else "--" + name.replace("_", "-")
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        assert f"(default: {text}" in entries[key], (key, entries[key])
+        shown += 1
+    assert shown >= 8
+    assert "(default: all the classifier's classes" in entries["--classes"]
 
 
 def test_figures_replaces_all_its_outputs_or_none(sample_script, tiny_checkpoints, tmp_path,
