@@ -271,10 +271,12 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
     start = int(state.step)
     log = _Log(workdir / LOG_FILE, after=start, header=_log_header(cfg))
     out, err = Console(sys.stdout), Console(sys.stderr)
+    # smoothing=0: the bar's rate is the run's average, (steps done) / (time since the
+    # start), as the log's steps_per_s: the one rate shown.
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.task,
-               dynamic_ncols=True, file=err)
+               unit="step", smoothing=0, dynamic_ncols=True, file=err)
     t0, s0 = time.perf_counter(), start
-    with _StopRequest() as stop:
+    with bar, _StopRequest() as stop:  # The bar ends its line before any error is printed.
         for step in range(start, cfg.steps):
             idx = data.batch_indices(cfg.seed, step, len(x_train), cfg.batch_size)
             state, loss = train_step(state, *parallel.shard_batch(mesh, x_train[idx], y_train[idx]))
@@ -286,13 +288,13 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
                 rate = (done - s0) / (time.perf_counter() - t0)
                 log.write({"step": done, "loss": loss, "steps_per_s": rate,
                            "images_per_s": rate * cfg.batch_size})
-                bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{rate:.2f}")
+                bar.set_postfix(loss=f"{loss:.4f}")
             bar.update(1)
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 last_eval = evaluate(state)
                 log.write({"step": done, **last_eval})
-                bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()),
-                          file=out)
+                _print_above(bar, f"step {done}: " + ", ".join(
+                    f"{k}={v:.4f}" for k, v in last_eval.items()), out)
             if done % cfg.ckpt_every == 0 or done == cfg.steps or stop.signal:
                 # A finite loss does not imply a finite state (max-pool and ReLU can hide NaNs).
                 if not bool(_all_finite(state)):
@@ -303,7 +305,6 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
                 print(f"{stop.signal}: saved checkpoint at step {done} in {mgr.directory}; "
                       "run the same command to resume", file=out)
                 raise Stopped(stop.signum)
-    bar.close()
     model_dir = checkpoint.save_model(workdir / "model", eval_variables(state),
                                       {**meta, "step": int(state.step), "metrics": last_eval})
     if jax.process_index() == 0:
@@ -311,6 +312,16 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
             _save_reference_stats(model_dir, x_test, y_test)
         _plot_losses(workdir)
     return state
+
+
+def _print_above(bar: tqdm, text: str, file) -> None:
+    """Prints a line of `text` to `file` above the progress bar: the bar is cleared first and
+    drawn again after it, so that the two never share a line (in a terminal, the bar's stderr
+    and `file`, stdout, are one screen; tqdm.write clears only a bar on sys.stdout or
+    sys.stderr themselves, not on the Console around them)."""
+    bar.clear()  # Nothing while the bar is disabled.
+    print(text, file=file, flush=True)
+    bar.refresh()
 
 
 def export(workdir: str | Path, step: int | None = None, out: str | Path | None = None) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import io
 import json
 import os
 import re
@@ -807,6 +808,25 @@ def test_load_model_missing_or_corrupt_state(model_copy):
     gc.collect()  # Orbax's abandoned read coroutines are reported here, under the filter.
 
 
+# ----------------------------------------------------------------------- console
+
+
+def test_eval_lines_print_above_the_bar_which_shows_one_rate(tmp_path, monkeypatch):
+    """On a terminal (stdout and stderr on one screen) an eval line never lands on the
+    progress bar's line, and the bar shows one rate (the run's average, as the log's)."""
+    screen = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    training.train(CFG, tmp_path, dataset=synthetic_data(), progress=True)
+    text = screen.getvalue()
+    evals = [m.start() for m in re.finditer(r"step \d+: eval/", text)]
+    assert len(evals) == 2 and all(i > 0 for i in evals), text  # After the bar's first draw.
+    assert all(text[i - 1] in "\r\n" for i in evals), text  # The bar was cleared first.
+    bars = [line for line in re.split(r"[\r\n]", text) if line.startswith(f"{CFG.task}:")]
+    assert bars and all(len(re.findall(r"step/s|s/step|it/s|s/it|it_s", line)) == 1
+                        for line in bars), bars
+
+
 # ----------------------------------------------------------------------- CLI
 
 
@@ -825,6 +845,16 @@ def test_cli_user_errors(tmp_path, args, expected):
     assert all(word in lines[0] for word in expected), lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not workdir.exists()  # Refused before it was made, or removed again while empty.
+
+
+def test_cli_help_shows_defaults():
+    """--help names each default, or that it is the --config preset's."""
+    from conftest import help_entries, load_script
+
+    entries = help_entries(load_script("train.py"))
+    assert "(default: default)" in entries["--config"]
+    for flag in ("--steps", "--batch-size", "--lr", "--seed", "--ckpt-every", "--eval-every"):
+        assert "(default: the --config preset's)" in entries[flag], entries[flag]
 
 
 @pytest.mark.parametrize("sig, status", [  # One code path: SIGINT's run under -m slow.
