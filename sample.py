@@ -36,10 +36,12 @@ if __name__ == "__main__":  # Ctrl-C while JAX imports: status 130, no traceback
 
 from jaxguide import cli  # noqa: E402
 from jaxguide.checks import SEED_MAX, check_int  # noqa: E402
-from jaxguide.pipeline import DEFAULT_STEPS  # noqa: E402
+from jaxguide.pipeline import DEFAULT_STEPS, GUIDANCE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_SCALE = 32.0
+# The measured best weight per guidance; --guidance defaults to "free" for a class-conditional
+# denoiser, else "classifier". With "both", --scale is w and --classifier-scale is s.
+DEFAULT_SCALES = {"classifier": 32.0, "free": 2.0}
 MAX_CLASSES = 1000  # Bound on class indices before the classifier says how many it has.
 MAX_STEPS = 100_000
 MAX_IMAGES = 100_000
@@ -47,7 +49,7 @@ MAX_BATCH = 8192
 MAX_SCALE = 1e6
 FIGURE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 # Flags of the sampling command that `figures` does not use: refused there when given.
-SAMPLE_ONLY = ("--classes", "--scale", "--no-gif")
+SAMPLE_ONLY = ("--classes", "--scale", "--no-gif", "--guidance", "--classifier-scale")
 # Flags `figures` uses only for its accuracy sweep (with an evaluator) and, --per-class aside,
 # for the digit it generates (without --data-dir): refused where neither runs.
 SWEEP_FLAGS = ("--per-class", "--steps", "--sampler", "--batch-size")
@@ -107,8 +109,16 @@ def parse_args(argv):
                    "%(default)s; figures: in its accuracy-vs-scale sweep, with an evaluator)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help="reverse-SDE steps (default: %(default)s)")
-    p.add_argument("--scale", type=float, help=f"guidance scale s >= 0 (default: {DEFAULT_SCALE:g}; "
-                   "not used by figures, which sweeps 0-32)")
+    p.add_argument("--guidance", choices=GUIDANCE, help="classifier: the unconditional score "
+                   "plus s * grad log q(y|x,t); free: classifier-free guidance of a conditional "
+                   "denoiser with weight w; both: the two together (default: free when the "
+                   "denoiser is class-conditional, else classifier)")
+    p.add_argument("--scale", type=float, help="the chosen guidance's weight >= 0: s for "
+                   "classifier, w for free and both (default: "
+                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_SCALES.items())
+                   + "; not used by figures, which sweeps classifier scales 0-32)")
+    p.add_argument("--classifier-scale", type=float, help="with --guidance both: the classifier "
+                   f"scale s (default: {DEFAULT_SCALES['classifier']:g})")
     p.add_argument("--sampler", default="euler_maruyama",
                    help="euler_maruyama, predictor_corrector, heun or dpm_solver_2m "
                    "(default: %(default)s)")
@@ -135,9 +145,23 @@ def parse_args(argv):
             if flag in args.given:
                 raise ValueError(f"{flag}: not used by 'figures' (accepted by the sampling "
                                  "command)")
-    if args.scale is None:
-        args.scale = DEFAULT_SCALE
     return args
+
+
+def set_guidance(args, conditional: bool) -> None:
+    """Fills in --guidance, --scale and --classifier-scale defaults once the denoiser is known."""
+    if args.guidance is None:
+        args.guidance = "free" if conditional else "classifier"
+    if args.guidance != "classifier" and not conditional:
+        raise ValueError(f"--guidance: got {args.guidance!r}, which needs a class-conditional "
+                         "denoiser; the one in --checkpoint-dir is unconditional (accepted "
+                         "classifier)")
+    if args.classifier_scale is not None and args.guidance != "both":
+        raise ValueError("--classifier-scale: used only with --guidance both")
+    if args.scale is None:
+        args.scale = DEFAULT_SCALES["classifier" if args.guidance == "classifier" else "free"]
+    if args.guidance == "both" and args.classifier_scale is None:
+        args.classifier_scale = DEFAULT_SCALES["classifier"]
 
 
 def check_args(args, num_classes: int | None = None) -> list[int]:
@@ -163,9 +187,10 @@ def check_args(args, num_classes: int | None = None) -> list[int]:
                          f"{n_classes * args.per_class} images; accepted at most {MAX_IMAGES}")
     check_int("--steps", args.steps, 1, MAX_STEPS)
     check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
-    if not (math.isfinite(args.scale) and 0 <= args.scale <= MAX_SCALE):
-        raise ValueError(f"--scale: got {args.scale}, accepted a finite number >= 0 "
-                         f"(at most {MAX_SCALE:g})")
+    for flag, value in (("--scale", args.scale), ("--classifier-scale", args.classifier_scale)):
+        if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_SCALE):
+            raise ValueError(f"{flag}: got {value}, accepted a finite number >= 0 "
+                             f"(at most {MAX_SCALE:g})")
     check_int("--seed", args.seed, 0, SEED_MAX)
     if args.command == "figures" and args.evaluate:
         raise ValueError("--evaluate: used only by `sample.py sample`; figures evaluates its "
@@ -200,7 +225,8 @@ def load_pipeline(args):
         raise checkpoint.CheckpointError(f"--checkpoint-dir: {msg}") from e
 
 
-def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampling"):
+def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampling",
+                 guidance="classifier", classifier_scale=None):
     """Guided samples for `labels` (N,) in jitted chunks of --batch-size (rounded up to a
     multiple of the mesh's devices), with a progress bar.
 
@@ -223,7 +249,8 @@ def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampl
             idx = np.arange(lo, min(lo + batch, n))
             # Pad the last chunk to the batch size: one compiled shape for every call.
             pad = np.concatenate([idx, np.full(batch - len(idx), idx[-1])])
-            res = pipeline.generate(key, pipe, labels[pad], scale, n_steps=args.steps,
+            res = pipeline.generate(key, pipe, labels[pad], scale, guidance=guidance,
+                                    classifier_scale=classifier_scale, n_steps=args.steps,
                                     method=args.sampler, indices=pad, record_every=record_every,
                                     mesh=mesh)
             x, traj = res if record_every else (res, None)
@@ -359,6 +386,7 @@ def run_sample(args, mesh):
     check_args(args)
     pipe = load_pipeline(args)
     classes = check_args(args, pipe.num_classes)
+    set_guidance(args, pipe.conditional)
     evaluator = load_evaluator(args, required=True) if args.evaluate else None
     reference = evaluator.reference(classes) if evaluator else None  # Read before sampling.
     names = ["grid.png"] + ([] if args.no_gif else ["trajectory.gif"]) + ["samples.npz"]
@@ -366,13 +394,19 @@ def run_sample(args, mesh):
     with output_folder(args.out) as out:
         labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
         record_every = None if args.no_gif else max(1, args.steps // 20)
-        images, frames = generate_all(pipe, labels, args.scale, args, mesh, record_every)
+        images, frames = generate_all(pipe, labels, args.scale, args, mesh, record_every,
+                                      guidance=args.guidance,
+                                      classifier_scale=args.classifier_scale)
         if jax.process_index() > 0:  # Every process holds all images; process 0 writes them.
             return
-        meta = {"seed": args.seed, "scale": args.scale, "steps": args.steps,
+        meta = {"seed": args.seed, "guidance": args.guidance, "scale": args.scale,
+                **({"classifier_scale": args.classifier_scale} if args.guidance == "both" else {}),
+                "steps": args.steps,
                 "sampler": args.sampler, "versions": checkpoint.versions()}
         ncol = min(args.per_class, 16)
-        title = f"guided samples, scale {args.scale:g}, {args.steps} {args.sampler} steps"
+        weights = (f"w {args.scale:g}, s {args.classifier_scale:g}" if args.guidance == "both"
+                   else f"{'s' if args.guidance == 'classifier' else 'w'} {args.scale:g}")
+        title = (f"{args.guidance} guidance, {weights}, {args.steps} {args.sampler} steps")
         with writing_to(out, remove=[n for n in SAMPLE_OUTPUTS if n not in names]) as stage:
             viz.save_grid(images, labels, stage("grid.png"), ncol=ncol, title=title)
             if frames is not None:
@@ -427,7 +461,7 @@ def run_figures(args, mesh):
         x_ts, _ = pipe.sde.marginal(jax.random.fold_in(key, 1), jnp.repeat(x0, len(ts), 0), ts)
         probs = np.exp(np.asarray(pipe.log_prob_fn(x_ts, ts)))
         targets = [y, (y + 1) % pipe.num_classes]
-        grads = jnp.stack([guidance.classifier_grad(pipe.log_prob_fn,
+        grads = jnp.stack([scores.classifier_grad(pipe.log_prob_fn,
                                                     jnp.full(len(ts), c))(x_ts, ts)
                            for c in targets])
         accs = None

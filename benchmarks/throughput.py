@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from jaxguide import pipeline, samplers, training  # noqa: E402
 from jaxguide.compiler import jit  # noqa: E402
 from jaxguide.configs import get_config  # noqa: E402
-from jaxguide.guidance import classifier_guidance  # noqa: E402
+from jaxguide.scores import classifier_guidance  # noqa: E402
 from jaxguide.nets import SeedUNet, make_model  # noqa: E402
 from jaxguide.nets.conv import conv_impl, prefers_batch_minor  # noqa: E402
 from jaxguide.samplers import sample  # noqa: E402

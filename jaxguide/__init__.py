@@ -13,13 +13,14 @@ guidance from `jax.grad`, and reverse samplers that are each one `lax.scan` unde
 from jaxguide.checkpoint import CheckpointError, load_model, save_model
 from jaxguide.configs import TrainConfig, get_config
 from jaxguide.data import DataError, load_mnist
-from jaxguide.guidance import (add_scores, classifier_grad, classifier_guidance, density_grad,
-                               guidance_term, label_log_prob)
-from jaxguide.nets import (Evaluator, NoisyClassifier, SeedUNet, UNet, apply_fn,
+from jaxguide.nets import (Evaluator, NoisyClassifier, ResNetClassifier, SeedUNet, UNet, apply_fn,
                            load_torch_state_dict, make_model)
 from jaxguide.parallel import make_mesh
 from jaxguide.pipeline import Pipeline, generate, load_pipeline
-from jaxguide.samplers import sample, score_from_eps, time_grid
+from jaxguide.samplers import sample, time_grid
+from jaxguide.scores import (add_scores, classifier_free_guidance, classifier_grad,
+                             classifier_guidance, density_grad, guidance_term, label_log_prob,
+                             score_from_eps)
 from jaxguide.sde import VPSDE
 
 __version__ = "0.1.0"
@@ -39,9 +40,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'jaxguide' has no attribute {name!r}")
 
 __all__ = [
-    "CheckpointError", "DataError", "Evaluator", "NoisyClassifier", "Pipeline", "SeedUNet",
+    "CheckpointError", "DataError", "Evaluator", "NoisyClassifier", "Pipeline", "ResNetClassifier", "SeedUNet",
     "TrainConfig", "TrainingError", "UNet", "VPSDE", "add_scores", "apply_fn", "classifier_grad",
-    "classifier_guidance", "density_grad", "export", "generate", "get_config", "guidance_term",
+    "classifier_free_guidance", "classifier_guidance", "density_grad", "export", "generate", "get_config", "guidance_term",
     "label_log_prob", "load_mnist", "load_model", "load_pipeline", "load_torch_state_dict",
     "make_mesh", "make_model", "sample", "save_gif", "save_grid", "save_model", "score_from_eps",
     "time_grid", "train",

@@ -36,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from jaxguide.configs import MODELS, TASKS
+from jaxguide.configs import MODELS, OLD_MODEL_NAMES, TASKS
 from jaxguide.sde import VPSDE
 
 FORMAT = "jaxguide.checkpoint"
@@ -416,7 +416,7 @@ def check_model_metadata(meta: dict[str, Any], where: str) -> dict[str, Any]:
         if not valid(meta[field]):
             raise CheckpointError(f"{where}: {field}: got {reprlib.repr(meta[field])}; "
                                   f"accepted {accepted}")
-    if meta["model"] not in MODELS[meta["task"]]:
+    if OLD_MODEL_NAMES.get(meta["model"], meta["model"]) not in MODELS[meta["task"]]:
         raise CheckpointError(f"{where}: model: got {meta['model']!r} for task "
                               f"{meta['task']!r}; accepted {', '.join(MODELS[meta['task']])}")
     try:

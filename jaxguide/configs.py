@@ -12,7 +12,9 @@ from jaxguide.checks import F32_MAX, F32_TINY, INT32_MAX, SEED_MAX, check_int, c
 from jaxguide.sde import VPSDE
 
 TASKS = ("denoiser", "classifier", "evaluator")
-MODELS = {"denoiser": ("unet", "seed"), "classifier": ("classifier",), "evaluator": ("evaluator",)}
+MODELS = {"denoiser": ("unet", "seed"), "classifier": ("resnet", "tutorial"),
+          "evaluator": ("evaluator",)}
+OLD_MODEL_NAMES = {"classifier": "tutorial"}  # Model names of earlier versions' checkpoints.
 PRESETS = ("default", "tiny")
 
 # Fields that change how a run is watched, not what it computes: they may differ on resume.
@@ -38,6 +40,7 @@ class TrainConfig:
     warmup_frac: float = 0.25
     grad_clip: float | None = 1.0
     ema_decay: float | None = 0.999
+    label_dropout: float = 0.0
     t_min: float = 1e-3
     beta_min: float = 0.01
     beta_max: float = 10.0
@@ -51,6 +54,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task: got {self.task!r}, accepted {', '.join(TASKS)}")
+        self._set("model", OLD_MODEL_NAMES.get(self.model, self.model))
         if self.model not in MODELS[self.task]:
             raise ValueError(f"model: got {self.model!r} for task {self.task!r}, "
                              f"accepted {', '.join(MODELS[self.task])}")
@@ -68,6 +72,11 @@ class TrainConfig:
                          "clipping)", lambda v: F32_TINY <= v <= F32_MAX, optional=True)
         self._check_real("ema_decay", "a number in (0, 1), or None (no EMA)",
                          lambda v: 0 < v < 1, optional=True)
+        self._check_real("label_dropout", "a number in [0, 1)", lambda v: 0 <= v < 1)
+        if self.label_dropout and self.kwargs.get("num_classes") is None:
+            raise ValueError(f"label_dropout: got {self.label_dropout} for an unconditional "
+                             "model; accepted 0, or a class-conditional model (model_kwargs "
+                             "num_classes)")
         self._check_real("beta_min", "a finite number > 0", lambda v: finite(v) and v > 0)
         self._check_real("beta_max", f"a finite number >= beta_min={self.beta_min}",
                          lambda v: finite(v) and v >= self.beta_min)
@@ -141,16 +150,20 @@ def get_config(task: str, model: str | None = None, preset: str = "default") -> 
         "evaluator": dict(steps=2000, batch_size=128, lr=2e-3, ema_decay=None, grad_clip=None,
                           weight_decay=1e-4),
     }[task]
+    base.update({"resnet": dict(steps=4000, lr=2e-3, ema_decay=0.999)}.get(model, {}))
     kwargs = {
         "unet": dict(channels=(32, 64), blocks=2, emb_dim=128),
         "seed": {},
-        "classifier": dict(time_embed="fourier", width=2),
+        "resnet": dict(channels=(32, 64), blocks=2, emb_dim=64),
+        "tutorial": dict(time_embed="fourier", width=2),
         "evaluator": {},
     }[model]
     if preset == "tiny":
         base.update(steps=6, batch_size=8, log_every=2, eval_every=3, ckpt_every=3)
         if model == "unet":
             kwargs = dict(channels=(8, 16), blocks=1, emb_dim=16, groups=4)
-        if model == "classifier":
+        if model == "resnet":
+            kwargs = dict(channels=(8, 16), blocks=1, emb_dim=16, groups=4)
+        if model == "tutorial":
             kwargs = dict(time_embed="fourier", width=1)
     return TrainConfig(task=task, model=model, model_kwargs=tuple(sorted(kwargs.items())), **base)

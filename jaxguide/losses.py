@@ -11,15 +11,24 @@ import jax.numpy as jnp
 from jaxguide.sde import VPSDE
 
 
-def dsm_loss(apply, sde: VPSDE, key: jax.Array, x0: jax.Array, t_min: float = 1e-3):
+def dsm_loss(apply, sde: VPSDE, key: jax.Array, x0: jax.Array, t_min: float = 1e-3,
+             labels: jax.Array | None = None, null_class: int | None = None,
+             label_dropout: float = 0.0):
     """Denoising score matching for a noise predictor: E‖ε̂(x_t, t) − ε‖², t ~ U[t_min, T].
 
+    With labels (B,) the predictor is class-conditional, ε̂(x_t, t, y), and each label is
+    replaced by `null_class` with probability `label_dropout` (classifier-free guidance's
+    training: one network learns ε̂(x, t, y) and ε̂(x, t, ∅)).
     Returns (loss, aux) with the loss averaged over pixels and the batch.
     """
     k_t, k_noise, k_net = jax.random.split(key, 3)
     t = jax.random.uniform(k_t, x0.shape[:1], minval=t_min, maxval=sde.T)
     x_t, noise = sde.marginal(k_noise, x0, t)
-    eps_hat, aux = apply(x_t, t, k_net)
+    if labels is None:
+        eps_hat, aux = apply(x_t, t, k_net)
+    else:
+        dropped = jax.random.bernoulli(jax.random.fold_in(key, 3), label_dropout, labels.shape)
+        eps_hat, aux = apply(x_t, t, k_net, jnp.where(dropped, null_class, labels))
     return jnp.mean((eps_hat - noise) ** 2), aux
 
 

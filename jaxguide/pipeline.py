@@ -21,27 +21,36 @@ import numpy as np
 from jax.tree_util import Partial
 
 from jaxguide import checkpoint
-from jaxguide.guidance import classifier_guidance
+from jaxguide.scores import classifier_free_guidance, classifier_guidance
 from jaxguide.nets import apply_fn
-from jaxguide.samplers import sample, score_from_eps
+from jaxguide.samplers import sample
+from jaxguide.scores import score_from_eps
 from jaxguide.sde import VPSDE
 
 DEFAULT_STEPS = 50  # Reverse-SDE steps of `generate` and of sample.py's --steps.
+GUIDANCE = ("classifier", "free", "both")
 
 
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
     """A denoiser's score and a noisy classifier, ready to compose.
 
-    score_fn(x, t) -> (B, H, W, C); log_prob_fn(x, t) -> (B, num_classes).
+    score_fn(x, t) -> (B, H, W, C), the unconditional score; log_prob_fn(x, t) ->
+    (B, num_classes); eps_fn(x, t[, y]) -> (B, H, W, C), the denoiser's noise prediction
+    (class-conditional when `conditional`: y in 0..num_classes, num_classes the null class).
     """
 
     sde: VPSDE
     score_fn: Partial
+    eps_fn: Partial
     log_prob_fn: Partial
     num_classes: int
     image_shape: tuple[int, ...]
     metadata: dict[str, Any]
+
+    @property
+    def conditional(self) -> bool:
+        return self.metadata["denoiser"]["model_kwargs"].get("num_classes") is not None
 
 
 def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
@@ -70,9 +79,16 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         raise checkpoint.CheckpointError(
             f"{root}: the classifier was trained on images of shape {cls_meta['image_shape']}, "
             f"the denoiser on {den_meta['image_shape']}")
+    den_k = getattr(den_model, "num_classes", None)
+    if den_k not in (None, cls_model.num_classes):
+        raise checkpoint.CheckpointError(
+            f"{root}: the denoiser is conditional on {den_k} classes, the classifier has "
+            f"{cls_model.num_classes}")
+    eps_fn = apply_fn(den_model, den_vars)
     return Pipeline(
         sde=sde,
-        score_fn=score_from_eps(apply_fn(den_model, den_vars), sde),
+        score_fn=score_from_eps(eps_fn, sde),  # A conditional denoiser: its null class.
+        eps_fn=eps_fn,
         log_prob_fn=apply_fn(cls_model, cls_vars),
         num_classes=int(cls_model.num_classes),
         image_shape=tuple(den_meta["image_shape"]),
@@ -80,13 +96,32 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
     )
 
 
-def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, n_steps: int = DEFAULT_STEPS,
-             method: str = "euler_maruyama", indices=None, record_every: int | None = None,
-             **sampler_kwargs):
+def guided_score(pipe: Pipeline, labels, scale, guidance: str = "classifier",
+                 classifier_scale=None) -> Partial:
+    """The score that `generate` samples from (see there); labels and scales are traced."""
+    if guidance == "classifier":
+        return classifier_guidance(pipe.score_fn, pipe.log_prob_fn, labels, scale,
+                                   num_classes=pipe.num_classes)
+    score_fn = classifier_free_guidance(pipe.eps_fn, pipe.sde, labels, scale)
+    if guidance == "both":
+        score_fn = classifier_guidance(score_fn, pipe.log_prob_fn, labels, classifier_scale,
+                                       num_classes=pipe.num_classes)
+    return score_fn
+
+
+def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "classifier",
+             classifier_scale=None, n_steps: int = DEFAULT_STEPS, method: str = "euler_maruyama",
+             indices=None, record_every: int | None = None, **sampler_kwargs):
     """Class-guided samples, clipped to [−1, 1].
 
     Args:
-      labels: (B,) target classes, B >= 1; scale: () or (B,) guidance scale (0 = unguided).
+      labels: (B,) target classes, B >= 1.
+      scale: () or (B,), the weight of the chosen guidance: the classifier scale s
+        ("classifier", 0 = unguided) or the classifier-free weight w ("free" and "both";
+        0 = the conditional denoiser alone).
+      guidance: "classifier" (the unconditional score + s ∇ₓ log q(y | x, t)), "free"
+        (classifier-free: needs a class-conditional denoiser) or "both" (classifier-free
+        with weight `scale`, plus the classifier's term with scale `classifier_scale`).
       n_steps: reverse-SDE steps (default DEFAULT_STEPS, 50, as sample.py's --steps).
       indices: (B,) global sample indices (noise of image i depends only on key and i).
       sampler_kwargs: the rest of `sample`'s options, e.g. `mesh=make_mesh()` to split the
@@ -109,8 +144,15 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, n_steps: int = DE
         raise ValueError(f"labels: got shape {labels.shape}, accepted {accepted}")
     if not labels.shape[0]:
         raise ValueError("labels: got an empty sequence, accepted at least one label")
-    score_fn = classifier_guidance(pipe.score_fn, pipe.log_prob_fn, labels, scale,
-                                   num_classes=pipe.num_classes)
+    if guidance not in GUIDANCE:
+        raise ValueError(f"guidance: got {guidance!r}, accepted {', '.join(GUIDANCE)}")
+    if guidance != "classifier" and not pipe.conditional:
+        raise ValueError(f"guidance: got {guidance!r}, which needs a class-conditional denoiser; "
+                         "this pipeline's denoiser is unconditional (accepted 'classifier')")
+    if (guidance == "both") != (classifier_scale is not None):
+        raise ValueError(f"classifier_scale: got {classifier_scale!r} with guidance "
+                         f"{guidance!r}; accepted a scale >= 0 with 'both' only")
+    score_fn = guided_score(pipe, labels, scale, guidance, classifier_scale)
     out = sample(key, score_fn, pipe.sde, (labels.shape[0],) + pipe.image_shape, n_steps=n_steps,
                  method=method, indices=indices, record_every=record_every, **sampler_kwargs)
     if record_every:

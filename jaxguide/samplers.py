@@ -27,12 +27,11 @@ from jax.sharding import Mesh
 from jax.tree_util import Partial
 
 from jaxguide import parallel
+from jaxguide.checks import (INT32_MAX, as_scalar, check_bool, check_int, check_key, check_output,
+                             check_shape, is_concrete, is_real)
 from jaxguide.compiler import jit
-from jaxguide.guidance import _as_partial
-from jaxguide.checks import (INT32_MAX, as_scalar, check_batch, check_bool, check_float_array,
-                             check_int, check_key, check_output, check_shape, is_concrete,
-                             is_real)
-from jaxguide.sde import VPSDE, _expand
+from jaxguide.scores import as_partial
+from jaxguide.sde import VPSDE, check_sde
 
 NFE_PER_STEP = {"euler_maruyama": 1, "predictor_corrector": 2, "heun": 2, "dpm_solver_2m": 1}
 METHODS = tuple(NFE_PER_STEP)
@@ -43,33 +42,13 @@ DEFAULT_GRID = {"euler_maruyama": "uniform", "predictor_corrector": "uniform", "
                 "dpm_solver_2m": "logsnr"}
 
 
-def _eps_score(eps_fn, sde, min_std, x, t):
-    check_float_array("x", x)
-    check_batch("t", t, x)
-    eps = eps_fn(x, t)
-    check_output("eps_fn", eps, x)
-    return -eps / _expand(jnp.maximum(sde.std(t), min_std), x)
-
-
-def score_from_eps(eps_fn, sde: VPSDE, min_std: float = 0.01) -> Partial:
-    """Turns a noise predictor ε̂(x, t) into the score −ε̂ / max(σ(t), min_std).
-
-    min_std is a number in [1.2e-38, 1] (positive in float32; σ(t) <= 1, so a larger floor
-    would replace σ everywhere).
-    """
-    _check_sde(sde)
-    if not (is_real(min_std) and np.finfo(np.float32).tiny <= min_std <= 1):
-        raise ValueError(f"min_std: got {min_std!r}, accepted a number in [1.2e-38, 1]")
-    return Partial(_eps_score, _as_partial(eps_fn, "eps_fn"), sde, jnp.float32(min_std))
-
-
 def time_grid(sde: VPSDE, n_steps: int, t_min: float = 1e-3, kind: str = "uniform") -> jax.Array:
     """Decreasing times T = t₀ > … > t_N = t_min, shape (n_steps + 1,).
 
     n_steps >= 1; t_min in [1e-5·T, T) (see `sample`; checked when concrete); kind one of
     GRIDS.
     """
-    _check_sde(sde)
+    check_sde(sde)
     n_steps = _check_n_steps(n_steps)
     if is_concrete(t_min):
         t_min = _check_t_min(sde, t_min)
@@ -227,8 +206,8 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
       x (B, ...) at t_min, or (x, trajectory) when `record_every` is given.
     """
     check_key(key)
-    score_fn = _as_partial(score_fn, "score_fn")
-    _check_sde(sde)
+    score_fn = as_partial(score_fn, "score_fn")
+    check_sde(sde)
     shape = check_shape(shape)
     n_steps = _check_n_steps(n_steps)
     if method not in METHODS:
@@ -291,9 +270,3 @@ def _check_t_min(sde: VPSDE, t_min) -> float:
         raise ValueError(
             f"t_min: got {t_min!r}, accepted [{T_MIN_FRACTION * sde.T:g}, T={sde.T:g})")
     return float(value)
-
-
-def _check_sde(sde) -> None:
-    """The samplers integrate a `VPSDE` (its closed forms and static fields)."""
-    if not isinstance(sde, VPSDE):
-        raise TypeError(f"sde: expected a jaxguide.VPSDE, got {type(sde).__name__}")

@@ -21,7 +21,7 @@ from jaxguide.checks import (F32_MAX, F32_TINY, check_array, check_batch, check_
 MAX_INTEGRAL_BETA = 1e4  # ∫₀ᵀβ: m(T) = exp(−½∫β) is 0 in float32 from ∫β ≈ 207 on.
 
 
-def _expand(v: jax.Array, x: jax.Array) -> jax.Array:
+def per_example(v: jax.Array, x: jax.Array) -> jax.Array:
     """Reshapes per-example values (B,) (or a scalar) to broadcast against x (B, ...)."""
     v = jnp.asarray(v, x.dtype)
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
@@ -93,7 +93,7 @@ class VPSDE:
     def drift(self, x, t):
         """f(x, t) = −½ β(t) x; x (B, ...), t (B,) → (B, ...)."""
         check_array("x", x)
-        return -0.5 * _expand(self.beta(t), x) * x
+        return -0.5 * per_example(self.beta(t), x) * x
 
     def diffusion(self, t):
         """g(t) = √β(t), same shape as t."""
@@ -110,7 +110,7 @@ class VPSDE:
         check_batch("t", t, x0)
         check_times(t, self.T)
         noise = jax.random.normal(key, x0.shape, x0.dtype)
-        x_t = _expand(self.mean_coeff(t), x0) * x0 + _expand(self.std(t), x0) * noise
+        x_t = per_example(self.mean_coeff(t), x0) * x0 + per_example(self.std(t), x0) * noise
         return x_t, noise
 
     def prior(self, key: jax.Array, shape, dtype=jnp.float32):
@@ -119,3 +119,9 @@ class VPSDE:
         check_float_dtype("dtype", dtype)
         shape = check_shape(shape)
         return jax.random.normal(key, shape, dtype)
+
+
+def check_sde(sde) -> None:
+    """Samplers and scores integrate a `VPSDE` (its closed forms and static fields)."""
+    if not isinstance(sde, VPSDE):
+        raise TypeError(f"sde: expected a jaxguide.VPSDE, got {type(sde).__name__}")

@@ -82,14 +82,15 @@ def eval_variables(state: TrainState) -> dict:
 
 
 def _train_apply(model, params, batch_stats):
-    """apply(x, t, key) -> (outputs, new batch_stats) in train mode."""
+    """apply(x, t, key[, labels]) -> (outputs, new batch_stats) in train mode."""
 
-    def apply(x, t, key):
+    def apply(x, t, key, *labels):
         variables = {"params": params}
         if not batch_stats:
-            return model.apply(variables, x, t, train=True, rngs={"dropout": key}), batch_stats
+            return (model.apply(variables, x, t, *labels, train=True, rngs={"dropout": key}),
+                    batch_stats)
         variables["batch_stats"] = batch_stats
-        out, updates = model.apply(variables, x, t, train=True, rngs={"dropout": key},
+        out, updates = model.apply(variables, x, t, *labels, train=True, rngs={"dropout": key},
                                    mutable=["batch_stats"])
         return out, updates["batch_stats"]
 
@@ -99,7 +100,11 @@ def _train_apply(model, params, batch_stats):
 def task_loss(cfg: TrainConfig, apply, sde: VPSDE, key, images, labels):
     """The loss of cfg.task for a batch: (loss, new batch_stats)."""
     if cfg.task == "denoiser":
-        return losses.dsm_loss(apply, sde, key, images, cfg.t_min)
+        num_classes = cfg.kwargs.get("num_classes")
+        if num_classes is None:
+            return losses.dsm_loss(apply, sde, key, images, cfg.t_min)
+        return losses.dsm_loss(apply, sde, key, images, cfg.t_min, labels, num_classes,
+                               cfg.label_dropout)
     if cfg.task == "classifier":
         return losses.noisy_classifier_loss(apply, sde, key, images, labels, cfg.t_min)
     return losses.clean_classifier_loss(apply, key, images, labels)

@@ -129,26 +129,42 @@ def _tile(imgs: np.ndarray, ncol: int, pad: int = 2) -> np.ndarray:
 
 
 def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = None) -> Path:
-    """A labelled grid of images (N, H, W, 1), labels (N,): one row per requested class
-    (images in label order, ncol per row), each row headed by its first image's label."""
+    """A labelled grid of images (N, H, W, 1), labels (N,): each run of equal labels (images
+    in label order) fills a block of rows of its own, ncol per row, headed by its label."""
     ncol = check_int("ncol", ncol, 1)
     images = _check_images("images", images, "(N, H, W, 1)")
     labels = _check_length("labels", labels, len(images), "image")
+    slots, blocks = _label_blocks(labels, ncol)
+    imgs = _to_uint8(images)
+    n_rows, h = sum(rows for _, rows, _ in blocks), images.shape[1]
+    placed = np.full((n_rows * ncol,) + imgs.shape[1:], 255, np.uint8)
+    placed[slots] = imgs
     pad = 2
-    canvas = _tile(_to_uint8(images), ncol, pad)  # One image: fast, unlike N subplots.
-    rows, h = -(-len(images) // ncol), images.shape[1]
+    canvas = _tile(placed, ncol, pad)  # One image: fast, unlike N subplots.
     head = 0.3 if title else 0.05  # Inches above the grid, whatever the number of rows.
-    width, height = ncol * 0.75 + 0.6, rows * 0.75 + 0.05 + head
+    width, height = ncol * 0.75 + 0.6, n_rows * 0.75 + 0.05 + head
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((0.5 / width, 0.05 / height, 1 - 0.55 / width, 1 - (0.05 + head) / height))
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.axis("off")
-    for r in range(rows):
-        ax.text(-2 * pad, pad + r * (h + pad) + h / 2, str(labels[r * ncol]), ha="right",
-                va="center", fontsize=12)
+    for first, rows, label in blocks:
+        ax.text(-2 * pad, pad + first * (h + pad) + (rows * (h + pad) - pad) / 2, str(label),
+                ha="right", va="center", fontsize=12)
     if title:
         fig.suptitle(title, fontsize=9)
     return _save_png(fig, path, dpi=100)
+
+
+def _label_blocks(labels: np.ndarray, ncol: int):
+    """Where `save_grid` puts each image: (slot (N,) in a grid of ncol columns, blocks as
+    (first row, rows, label) per run of equal labels, each run starting a new row)."""
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    slots, blocks, row = [], [], 0
+    for start, n in zip(starts, np.diff(np.r_[starts, len(labels)])):
+        slots.extend(row * ncol + np.arange(n))
+        blocks.append((row, -(-n // ncol), labels[start]))
+        row += blocks[-1][1]
+    return np.asarray(slots, int), blocks
 
 
 def save_gif(frames, path: str | Path, ncol: int, hold: int = 10, scale: int = 2,

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from jaxguide.guidance import classifier_guidance
-from jaxguide.samplers import sample, score_from_eps, time_grid
+from jaxguide.scores import classifier_guidance
+from jaxguide.samplers import sample, time_grid
+from jaxguide.scores import score_from_eps
 from jaxguide.sde import VPSDE
 
 # ------------------------------------------------------------------ the mixture

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from jaxguide.nets.classifier import Evaluator, NoisyClassifier
+from jaxguide.configs import OLD_MODEL_NAMES
+from jaxguide.nets.classifier import Evaluator, NoisyClassifier, ResNetClassifier
 from jaxguide.nets.seed_unet import SeedUNet, load_torch_state_dict
 from jaxguide.nets.unet import UNet
 
@@ -22,9 +23,9 @@ class _Apply:
 
     model: nn.Module
 
-    def __call__(self, variables, x, t):
+    def __call__(self, variables, x, t, *labels):
         try:
-            return self.model.apply(variables, x, t)
+            return self.model.apply(variables, x, t, *labels)
         except _MISFITS as e:
             raise ValueError(f"variables: do not fit the {type(self.model).__name__} "
                              f"({str(e).splitlines()[0]}); accepted this model's variables "
@@ -36,7 +37,8 @@ _MISFITS = (flax.errors.ScopeParamNotFoundError, flax.errors.ScopeParamShapeErro
 
 
 def apply_fn(model: nn.Module, variables) -> Partial:
-    """x, t ↦ model.apply(variables, x, t) in eval mode, as a pytree of the variables.
+    """x, t ↦ model.apply(variables, x, t) in eval mode, as a pytree of the variables
+    (x, t, y ↦ model.apply(variables, x, t, y) for a class-conditional network).
 
     variables: a dict of collections ({"params": ..., ...}) of this model.
     """
@@ -55,11 +57,13 @@ def apply_fn(model: nn.Module, variables) -> Partial:
     return Partial(_Apply(model), variables)
 
 
-MODELS = {"unet": UNet, "seed": SeedUNet, "classifier": NoisyClassifier, "evaluator": Evaluator}
+MODELS = {"unet": UNet, "seed": SeedUNet, "resnet": ResNetClassifier, "tutorial": NoisyClassifier,
+          "evaluator": Evaluator}
+
 
 
 def make_model(name: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
-    """The network called `name` ("unet", "seed", "classifier", "evaluator") with `kwargs`.
+    """The network called `name` (one of MODELS, or an old name in configs.OLD_MODEL_NAMES) with `kwargs`.
 
     Raises ValueError for an unknown name, and for unknown or invalid kwargs (the message
     starts "model_kwargs for '<name>': ...", then names the argument); TypeError for a name
@@ -67,6 +71,7 @@ def make_model(name: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """
     if not isinstance(name, str):
         raise TypeError(f"model: got {name!r}, accepted a name: {', '.join(MODELS)}")
+    name = OLD_MODEL_NAMES.get(name, name)
     if name not in MODELS:
         raise ValueError(f"model: got {name!r}, accepted {', '.join(MODELS)}")
     kwargs = {} if kwargs is None else kwargs
@@ -84,4 +89,4 @@ def make_model(name: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
         raise ValueError(f"model_kwargs for {name!r}: {e}") from e
 
 
-__all__ = ["MODELS", "make_model", "Evaluator", "NoisyClassifier", "SeedUNet", "UNet", "apply_fn", "load_torch_state_dict"]
+__all__ = ["MODELS", "make_model", "Evaluator", "NoisyClassifier", "ResNetClassifier", "SeedUNet", "UNet", "apply_fn", "load_torch_state_dict"]

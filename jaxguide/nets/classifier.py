@@ -1,13 +1,15 @@
-"""The noise-conditioned classifier q(y | x_t, t) and a clean-image evaluator CNN."""
+"""Noise-conditioned classifiers q(y | x_t, t) and a clean-image evaluator CNN."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from jaxguide.checks import check_int, check_number
+from jaxguide.checks import check_int, check_ints, check_number
 from jaxguide.nets.conv import Conv
-from jaxguide.nets.unet import check_images, check_times, fitted_channels, fourier_features
+from jaxguide.nets.unet import (TimeEmbedding, check_images, check_times, fitted_channels,
+                                fourier_features, space_to_depth)
 
 IMAGE_SIZE = (28, 28)  # The flattened features (and so the parameters) fix the image size.
 TIME_EMBEDDINGS = ("add", "fourier")
@@ -74,6 +76,71 @@ class NoisyClassifier(nn.Module):
             h = nn.relu(h + nn.Dense(h.shape[-1])(fourier_features(t, 64)))
         h = nn.relu(nn.Dense(hidden)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        return jax.nn.log_softmax(nn.Dense(self.num_classes)(h))
+
+
+class ModulatedBlock(nn.Module):
+    """x (B, H, W, C_in), emb (B, E) → (B, H, W, features): a residual block whose two
+    GroupNorms are scaled and shifted by the time embedding (guided-diffusion's AdaGN)."""
+
+    features: int
+    groups: int = 8
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, emb, train: bool):
+        def norm(h):
+            scale, shift = jnp.split(nn.Dense(2 * h.shape[-1])(nn.silu(emb)), 2, axis=-1)
+            return nn.GroupNorm(self.groups)(h) * (1 + scale[:, None, None]) + shift[:, None, None]
+
+        h = Conv(self.features, (3, 3))(nn.silu(norm(x)))
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(norm(h)))
+        h = Conv(self.features, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        if x.shape[-1] != self.features:
+            x = Conv(self.features, (1, 1))(x)
+        return x + h
+
+
+class ResNetClassifier(nn.Module):
+    """A small ResNet q(y | x_t, t): x (B, H, W, C), t (B,) → log-probs (B, K).
+
+    The image is folded 2×2 into channels (28×28 → 14×14), then `blocks` modulated residual
+    blocks per width in `channels`, a stride-2 convolution between widths, GroupNorm, global
+    average pooling and a linear head. The time embedding scales and shifts every block's
+    normalisation, so every layer knows the noise level. H and W are multiples of
+    2 · 2^(len(channels) − 1).
+    """
+
+    num_classes: int = 10
+    channels: tuple[int, ...] = (32, 64)
+    blocks: int = 2
+    emb_dim: int = 64
+    groups: int = 8
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        check_head(self.num_classes, self.dropout)
+        object.__setattr__(self, "channels", check_ints("channels", self.channels, 1))
+        check_int("blocks", self.blocks, 1)
+        if check_int("emb_dim", self.emb_dim, 2) % 2:
+            raise ValueError(f"emb_dim: got {self.emb_dim}, accepted an even integer >= 2")
+        if any(c % check_int("groups", self.groups, 1) for c in self.channels):
+            raise ValueError(f"groups: got {self.groups!r}, accepted a divisor of every width "
+                             f"in channels={self.channels}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x, t, train: bool = False):
+        t = check_times(t, check_images(x, channels=fitted_channels(self, "Conv_0", 4),
+                                        fitted=True, multiple=2 ** len(self.channels)))
+        emb = TimeEmbedding(self.emb_dim)(t)
+        h = Conv(self.channels[0], (3, 3))(space_to_depth(x, 2))
+        for level, ch in enumerate(self.channels):
+            if level > 0:
+                h = Conv(ch, (3, 3), strides=(2, 2))(h)
+            for _ in range(self.blocks):
+                h = ModulatedBlock(ch, self.groups, self.dropout)(h, emb, train)
+        h = nn.silu(nn.GroupNorm(self.groups)(h)).mean(axis=(1, 2))
         return jax.nn.log_softmax(nn.Dense(self.num_classes)(h))
 
 

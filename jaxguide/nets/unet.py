@@ -62,6 +62,20 @@ def check_times(t, batch: int) -> jax.Array:
     return jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
 
 
+def check_class_labels(y, batch: int, num_classes: int) -> jax.Array:
+    """A conditional network's labels: None (the null class K = num_classes for every image)
+    or integers (batch,) in 0..K, checked when concrete; returns int32 (batch,)."""
+    if y is None:
+        return jnp.full((batch,), num_classes, jnp.int32)
+    if not (hasattr(y, "shape") and hasattr(y, "dtype")) or y.shape != (batch,) \
+            or not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"y: got {getattr(y, 'shape', y)!r}, accepted integer labels of shape "
+                         f"({batch},) in 0..{num_classes} ({num_classes}: the null class)")
+    if is_concrete(y) and not np.all((np.asarray(y) >= 0) & (np.asarray(y) <= num_classes)):
+        raise ValueError(f"y: got labels outside 0..{num_classes} ({num_classes}: the null class)")
+    return jnp.asarray(y, jnp.int32)
+
+
 def fitted_channels(module: nn.Module, conv: str, fold: int = 1) -> int | None:
     """The image channels fixed by the parameters of `module`'s first convolution `conv`
     (which sees `fold` channels per image channel), or None while initializing."""
@@ -128,8 +142,27 @@ class ResBlock(nn.Module):
         return x + h
 
 
+class SelfAttention(nn.Module):
+    """x (B, H, W, C) → x + attention over the H·W positions (GroupNorm first, `heads` heads)."""
+
+    heads: int = 4
+    groups: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        q, k, v = jnp.split(nn.Dense(3 * c)(nn.GroupNorm(self.groups)(x)), 3, axis=-1)
+        split = lambda a: a.reshape(b, h * w, self.heads, c // self.heads)
+        out = nn.dot_product_attention(split(q), split(k), split(v)).reshape(b, h, w, c)
+        return x + nn.Dense(c, kernel_init=nn.initializers.zeros)(out)
+
+
 class UNet(nn.Module):
-    """Noise predictor ε̂(x, t): x (B, H, W, C), t (B,) or scalar → (B, H, W, C).
+    """Noise predictor ε̂(x, t[, y]): x (B, H, W, C), t (B,) or scalar → (B, H, W, C).
+
+    With `num_classes` = K it is also class-conditional: y (B,) in 0..K, where K is the null
+    class ∅ (and y=None means ∅ for every image), so one network gives both ε̂(x, t, y) and
+    the unconditional ε̂(x, t, ∅) (classifier-free guidance; trained with label dropout).
 
     H and W are multiples of patch · 2^(len(channels) - 1) (4 with the defaults).
 
@@ -139,6 +172,11 @@ class UNet(nn.Module):
       emb_dim: width of the time embedding, even.
       patch: space-to-depth factor.
       groups: GroupNorm groups; divides every width in `channels`.
+      num_classes: K for a class-conditional network (a learned class embedding, K + 1 rows
+        with the null class, added to the time embedding), None for an unconditional one.
+      attention: self-attention after every residual block of the lowest resolution (7×7
+        with the defaults: every position sees the whole digit); its width must divide
+        into `heads` heads.
     """
 
     channels: tuple[int, ...] = (64, 128)
@@ -146,6 +184,9 @@ class UNet(nn.Module):
     emb_dim: int = 128
     patch: int = 2
     groups: int = 8
+    attention: bool = False
+    heads: int = 4
+    num_classes: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "channels", check_ints("channels", self.channels, 1))
@@ -157,10 +198,15 @@ class UNet(nn.Module):
         if any(c % self.groups for c in self.channels):
             raise ValueError(f"groups: got {self.groups!r}, accepted a divisor of every width "
                              f"in channels={self.channels}")
+        if check_int("heads", self.heads, 1) and self.channels[-1] % self.heads:
+            raise ValueError(f"heads: got {self.heads!r}, accepted a divisor of the lowest "
+                             f"resolution's width {self.channels[-1]}")
+        if self.num_classes is not None:
+            check_int("num_classes", self.num_classes, 2)
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x, t, train: bool = False):
+    def __call__(self, x, t, y=None, train: bool = False):
         del train  # No dropout or batch statistics.
         batch = check_images(x, channels=fitted_channels(self, "Conv_0", self.patch**2),
                              fitted=True,
@@ -168,19 +214,33 @@ class UNet(nn.Module):
         t = check_times(t, batch)
         out_channels = x.shape[-1]
         emb = TimeEmbedding(self.emb_dim)(t)
+        if self.num_classes is not None:
+            y = check_class_labels(y, batch, self.num_classes)
+            emb = emb + nn.Embed(self.num_classes + 1, self.emb_dim)(y)
+        elif y is not None:
+            raise ValueError("y: got class labels for an unconditional UNet (num_classes=None); "
+                             "accepted None")
         h = Conv(self.channels[0], (3, 3))(space_to_depth(x, self.patch))
+        lowest = len(self.channels) - 1
+
+        def block(h, ch, level):
+            h = ResBlock(ch, self.groups)(h, emb)
+            if self.attention and level == lowest:
+                h = SelfAttention(self.heads, self.groups)(h)
+            return h
+
         skips = [h]
         for level, ch in enumerate(self.channels):
             if level > 0:
                 h = Conv(ch, (3, 3), strides=(2, 2))(h)
                 skips.append(h)
             for _ in range(self.blocks):
-                h = ResBlock(ch, self.groups)(h, emb)
+                h = block(h, ch, level)
                 skips.append(h)
-        h = ResBlock(self.channels[-1], self.groups)(h, emb)
+        h = block(h, self.channels[-1], lowest)
         for level, ch in reversed(list(enumerate(self.channels))):
             for _ in range(self.blocks + 1):
-                h = ResBlock(ch, self.groups)(jnp.concatenate([h, skips.pop()], -1), emb)
+                h = block(jnp.concatenate([h, skips.pop()], -1), ch, level)
             if level > 0:
                 h = upsample_nearest(h, 2)
                 h = Conv(self.channels[level - 1], (3, 3))(h)

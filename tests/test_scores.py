@@ -1,5 +1,6 @@
-"""Tests for jaxguide.guidance: gradients vs finite differences, per-example labels/scales,
-composition, no recompilation under samplers.sample, and input validation."""
+"""Tests for jaxguide.scores: gradients vs finite differences, per-example labels/scales,
+composition, classifier-free guidance, no recompilation under samplers.sample, and input
+validation."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 from jax.tree_util import Partial
 
 from jaxguide import samplers
-from jaxguide.guidance import (add_scores, classifier_grad, classifier_guidance, density_grad,
-                               guidance_term, label_log_prob)
+from jaxguide.scores import (add_scores, classifier_free_guidance, classifier_grad,
+                             classifier_guidance, density_grad, guidance_term, label_log_prob,
+                             score_from_eps)
 from jaxguide.sde import VPSDE
 
 B, D, K = 3, 4, 3
@@ -203,3 +205,59 @@ def test_bad_scale(scale):
 def test_non_callable_rejected():
     with pytest.raises(TypeError):
         classifier_guidance(gaussian_score, "not a function", 0, 1.0)
+
+
+# ------------------------------------------------------------------ classifier-free guidance
+SDE = VPSDE()
+E = _rng.normal(size=(K + 1, D)).astype(np.float32)  # One offset per class and the null one.
+
+
+class ToyEps:
+    """A class-conditional toy noise predictor ε̂(x, t, y) = tanh(x) · t + E[y]; counts calls."""
+
+    num_classes = K
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, x, t, y):
+        self.batches.append(x.shape[0])
+        return jnp.tanh(x) * t[:, None] + jnp.asarray(E)[y]
+
+
+def test_classifier_free_guidance_is_the_formula_in_one_call():
+    eps_fn, labels, w = ToyEps(), jnp.array([0, 2, 1]), jnp.array([0.0, 1.5, 4.0])
+    score = classifier_free_guidance(eps_fn, SDE, labels, w, num_classes=K)(X, T)
+    assert eps_fn.batches == [2 * B]  # Conditional and unconditional in one batched call.
+    cond = eps_fn(X, T, labels)
+    uncond = eps_fn(X, T, jnp.full(B, K))
+    expected = -((1 + w[:, None]) * cond - w[:, None] * uncond) / SDE.std(T)[:, None]
+    np.testing.assert_allclose(score, expected, rtol=1e-5)
+
+
+def test_classifier_free_guidance_composes_with_classifier_guidance():
+    free = classifier_free_guidance(ToyEps(), SDE, 1, 2.0, num_classes=K)
+    both = classifier_guidance(free, linear_log_prob, 1, 3.0)
+    np.testing.assert_allclose(both(X, T), free(X, T) + 3.0 * classifier_grad(linear_log_prob, 1)(X, T),
+                               rtol=1e-5)
+
+
+def test_classifier_free_guidance_does_not_recompile_for_new_labels_or_weights():
+    eps_fn = Partial(ToyEps())
+    traces = []
+
+    @jax.jit
+    def run(score_fn):
+        traces.append(1)
+        return score_fn(X, T)
+
+    for labels, w in ((0, 1.0), (2, 5.0), (jnp.array([1, 0, 2]), jnp.array([0.5, 1.0, 2.0]))):
+        run(classifier_free_guidance(eps_fn, SDE, labels, w, num_classes=K))
+    assert len(traces) == 2  # Scalar and per-example labels/weights: two shapes, no more.
+
+
+def test_classifier_free_guidance_needs_a_conditional_model():
+    with pytest.raises(ValueError, match="num_classes: got None"):
+        classifier_free_guidance(lambda x, t, y: x, SDE, 0, 1.0)
+    with pytest.raises(ValueError, match=r"labels: got 3, accepted \[0, 2\]"):
+        classifier_free_guidance(ToyEps(), SDE, 3, 1.0, num_classes=K)

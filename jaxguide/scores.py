@@ -1,13 +1,16 @@
-"""Classifier guidance: Bayes' rule turns a noisy classifier into a score correction.
+"""Scores and guidance: a noise predictor's score, and two ways to condition it on a class.
 
-    ∇ₓ log p_t(x | y) = ∇ₓ log p_t(x) + ∇ₓ log q(y | x, t).
+    score from a noise predictor:  ∇ₓ log p_t(x) ≈ −ε̂(x, t) / σ(t)
+    classifier guidance (Bayes):   ∇ₓ log p_t(x | y) = ∇ₓ log p_t(x) + ∇ₓ log q(y | x, t)
+    classifier-free guidance:      ε̃ = (1 + w) ε̂(x, t, y) − w ε̂(x, t, ∅)
 
 Every object here is a `jax.tree_util.Partial`: a function that is also a pytree whose
 leaves (network parameters, labels, scales) are traced by `jit`. Changing labels or a
 scale therefore never recompiles a sampler. Scores compose by addition (`add_scores`).
 
 Shapes: x (B, ...), t (B,), labels () or (B,) int, scale () or (B,) float,
-log_prob_fn(x, t) -> (B, K) per-class log-probabilities, log_density_fn(x, t) -> (B,).
+log_prob_fn(x, t) -> (B, K) per-class log-probabilities, log_density_fn(x, t) -> (B,),
+eps_fn(x, t[, y]) -> (B, ...) noise predictions (y (B,) int, K the null class ∅).
 """
 
 from __future__ import annotations
@@ -21,8 +24,64 @@ import numpy as np
 from jax.tree_util import Partial
 
 from jaxguide.checks import (INT32_MAX, check_batch, check_float_array, check_int, check_output,
-                             is_concrete)
-from jaxguide.sde import _expand
+                             is_concrete, is_real)
+from jaxguide.sde import VPSDE, check_sde, per_example
+
+
+def _eps_score(eps_fn, sde, min_std, x, t):
+    check_float_array("x", x)
+    check_batch("t", t, x)
+    eps = eps_fn(x, t)
+    check_output("eps_fn", eps, x)
+    return -eps / per_example(jnp.maximum(sde.std(t), min_std), x)
+
+
+def score_from_eps(eps_fn, sde: VPSDE, min_std: float = 0.01) -> Partial:
+    """Turns a noise predictor ε̂(x, t) into the score −ε̂ / max(σ(t), min_std).
+
+    min_std is a number in [1.2e-38, 1] (positive in float32; σ(t) <= 1, so a larger floor
+    would replace σ everywhere).
+    """
+    check_sde(sde)
+    if not (is_real(min_std) and np.finfo(np.float32).tiny <= min_std <= 1):
+        raise ValueError(f"min_std: got {min_std!r}, accepted a number in [1.2e-38, 1]")
+    return Partial(_eps_score, as_partial(eps_fn, "eps_fn"), sde, jnp.float32(min_std))
+
+
+def _free_guided_eps(null_class, eps_fn, labels, scale, x, t):
+    b = x.shape[0]
+    y = jnp.concatenate([jnp.broadcast_to(labels, (b,)), jnp.full((b,), null_class, jnp.int32)])
+    eps = eps_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)  # One call of 2B.
+    cond, uncond = eps[:b], eps[b:]
+    return cond + per_example(scale, x) * (cond - uncond)
+
+
+def classifier_free_guidance(eps_fn, sde: VPSDE, labels, scale, *, num_classes: int | None = None,
+                             min_std: float = 0.01) -> Partial:
+    """The guided score of a class-conditional noise predictor (Ho & Salimans, 2022):
+    −ε̃ / max(σ(t), min_std) with ε̃ = (1 + w) ε̂(x, t, y) − w ε̂(x, t, ∅).
+
+    Args:
+      eps_fn: x (B, ...), t (B,), y (B,) ↦ ε̂ (B, ...), y in 0..K with K the null class ∅
+        (a conditional `UNet` through `jaxguide.nets.apply_fn`).
+      labels: target classes, () or (B,) integers in [0, K).
+      scale: the guidance weight w ≥ 0, () or (B,); 0 is the conditional model alone.
+      num_classes: K; by default eps_fn's model's `num_classes`.
+    The two predictions are one network call on a batch of 2B; labels and w are traced.
+    """
+    num_classes = _check_num_classes(num_classes, eps_fn)
+    if num_classes is None:
+        raise ValueError("num_classes: got None and eps_fn's model has no num_classes; accepted "
+                         "the classes K of a class-conditional noise predictor (K is its null class)")
+    eps = Partial(_free_guided_eps_for(num_classes), as_partial(eps_fn, "eps_fn"),
+                  _check_labels(labels, num_classes), _check_scale(scale))
+    return score_from_eps(eps, sde, min_std)
+
+
+@functools.lru_cache(maxsize=None)
+def _free_guided_eps_for(null_class: int):
+    """`_free_guided_eps` for one null class: one function object per value (as `_sum_named`)."""
+    return functools.partial(_free_guided_eps, null_class)
 
 
 def _sum_of(names, fns, x, t):
@@ -43,7 +102,7 @@ def _sum_named(names: tuple[str, ...]):
 
 
 def _add(named_fns: dict[str, object]) -> Partial:
-    fns = tuple(_as_partial(f, name) for name, f in named_fns.items())
+    fns = tuple(as_partial(f, name) for name, f in named_fns.items())
     return Partial(_sum_named(tuple(named_fns)), fns)
 
 
@@ -80,7 +139,7 @@ def label_log_prob(log_prob_fn, labels, *, num_classes: int | None = None) -> Pa
     made by `jaxguide.nets.apply_fn`; a label found out of range only when traced gives NaN.
     """
     num_classes = _check_num_classes(num_classes, log_prob_fn)
-    return Partial(_label_log_prob_for(num_classes), _as_partial(log_prob_fn, "log_prob_fn"),
+    return Partial(_label_log_prob_for(num_classes), as_partial(log_prob_fn, "log_prob_fn"),
                    _check_labels(labels, num_classes))
 
 
@@ -108,7 +167,7 @@ def _density_grad(log_density_fn, x, t):
 
 def density_grad(log_density_fn) -> Partial:
     """x, t ↦ ∇ₓ log_density_fn(x, t), shape (B, ...), via `jax.grad` of the batch sum."""
-    return Partial(_density_grad, _as_partial(log_density_fn, "log_density_fn"))
+    return Partial(_density_grad, as_partial(log_density_fn, "log_density_fn"))
 
 
 def classifier_grad(log_prob_fn, labels, *, num_classes: int | None = None) -> Partial:
@@ -120,7 +179,7 @@ def _scaled(fn, scale, x, t):
     check_batch("scale", scale, x)
     # A traced scale cannot raise when negative: it makes its images NaN instead.
     scale = jnp.where(scale >= 0, scale, jnp.nan)
-    return _expand(scale, x) * fn(x, t)
+    return per_example(scale, x) * fn(x, t)
 
 
 def guidance_term(log_density_fn, scale) -> Partial:
@@ -142,12 +201,12 @@ def classifier_guidance(score_fn, log_prob_fn, labels, scale, *, num_classes: in
         was made by `jaxguide.nets.apply_fn`. Concrete labels are checked against K; labels
         out of range that only show when traced make the score NaN.
     """
-    score_fn = _as_partial(score_fn, "score_fn")
+    score_fn = as_partial(score_fn, "score_fn")
     term = guidance_term(label_log_prob(log_prob_fn, labels, num_classes=num_classes), scale)
     return _add({"score_fn": score_fn, "guidance term": term})
 
 
-def _as_partial(fn, name) -> Partial:
+def as_partial(fn, name) -> Partial:
     """fn as a `Partial` (a pytree, so that `jit` traces its arrays); fn must be callable."""
     if isinstance(fn, Partial):
         return fn
