@@ -40,6 +40,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, help=f"seed of initialisation, batches and noise {preset}")
     p.add_argument("--ckpt-every", type=int, help=f"steps between checkpoints {preset}")
     p.add_argument("--eval-every", type=int, help=f"steps between held-out evaluations {preset}")
+    p.add_argument("--keep", type=int, help=f"training checkpoints kept, the latest {preset}")
     p.add_argument("--no-progress", action="store_true", help="show no progress bar")
     cli.add_device_args(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -68,7 +69,7 @@ def main(argv):
     except ValueError as e:
         raise _as_flag_error(e, ("model",)) from e
     overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                       steps=args.steps, ckpt_every=args.ckpt_every,
+                                       steps=args.steps, ckpt_every=args.ckpt_every, keep=args.keep,
                                        eval_every=args.eval_every).items() if v is not None}
     try:
         cfg = cfg.replace(**overrides)

@@ -144,15 +144,16 @@ def get_config(task: str, model: str | None = None, preset: str = "default") -> 
         raise ValueError(f"model: got {model!r} for task {task!r}, "
                          f"accepted {', '.join(MODELS[task])}")
     base = {
-        "denoiser": dict(steps=2400, batch_size=128, lr=2e-3, ema_decay=0.999),
+        "denoiser": dict(steps=7000, batch_size=128, lr=2e-3, ema_decay=0.999),
         "classifier": dict(steps=3000, batch_size=256, lr=1e-3, ema_decay=None, grad_clip=None,
                            t_min=0.0),
         "evaluator": dict(steps=2000, batch_size=128, lr=2e-3, ema_decay=None, grad_clip=None,
                           weight_decay=1e-4),
     }[task]
-    base.update({"resnet": dict(steps=4000, lr=2e-3, ema_decay=0.999)}.get(model, {}))
+    base.update({"unet": dict(label_dropout=0.2),
+                 "resnet": dict(steps=3000, lr=2e-3, ema_decay=0.999)}.get(model, {}))
     kwargs = {
-        "unet": dict(channels=(32, 64), blocks=2, emb_dim=128),
+        "unet": dict(channels=(32, 64), blocks=2, emb_dim=128, attention=True, num_classes=10),
         "seed": {},
         "resnet": dict(channels=(32, 64), blocks=2, emb_dim=64),
         "tutorial": dict(time_embed="fourier", width=2),
@@ -161,7 +162,8 @@ def get_config(task: str, model: str | None = None, preset: str = "default") -> 
     if preset == "tiny":
         base.update(steps=6, batch_size=8, log_every=2, eval_every=3, ckpt_every=3)
         if model == "unet":
-            kwargs = dict(channels=(8, 16), blocks=1, emb_dim=16, groups=4)
+            kwargs = dict(channels=(8, 16), blocks=1, emb_dim=16, groups=4, attention=True,
+                          num_classes=10)
         if model == "resnet":
             kwargs = dict(channels=(8, 16), blocks=1, emb_dim=16, groups=4)
         if model == "tutorial":

@@ -36,21 +36,21 @@ class Pipeline:
     """A denoiser's score and a noisy classifier, ready to compose.
 
     score_fn(x, t) -> (B, H, W, C), the unconditional score; log_prob_fn(x, t) ->
-    (B, num_classes); eps_fn(x, t[, y]) -> (B, H, W, C), the denoiser's noise prediction
-    (class-conditional when `conditional`: y in 0..num_classes, num_classes the null class).
+    (B, num_classes); eps_fn(x, t, y) -> (B, H, W, C), the noise prediction of a
+    class-conditional denoiser (y in 0..num_classes, num_classes the null class), else None.
     """
 
     sde: VPSDE
     score_fn: Partial
-    eps_fn: Partial
     log_prob_fn: Partial
     num_classes: int
     image_shape: tuple[int, ...]
     metadata: dict[str, Any]
+    eps_fn: Partial | None = None
 
     @property
     def conditional(self) -> bool:
-        return self.metadata["denoiser"]["model_kwargs"].get("num_classes") is not None
+        return self.eps_fn is not None
 
 
 def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
@@ -88,11 +88,11 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
     return Pipeline(
         sde=sde,
         score_fn=score_from_eps(eps_fn, sde),  # A conditional denoiser: its null class.
-        eps_fn=eps_fn,
         log_prob_fn=apply_fn(cls_model, cls_vars),
         num_classes=int(cls_model.num_classes),
         image_shape=tuple(den_meta["image_shape"]),
         metadata={"denoiser": den_meta, "classifier": cls_meta},
+        eps_fn=eps_fn if den_k is not None else None,
     )
 
 

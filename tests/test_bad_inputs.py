@@ -283,7 +283,7 @@ TRAIN_CASES = {
     "ckpt-every-0": (["--ckpt-every", "0"], ["--ckpt-every", "got 0", ">= 1"]),
     "model-bogus": (["--model", "bogus"], ["--model", "'bogus'", "accepted unet, seed"]),
     "model-seed-for-classifier": (["classifier", "--model", "seed"],
-                                  ["--model", "'seed'", "'classifier'", "accepted classifier"]),
+                                  ["--model", "'seed'", "'classifier'", "accepted resnet, tutorial"]),
     "data-dir-missing": ([], ["--data-dir", "does-not-exist", "not found"]),
     "data-dir-a-file": (["--data-dir", "{file}"], ["--data-dir", "a-file", "not a directory"]),
     "data-dir-corrupt-idx": (["--data-dir", "{corrupt_idx}"],

@@ -29,7 +29,7 @@ from PIL import Image
 from jaxguide import checkpoint, data, training
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import TrainConfig, get_config
-from jaxguide.nets import NoisyClassifier, SeedUNet, UNet
+from jaxguide.nets import ResNetClassifier, SeedUNet, UNet
 from jaxguide.training import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,7 +261,7 @@ def test_classifier_exports_model_and_checkpoints(ref):
     assert (workdir / "loss.png").is_file()
 
     model, variables, meta = checkpoint.load_model(model_dir, task="classifier")
-    assert isinstance(model, NoisyClassifier) and model.width == 1
+    assert isinstance(model, ResNetClassifier) and model.channels == (8, 16)
     expected = training.eval_variables(state)
     assert_trees_equal(variables, expected)
     assert set(variables) == {"params"}
@@ -271,7 +271,7 @@ def test_classifier_exports_model_and_checkpoints(ref):
                                                        jax.tree.leaves(state.ema_params)))
 
     assert meta["format"] == checkpoint.FORMAT and meta["format_version"] == 1
-    assert meta["task"] == "classifier" and meta["model"] == "classifier"
+    assert meta["task"] == "classifier" and meta["model"] == "resnet"
     assert meta["step"] == 6
     assert TrainConfig.from_dict(meta["config"]) == CFG
     assert meta["sde"] == {"beta_min": CFG.beta_min, "beta_max": CFG.beta_max, "T": CFG.T}
