@@ -32,7 +32,8 @@ STEPS = {"euler_maruyama": (50, 100, 250, 1000), "predictor_corrector": (25, 50,
          "heun": (10, 25, 50), "dpm_solver_2m": (10, 25, 50)}
 
 
-def run_point(pipe, evaluator, ref, *, method, steps, scale, n, batch, seed):
+def run_point(pipe, evaluator, ref, *, method, steps, scale, n, batch, seed,
+              guidance="classifier"):
     labels = np.arange(n, dtype=np.int32) % pipe.num_classes
     key = jax.random.key(seed)
     t0 = time.perf_counter()
@@ -40,15 +41,21 @@ def run_point(pipe, evaluator, ref, *, method, steps, scale, n, batch, seed):
     for lo in range(0, n, batch):
         idx = np.arange(lo, lo + batch)
         images.append(np.asarray(pipeline.generate(key, pipe, labels[idx], scale, n_steps=steps,
-                                                   method=method, indices=idx)))
+                                                   method=method, indices=idx,
+                                                   guidance=guidance)))
     seconds = time.perf_counter() - t0
     res = metrics.evaluate_samples(evaluator, np.concatenate(images), labels, ref)
-    return {"method": method, "steps": steps, "nfe": steps * NFE_PER_STEP[method], "scale": scale,
+    nfe = steps * NFE_PER_STEP[method] * (1 if guidance == "classifier" else 2)
+    return {"method": method, "guidance": guidance, "steps": steps, "nfe": nfe, "scale": scale,
             "seconds": seconds, **res}
 
 
 def floor(evaluator, ref, train_images, train_labels, n, seed):
-    idx = np.random.default_rng(seed).choice(len(train_images), n, replace=False)
+    """The metrics of n real training digits, n / K of each class (as the samples)."""
+    rng = np.random.default_rng(seed)
+    k = int(train_labels.max()) + 1
+    idx = np.concatenate([rng.choice(np.flatnonzero(train_labels == c), n // k, replace=False)
+                          for c in range(k)])
     res = metrics.evaluate_samples(evaluator, train_images[idx], train_labels[idx], ref)
     return {"method": "real training digits", "steps": 0, "nfe": 0, "scale": None, "seconds": 0.0, **res}
 
@@ -85,7 +92,7 @@ def main():
     p.add_argument("--data-dir", help="MNIST IDX files (for the real-data floor)")
     p.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--n", type=int, default=500, help="samples per point")
+    p.add_argument("--n", type=int, default=1000, help="samples per point")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=16.0, help="scale of the step sweeps")

@@ -144,7 +144,7 @@ def get_config(task: str, model: str | None = None, preset: str = "default") -> 
         raise ValueError(f"model: got {model!r} for task {task!r}, "
                          f"accepted {', '.join(MODELS[task])}")
     base = {
-        "denoiser": dict(steps=7000, batch_size=128, lr=2e-3, ema_decay=0.999),
+        "denoiser": dict(steps=6000, batch_size=128, lr=2e-3, ema_decay=0.999),
         "classifier": dict(steps=3000, batch_size=256, lr=1e-3, ema_decay=None, grad_clip=None,
                            t_min=0.0),
         "evaluator": dict(steps=2000, batch_size=128, lr=2e-3, ema_decay=None, grad_clip=None,

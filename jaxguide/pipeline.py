@@ -62,11 +62,11 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
             raise TypeError(f"{name}: got {value!r}, accepted a path")
     root = Path(checkpoint_dir)
     if not root.is_dir():
-        raise checkpoint.CheckpointError(f"--checkpoint-dir {root}: not found")
+        raise checkpoint.CheckpointError(f"checkpoint_dir {root}: not found")
     for name in (denoiser, classifier):
         if not (root / name).is_dir():
             raise checkpoint.CheckpointError(
-                f"--checkpoint-dir {root}: has no {name}/; accepted a folder holding {denoiser}/ "
+                f"checkpoint_dir {root}: has no {name}/; accepted a folder holding {denoiser}/ "
                 f"and {classifier}/ model checkpoints (train.py writes each to <workdir>/model)")
     den_model, den_vars, den_meta = checkpoint.load_model(root / denoiser, task="denoiser")
     cls_model, cls_vars, cls_meta = checkpoint.load_model(root / classifier, task="classifier")
@@ -97,21 +97,22 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
 
 
 def guided_score(pipe: Pipeline, labels, scale, guidance: str = "classifier",
-                 classifier_scale=None) -> Partial:
+                 classifier_scale=None, interval=None) -> Partial:
     """The score that `generate` samples from (see there); labels and scales are traced."""
     if guidance == "classifier":
         return classifier_guidance(pipe.score_fn, pipe.log_prob_fn, labels, scale,
-                                   num_classes=pipe.num_classes)
+                                   num_classes=pipe.num_classes, interval=interval)
     score_fn = classifier_free_guidance(pipe.eps_fn, pipe.sde, labels, scale)
     if guidance == "both":
         score_fn = classifier_guidance(score_fn, pipe.log_prob_fn, labels, classifier_scale,
-                                       num_classes=pipe.num_classes)
+                                       num_classes=pipe.num_classes, interval=interval)
     return score_fn
 
 
 def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "classifier",
-             classifier_scale=None, n_steps: int = DEFAULT_STEPS, method: str = "euler_maruyama",
-             indices=None, record_every: int | None = None, **sampler_kwargs):
+             classifier_scale=None, interval=None, n_steps: int = DEFAULT_STEPS,
+             method: str = "euler_maruyama", indices=None, record_every: int | None = None,
+             **sampler_kwargs):
     """Class-guided samples, clipped to [−1, 1].
 
     Args:
@@ -122,6 +123,7 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
       guidance: "classifier" (the unconditional score + s ∇ₓ log q(y | x, t)), "free"
         (classifier-free: needs a class-conditional denoiser) or "both" (classifier-free
         with weight `scale`, plus the classifier's term with scale `classifier_scale`).
+      interval: (t_lo, t_hi): the classifier's term only there (see `classifier_guidance`).
       n_steps: reverse-SDE steps (default DEFAULT_STEPS, 50, as sample.py's --steps).
       indices: (B,) global sample indices (noise of image i depends only on key and i).
       sampler_kwargs: the rest of `sample`'s options, e.g. `mesh=make_mesh()` to split the
@@ -152,7 +154,7 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
     if (guidance == "both") != (classifier_scale is not None):
         raise ValueError(f"classifier_scale: got {classifier_scale!r} with guidance "
                          f"{guidance!r}; accepted a scale >= 0 with 'both' only")
-    score_fn = guided_score(pipe, labels, scale, guidance, classifier_scale)
+    score_fn = guided_score(pipe, labels, scale, guidance, classifier_scale, interval)
     out = sample(key, score_fn, pipe.sde, (labels.shape[0],) + pipe.image_shape, n_steps=n_steps,
                  method=method, indices=indices, record_every=record_every, **sampler_kwargs)
     if record_every:

@@ -188,8 +188,16 @@ def guidance_term(log_density_fn, scale) -> Partial:
     return Partial(_scaled, density_grad(log_density_fn), scale)
 
 
-def classifier_guidance(score_fn, log_prob_fn, labels, scale, *, num_classes: int | None = None
-                        ) -> Partial:
+def _in_interval(term_fn, lo, hi, x, t):
+    inside = (t >= lo) & (t <= hi)
+    # lax.cond: outside the interval the term (a classifier's gradient) is not computed at all.
+    return jax.lax.cond(jnp.any(inside),
+                        lambda: jnp.where(per_example(inside, x), term_fn(x, t), 0.0),
+                        lambda: jnp.zeros_like(x))
+
+
+def classifier_guidance(score_fn, log_prob_fn, labels, scale, *, num_classes: int | None = None,
+                        interval=None) -> Partial:
     """The guided score x, t ↦ score_fn(x, t) + scale · ∇ₓ log q(labels | x, t).
 
     Args:
@@ -200,9 +208,14 @@ def classifier_guidance(score_fn, log_prob_fn, labels, scale, *, num_classes: in
       num_classes: K, an integer >= 1. By default the model's `num_classes` when log_prob_fn
         was made by `jaxguide.nets.apply_fn`. Concrete labels are checked against K; labels
         out of range that only show when traced make the score NaN.
+      interval: (t_lo, t_hi) to apply the classifier's term only for t_lo <= t <= t_hi
+        (outside, the score alone, and the classifier is not run); None: at every t. The
+        bounds are traced: changing them does not recompile a sampler.
     """
     score_fn = as_partial(score_fn, "score_fn")
     term = guidance_term(label_log_prob(log_prob_fn, labels, num_classes=num_classes), scale)
+    if interval is not None:
+        term = Partial(_in_interval, term, *_check_interval(interval))
     return _add({"score_fn": score_fn, "guidance term": term})
 
 
@@ -269,3 +282,16 @@ def _check_scale(scale):
             raise ValueError(f"scale: got {scale!r}, accepted a finite number >= 0 that fits "
                              "float32 (<= 3.4e38), a scalar or one per example")
     return jnp.asarray(scale, jnp.float32)
+
+
+def _check_interval(interval) -> tuple[jax.Array, jax.Array]:
+    """(t_lo, t_hi), real numbers with 0 <= t_lo <= t_hi when concrete, as float32."""
+    try:
+        lo, hi = interval
+    except (TypeError, ValueError):
+        raise ValueError(f"interval: got {reprlib.repr(interval)}, accepted a pair (t_lo, t_hi) "
+                         "or None") from None
+    if is_concrete(lo) and is_concrete(hi) and not (is_real(lo) and is_real(hi)
+                                                    and 0 <= lo <= hi):
+        raise ValueError(f"interval: got ({lo!r}, {hi!r}), accepted real times 0 <= t_lo <= t_hi")
+    return jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)

@@ -97,7 +97,7 @@ CASES = {
                          r"emb_dim: got 9, accepted an even integer >= 2"),
     "unet-patch": (lambda: UNet(patch=0), ValueError, r"patch: got 0"),
     "classifier-num_classes": (lambda: make_model("classifier", {"num_classes": 0}), ValueError,
-                               r"model_kwargs for 'classifier': num_classes: got 0, accepted an "
+                               r"model_kwargs for 'tutorial': num_classes: got 0, accepted an "
                                r"integer >= 2"),
     "classifier-time_embed": (lambda: NoisyClassifier(time_embed="sin"), ValueError,
                               r"time_embed: got 'sin', accepted add, fourier"),

@@ -261,3 +261,43 @@ def test_classifier_free_guidance_needs_a_conditional_model():
         classifier_free_guidance(lambda x, t, y: x, SDE, 0, 1.0)
     with pytest.raises(ValueError, match=r"labels: got 3, accepted \[0, 2\]"):
         classifier_free_guidance(ToyEps(), SDE, 3, 1.0, num_classes=K)
+
+
+# ------------------------------------------------------------------ guidance interval
+
+
+def test_guidance_interval_applies_the_term_only_inside():
+    full = classifier_guidance(gaussian_score, linear_log_prob, 1, 2.0)
+    limited = classifier_guidance(gaussian_score, linear_log_prob, 1, 2.0, interval=(0.3, 0.6))
+    inside = (T >= 0.3) & (T <= 0.6)
+    expected = np.where(inside[:, None], full(X, T), gaussian_score(X, T))
+    np.testing.assert_allclose(limited(X, T), expected, rtol=1e-6)
+
+
+def test_guidance_interval_does_not_run_the_classifier_outside():
+    runs = []
+
+    def counting_log_prob(x, t):
+        jax.debug.callback(lambda: runs.append(1))
+        return linear_log_prob(x, t)
+
+    score = jax.jit(lambda f, x, t: f(x, t))
+    limited = classifier_guidance(gaussian_score, counting_log_prob, 1, 2.0, interval=(0.3, 0.6))
+    for t in (0.1, 0.5, 0.9):
+        score(limited, X, jnp.full(B, t)).block_until_ready()
+    assert len(runs) == 1  # Only at t = 0.5.
+
+
+def test_guidance_interval_bounds_do_not_recompile():
+    traces = []
+
+    @jax.jit
+    def run(score_fn):
+        traces.append(1)
+        return score_fn(X, T)
+
+    for lo, hi in ((0.0, 1.0), (0.2, 0.4), (0.5, 0.5)):
+        run(classifier_guidance(gaussian_score, linear_log_prob, 1, 2.0, interval=(lo, hi)))
+    assert len(traces) == 1
+    with pytest.raises(ValueError, match=r"interval: got \(0\.5, 0\.2\), accepted real times"):
+        classifier_guidance(gaussian_score, linear_log_prob, 1, 2.0, interval=(0.5, 0.2))
