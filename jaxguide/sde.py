@@ -8,6 +8,7 @@ Times `t` have shape (B,) (or are scalars) and broadcast over the trailing dims 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -21,10 +22,15 @@ from jaxguide.checks import (F32_MAX, F32_TINY, check_array, check_batch, check_
 MAX_INTEGRAL_BETA = 1e4  # ∫₀ᵀβ: m(T) = exp(−½∫β) is 0 in float32 from ∫β ≈ 207 on.
 
 
-def per_example(v: jax.Array, x: jax.Array) -> jax.Array:
-    """Reshapes per-example values (B,) (or a scalar) to broadcast against x (B, ...)."""
-    v = jnp.asarray(v, x.dtype)
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+def times_checked(closed_form):
+    """A closed form f(self, t) whose times are checked (real, >= 0 when concrete) first."""
+
+    @functools.wraps(closed_form)
+    def checked(self, t):
+        check_times(t)
+        return closed_form(self, t)
+
+    return checked
 
 
 @struct.dataclass
@@ -40,35 +46,18 @@ class VPSDE:
     T: float = struct.field(pytree_node=False, default=1.0)
 
     def __post_init__(self):
-        for name in ("beta_min", "beta_max", "T"):
-            value = getattr(self, name)
-            if not is_real(value) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"VPSDE: {name} must be a finite number > 0, got {value!r}")
-            lo, hi = F32_TINY, F32_MAX
-            if not lo <= value <= hi:  # Else 0 or inf once cast to float32.
-                raise ValueError(f"VPSDE: {name} must lie in float32's normal range "
-                                 f"[{lo:.3g}, {hi:.3g}], got {value!r}")
-            object.__setattr__(self, name, float(value))  # NumPy scalars too; JSON-friendly
-        if self.beta_max < self.beta_min:
-            raise ValueError(
-                f"VPSDE: beta_max must be >= beta_min, got beta_min={self.beta_min}, "
-                f"beta_max={self.beta_max}")
-        total = self.beta_min * self.T + 0.5 * self.T * self.T * (self.beta_max - self.beta_min)
-        if total > MAX_INTEGRAL_BETA:
-            raise ValueError(
-                f"VPSDE: the schedule's integral of beta over [0, T] must be <= "
-                f"{MAX_INTEGRAL_BETA:g}, got {total:.6g} (beta_min={self.beta_min:g}, "
-                f"beta_max={self.beta_max:g}, T={self.T:g}); m(T) is already 0 in float32 "
-                "from about 207, and larger schedules overflow float32 in the samplers")
+        for name in ("beta_min", "beta_max", "T"):  # NumPy scalars too; JSON-friendly.
+            object.__setattr__(self, name, check_schedule_field(name, getattr(self, name)))
+        check_schedule(self.beta_min, self.beta_max, self.T)
 
+    @times_checked
     def beta(self, t):
         """β(t), same shape as t."""
-        check_times(t)
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
+    @times_checked
     def integral_beta(self, t):
         """∫₀ᵗ β(s) ds, same shape as t."""
-        check_times(t)
         return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
 
     def mean_coeff(self, t):
@@ -125,3 +114,33 @@ def check_sde(sde) -> None:
     """Samplers and scores integrate a `VPSDE` (its closed forms and static fields)."""
     if not isinstance(sde, VPSDE):
         raise TypeError(f"sde: expected a jaxguide.VPSDE, got {type(sde).__name__}")
+
+
+def check_schedule_field(name: str, value) -> float:
+    """beta_min, beta_max or T: a finite number > 0 in float32's normal range, as a float."""
+    if not is_real(value) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"VPSDE: {name} must be a finite number > 0, got {value!r}")
+    if not F32_TINY <= value <= F32_MAX:  # Else 0 or inf once cast to float32.
+        raise ValueError(f"VPSDE: {name} must lie in float32's normal range "
+                         f"[{F32_TINY:.3g}, {F32_MAX:.3g}], got {value!r}")
+    return float(value)
+
+
+def check_schedule(beta_min: float, beta_max: float, T: float) -> None:
+    """beta_max >= beta_min, and ∫₀ᵀβ small enough for float32 (MAX_INTEGRAL_BETA)."""
+    if beta_max < beta_min:
+        raise ValueError(f"VPSDE: beta_max must be >= beta_min, got beta_min={beta_min}, "
+                         f"beta_max={beta_max}")
+    total = beta_min * T + 0.5 * T * T * (beta_max - beta_min)
+    if total > MAX_INTEGRAL_BETA:
+        raise ValueError(
+            f"VPSDE: the schedule's integral of beta over [0, T] must be <= "
+            f"{MAX_INTEGRAL_BETA:g}, got {total:.6g} (beta_min={beta_min:g}, "
+            f"beta_max={beta_max:g}, T={T:g}); m(T) is already 0 in float32 "
+            "from about 207, and larger schedules overflow float32 in the samplers")
+
+
+def per_example(v: jax.Array, x: jax.Array) -> jax.Array:
+    """Reshapes per-example values (B,) (or a scalar) to broadcast against x (B, ...)."""
+    v = jnp.asarray(v, x.dtype)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
