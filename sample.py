@@ -428,7 +428,7 @@ def run_figures(args, mesh):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxguide import data, guidance, metrics, viz
+    from jaxguide import data, metrics, scores, viz
 
     check_args(args)
     pipe = load_pipeline(args)
