@@ -31,10 +31,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-if __name__ == "__main__":  # Ctrl-C while JAX imports: status 130, no traceback.
+# Ctrl-C while JAX imports: status 130, no traceback. Before the library is imported, its
+# one signal mechanism (runtime.Signals, from cli.exit_with on) cannot be: the process just
+# ends (a KeyboardInterrupt would not do: JAX's import can swallow it and go on).
+if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
-from jaxguide import cli  # noqa: E402
+from jaxguide import cli, runtime  # noqa: E402
 from jaxguide.checks import SEED_MAX, check_int  # noqa: E402
 from jaxguide.pipeline import DEFAULT_STEPS, GUIDANCE  # noqa: E402
 
@@ -363,7 +366,7 @@ def writing_to(out: Path, remove=()):
     try:
         staging = Path(tempfile.mkdtemp(prefix=".sample.", dir=out))
         yield stage
-        with cli.signals_held():  # Every file moves into place: all old or all new outputs.
+        with runtime.Signals():  # Every file moves into place: all old or all new outputs.
             for path, tmp in staged.items():
                 os.replace(tmp, path)
             for name in remove:

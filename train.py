@@ -15,7 +15,10 @@ import os
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C while JAX imports: status 130, no traceback.
+# Ctrl-C while JAX imports: status 130, no traceback. Before the library is imported, its
+# one signal mechanism (runtime.Signals, from cli.exit_with on) cannot be: the process just
+# ends (a KeyboardInterrupt would not do: JAX's import can swallow it and go on).
+if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 from jaxguide import cli, configs  # noqa: E402

@@ -3,72 +3,34 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import errno
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
-from jaxguide import parallel
+from jaxguide import parallel, runtime
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.data import DataError
 
 _HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})")  # host:port, [v6]:port
 USER_ERRORS = (ValueError, TypeError, CheckpointError, DataError, OSError, RuntimeError)
-INTERRUPTED = (130, 143)  # Exit statuses after SIGINT (Ctrl-C) and SIGTERM: 128 + signal.
 NAME_MAX = 255  # Bytes in one file name, on every common file system.
 
 
 def exit_with(main) -> None:
     """Runs main on the command line's arguments and ends the process with `run`'s status.
 
-    After Ctrl-C (or a SIGTERM that training caught) the process ends at once
-    (`os._exit(130)` or 143, output flushed): a normal interpreter shutdown while XLA's
-    threads still compile or run can crash (a segfault). Training has saved its checkpoint by
-    then (saves are synchronous).
+    SIGINT and SIGTERM raise `runtime.Interrupted` where the program is, so that its cleanup
+    runs (`runtime.Signals`); the process then ends at once with status 130 or 143
+    (`runtime.exit_now`). Training has saved its checkpoint by then (saves are synchronous).
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # The scripts' import-time one.
-    signal.signal(signal.SIGTERM, _terminate)  # Cleans up like Ctrl-C instead of dying at once.
-    status = run(main)
-    if status in INTERRUPTED:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+    with runtime.Signals(hold=False):
+        status = run(main)
+    if status in runtime.INTERRUPTED:
+        runtime.exit_now(status)
     sys.exit(status)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so that its cleanup runs; exit status 143."""
-
-    status = INTERRUPTED[1]
-
-
-def _terminate(signum, frame):
-    raise Terminated("SIGTERM")
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Holds SIGINT and SIGTERM until the block ends (then the first one caught takes
-    effect): for steps that must not be cut in two. From the main thread only. (Masking the
-    signals would not do: another thread of the process, XLA's, would take them.)"""
-    caught = []
-    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
-           for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        if caught:
-            handler = old[caught[0]]
-            if callable(handler):
-                handler(caught[0], None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(caught[0])
 
 
 def run(main, argv=None) -> int:
@@ -77,8 +39,8 @@ def run(main, argv=None) -> int:
     debug = "--debug" in argv
     try:
         main([a for a in argv if a != "--debug"])
-    except KeyboardInterrupt as e:  # Terminated, training.Stopped: 143 after SIGTERM.
-        return getattr(e, "status", INTERRUPTED[0])
+    except KeyboardInterrupt as e:  # runtime.Interrupted: 143 after SIGTERM.
+        return getattr(e, "status", runtime.INTERRUPTED[0])
     except USER_ERRORS as e:
         if debug:
             raise

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from flax import struct
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxguide import checkpoint, data, losses, parallel
+from jaxguide import checkpoint, data, losses, parallel, runtime
 from jaxguide.checks import check_int
 from jaxguide.cli import Console
 from jaxguide.compiler import jit
@@ -179,33 +178,6 @@ def make_evaluate(cfg: TrainConfig, model: nn.Module, images, labels, n: int = 1
     return evaluate
 
 
-class Stopped(KeyboardInterrupt):
-    """Training stopped by SIGINT or SIGTERM, after saving a checkpoint. `status` is the
-    conventional exit status, 128 + the signal's number (130, 143)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.status = 128 + signum
-
-
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag that the loop checks between steps."""
-
-    def __init__(self):
-        self.signal = self.signum = None
-
-    def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal, self.signum = signal.Signals(signum).name, signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def check_disk_space(workdir: Path, state: TrainState, keep: int) -> None:
     """Fails early unless `workdir` has room for `keep` checkpoints, one in flight and the export.
 
@@ -281,7 +253,9 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.task,
                unit="step", smoothing=0, dynamic_ncols=True, file=err)
     t0, s0 = time.perf_counter(), start
-    with bar, _StopRequest() as stop:  # The bar ends its line before any error is printed.
+    # SIGINT and SIGTERM are held until the step ends: then a checkpoint is saved and the run
+    # stops. The bar ends its line before any error is printed.
+    with bar, runtime.Signals() as signals:
         for step in range(start, cfg.steps):
             idx = data.batch_indices(cfg.seed, step, len(x_train), cfg.batch_size)
             state, loss = train_step(state, *parallel.shard_batch(mesh, x_train[idx], y_train[idx]))
@@ -300,16 +274,17 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
                 log.write({"step": done, **last_eval})
                 _print_above(bar, f"step {done}: " + ", ".join(
                     f"{k}={v:.4f}" for k, v in last_eval.items()), out)
-            if done % cfg.ckpt_every == 0 or done == cfg.steps or stop.signal:
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or signals.signum:
                 # A finite loss does not imply a finite state (max-pool and ReLU can hide NaNs).
                 if not bool(_all_finite(state)):
                     raise _diverged(f"the training state became non-finite by step {done}", mgr)
                 checkpoint.save_train(mgr, done, state, {**meta, "step": done, "metrics": last_eval})
-            if stop.signal:
+            if signals.signum:
+                stop = signals.take()
                 bar.close()
-                print(f"{stop.signal}: saved checkpoint at step {done} in {mgr.directory}; "
+                print(f"{stop}: saved checkpoint at step {done} in {mgr.directory}; "
                       "run the same command to resume", file=out)
-                raise Stopped(stop.signum)
+                raise stop
     model_dir = checkpoint.save_model(workdir / "model", eval_variables(state),
                                       {**meta, "step": int(state.step), "metrics": last_eval})
     if jax.process_index() == 0:
