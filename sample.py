@@ -19,16 +19,13 @@ removed again if the run fails before writing into it.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import math
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 # Ctrl-C while JAX imports: status 130, no traceback. Before the library is imported, its
@@ -283,101 +280,18 @@ def load_evaluator(args, required: bool = False):
         return metrics.Evaluator(path)
     except checkpoint.CheckpointError as e:
         raise checkpoint.CheckpointError(f"--checkpoint-dir: {e}") from e
-
-
-def _made_here(path: Path) -> bool:
-    """`viz.made_here` (viz is imported when first needed)."""
-    from jaxguide import viz
-
-    return viz.made_here(path)
-
-
-def _is_samples_npz(path: Path) -> bool:
-    """Whether `path` is an npz with the arrays sample.py writes."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return {"images.npy", "labels.npy", "seed.npy", "versions.npy"} <= set(z.namelist())
-    except (zipfile.BadZipFile, ValueError, EOFError):  # EOFError: a truncated archive.
-        return False
+SAMPLES_ARRAYS = ("images", "labels", "seed", "versions")  # Those samples.npz always holds.
 
 
 # Each command's outputs: name -> (what it is, whether a file of that name is one).
 SAMPLE_OUTPUTS = {
-    "grid.png": ("sample.py's PNG image", _made_here),
-    "trajectory.gif": ("sample.py's GIF image", _made_here),
-    "samples.npz": ("sample.py's npz of arrays", _is_samples_npz),
+    "grid.png": ("sample.py's PNG image", runtime.made_here),
+    "trajectory.gif": ("sample.py's GIF image", runtime.made_here),
+    "samples.npz": ("sample.py's npz of arrays",
+                    functools.partial(runtime.npz_holds, arrays=SAMPLES_ARRAYS)),
 }
 FIGURE_OUTPUTS = {name: SAMPLE_OUTPUTS["grid.png"] for name in
                   ("classifier_over_time.png", "gradient_maps.png", "accuracy_vs_scale.png")}
-
-
-def check_outputs(out: Path, outputs: dict, written) -> None:
-    """Refuses (a ValueError naming --out) to replace or remove a file of one of `outputs`'
-    names that sample.py did not write; `written`: the names this run writes, the others it
-    removes. Called before sampling."""
-    if not out.is_dir():  # "new/../x" is x (see checkpoint.ensure_writable_dir).
-        out = Path(os.path.realpath(out))
-    for name, (kind, ours) in outputs.items():
-        path = out / name
-        if os.path.islink(path) or (os.path.lexists(path) and not path.is_file()):
-            what = "a folder" if path.is_dir() else "not a regular file"
-        elif not path.is_file():
-            continue
-        else:
-            try:
-                if ours(path):
-                    continue
-                what = f"not {kind}"
-            except OSError as e:
-                what = f"unreadable ({e.strerror or e})"
-        action = (f"cannot write {path}: it exists and is" if name in written else
-                  f"cannot remove {path} (this run writes no {name}): it is")
-        raise ValueError(f"--out {out}: {action} {what}; move it away or choose another --out")
-
-
-@contextlib.contextmanager
-def output_folder(out: str):
-    """Creates --out and proves it writable (before any sampling); yields its Path. If the
-    block fails, the folders it created are removed again while they hold no file: a failed
-    run leaves no empty --out behind, and never touches a folder that existed before."""
-    from jaxguide import checkpoint
-
-    with checkpoint.removed_if_left_empty(out):
-        path = checkpoint.ensure_writable_dir(out, "--out")
-        with checkpoint.held_exclusively(path, "--out", "sample.py run"):
-            yield path
-
-
-@contextlib.contextmanager
-def writing_to(out: Path, remove=()):
-    """Yields `stage(name)`: the path to write `out/name` to, in a new hidden folder of `out`
-    (never a user's file, and another run's are its own). The files move
-    into place together when the block ends, and the files `out/name` for `name` in `remove`
-    (an earlier run's outputs this run does not write) are deleted; nothing changes if the
-    block fails or is interrupted (no half-written or mixed outputs). A failed write (a folder
-    in a file's place, a full disk) becomes one error naming the file. Check the names first
-    with `check_outputs`."""
-    staged, staging = {}, None
-
-    def stage(name: str) -> Path:
-        staged[out / name] = staging / name
-        return staged[out / name]
-
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=".sample.", dir=out))
-        yield stage
-        with runtime.Signals():  # Every file moves into place: all old or all new outputs.
-            for path, tmp in staged.items():
-                os.replace(tmp, path)
-            for name in remove:
-                (out / name).unlink(missing_ok=True)
-    except OSError as e:
-        finals = {str(tmp): path for path, tmp in staged.items()}
-        name = e.filename2 or finals.get(str(e.filename), e.filename) or "a file"
-        raise ValueError(f"--out {out}: cannot write {name} ({e.strerror or e})") from e
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_sample(args, mesh):
@@ -393,8 +307,8 @@ def run_sample(args, mesh):
     evaluator = load_evaluator(args, required=True) if args.evaluate else None
     reference = evaluator.reference(classes) if evaluator else None  # Read before sampling.
     names = ["grid.png"] + ([] if args.no_gif else ["trajectory.gif"]) + ["samples.npz"]
-    check_outputs(Path(args.out), SAMPLE_OUTPUTS, names)
-    with output_folder(args.out) as out:
+    runtime.check_outputs(Path(args.out), SAMPLE_OUTPUTS, names, "--out")
+    with runtime.output_folder(args.out, "--out", "sample.py run") as out:
         labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
         record_every = None if args.no_gif else max(1, args.steps // 20)
         images, frames = generate_all(pipe, labels, args.scale, args, mesh, record_every,
@@ -410,7 +324,8 @@ def run_sample(args, mesh):
         weights = (f"w {args.scale:g}, s {args.classifier_scale:g}" if args.guidance == "both"
                    else f"{'s' if args.guidance == 'classifier' else 'w'} {args.scale:g}")
         title = (f"{args.guidance} guidance, {weights}, {args.steps} {args.sampler} steps")
-        with writing_to(out, remove=[n for n in SAMPLE_OUTPUTS if n not in names]) as stage:
+        with runtime.writing_to(out, "--out", [n for n in SAMPLE_OUTPUTS if n not in names],
+                                prefix=".sample.") as stage:
             viz.save_grid(images, labels, stage("grid.png"), ncol=ncol, title=title)
             if frames is not None:
                 viz.save_gif(frames, stage("trajectory.gif"), ncol=ncol)
@@ -451,8 +366,8 @@ def run_figures(args, mesh):
                              ", and the test digit comes from the data" if x_test is not None
                              else "") + ")")
     written = list(FIGURE_OUTPUTS)[:2] + (["accuracy_vs_scale.png"] if evaluator else [])
-    check_outputs(Path(args.out), FIGURE_OUTPUTS, written)
-    with output_folder(args.out) as out:
+    runtime.check_outputs(Path(args.out), FIGURE_OUTPUTS, written, "--out")
+    with runtime.output_folder(args.out, "--out", "sample.py run") as out:
         key = jax.random.key(args.seed)
         if x_test is not None:
             x0, y = jnp.asarray(x_test[:1]), int(y_test[0])
@@ -473,7 +388,8 @@ def run_figures(args, mesh):
             accs = [metrics.guided_accuracy(
                 evaluator(generate_all(pipe, labels, s, args, mesh, desc=f"scale {s:g}")[0]
                           ).predictions, labels)[0] for s in FIGURE_SCALES]
-        with writing_to(out, remove=[n for n in FIGURE_OUTPUTS if n not in written]) as stage:
+        with runtime.writing_to(out, "--out", [n for n in FIGURE_OUTPUTS if n not in written],
+                                prefix=".sample.") as stage:
             viz.plot_classifier_over_time(ts, x_ts, probs, stage("classifier_over_time.png"), y)
             viz.plot_gradient_maps(ts, x_ts, grads, stage("gradient_maps.png"), targets)
             if accs is not None:

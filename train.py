@@ -62,7 +62,7 @@ def main(argv):
     args = parse_args(argv)
     import math
 
-    from jaxguide import checkpoint, parallel, training
+    from jaxguide import parallel, runtime, training
 
     mesh = cli.init_devices(args)
 
@@ -90,8 +90,8 @@ def main(argv):
     for name in ("workdir", "data_dir"):
         cli.check_path("--" + name.replace("_", "-"), getattr(args, name))
     # training.train checks the work dir too, but only after the data is read: here first.
-    with checkpoint.removed_if_left_empty(args.workdir):  # Nothing left if this fails early.
-        workdir = checkpoint.ensure_writable_dir(args.workdir, "--workdir")
+    with runtime.removed_if_left_empty(args.workdir):  # Nothing left if this fails early.
+        workdir = runtime.ensure_writable_dir(args.workdir, "--workdir")
         training.check_workdir(workdir, cfg.task)
         cfg, dataset = _load_data(cfg, args)
         training.train(cfg, workdir, dataset=dataset, progress=not args.no_progress,

@@ -19,16 +19,10 @@ import re
 import reprlib
 import shutil
 import sys
-import tempfile
 import traceback
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: runs are not locked against each other.
-    fcntl = None
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from jaxguide import runtime
 from jaxguide.configs import MODELS, OLD_MODEL_NAMES, TASKS
 from jaxguide.sde import VPSDE
 
@@ -145,71 +140,6 @@ def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
 
 # Training checkpoints ---------------------------------------------------------------------
 
-def ensure_writable_dir(path: str | Path, name: str, probe_bytes: int = 1 << 20) -> Path:
-    """Creates directory `path`, proves it writable with a `probe_bytes` file and returns it
-    (resolved if it does not lead there as written, e.g. "new/../x").
-
-    Raises a ValueError naming `name` (the argument `path` came from) before any work starts,
-    rather than a failed save after it.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{name} {path}: is a file, accepted a folder (new or existing)")
-    if path.is_symlink() and not path.exists():
-        raise ValueError(f"{name} {path}: a link to {os.readlink(path)}, which does not exist; "
-                         "accepted a folder (new or existing)")
-    try:
-        real = os.path.realpath(path)  # "new/../x" makes x, not also new.
-        Path(real).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=real) as probe:  # A new file: never a user's.
-            probe.write(b"\0" * probe_bytes)
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as e:
-        raise ValueError(f"{name} {path}: not writable ({e.strerror or e})") from e
-    return path if path.is_dir() else Path(real)  # "new/../x" does not lead anywhere.
-
-
-@contextlib.contextmanager
-def held_exclusively(path: str | Path, name: str, user: str):
-    """Holds an advisory lock on the existing folder `path` for the block (in process 0, which
-    writes for the others): a second run on the same folder is refused with a ValueError
-    naming `name` instead of mixing its files with this run's. `user`: who holds it."""
-    if fcntl is None or jax.process_index() > 0:
-        yield
-        return
-    fd = os.open(os.path.realpath(path), os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"{name} {path}: in use by another {user}; wait for it to end or "
-                             f"choose another {name}") from None
-        yield
-    finally:
-        os.close(fd)  # Releases the lock.
-
-
-@contextlib.contextmanager
-def removed_if_left_empty(path: str | Path):
-    """On an exception inside, removes the folder `path` and the parents the block created,
-    if it created them and they hold no file (only empty folders, if any): a run that fails
-    before writing anything leaves no trace."""
-    path = Path(os.path.realpath(path))  # "new/../old" is old: never counted as made here.
-    new = [p for p in (path, *path.parents) if not os.path.lexists(p)]
-    try:
-        yield
-    except BaseException:
-        if new and path.is_dir() and not any(files for _, _, files in os.walk(path)):
-            shutil.rmtree(path, ignore_errors=True)
-            for folder in new[1:]:  # Deepest first; rmdir refuses a folder that is not empty.
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
-        raise
-
-
 def manager(workdir: str | Path, keep: int = 2) -> ocp.CheckpointManager:
     """A synchronous CheckpointManager over `<workdir>/checkpoints`, keeping the last `keep`."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
@@ -301,14 +231,18 @@ def save_model(path: str | Path, variables, metadata: dict[str, Any]) -> Path:
     _check_variables(variables)
     _check_arrays_match("variables", variables, _model_of(metadata, "metadata")[1],
                         "the model that metadata describes (model, model_kwargs, image_shape)")
-    tmp = _staging_dir(path)
+    try:
+        tmp = runtime.staging_dir(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write in {path.parent} ({e.strerror or e}); "
+                              "accepted a path in a writable folder") from e
     try:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "state", variables)
             ckptr.wait_until_finished()
         if jax.process_index() == 0:
             (tmp / "metadata.json").write_text(meta_text)
-            _move_into_place(tmp, path)
+            runtime.move_into_place(tmp, path)
     finally:
         if jax.process_index() == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # Gone already after a commit.
@@ -338,39 +272,6 @@ def _check_variables(variables) -> None:
     if not all(bool(jnp.all(jnp.isfinite(x))) for x in leaves
                if jnp.issubdtype(x.dtype, jnp.inexact)):
         raise CheckpointError("variables: contain NaN or inf; accepted finite values")
-
-
-def _staging_dir(path: Path) -> Path:
-    """A new hidden folder beside `path`, written by `save_model` and then renamed to `path`."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if jax.process_count() == 1:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-            tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared.
-        else:  # A name every process agrees on, cleared by process 0 first.
-            tmp = path.parent / f".{path.name}.tmp"
-            if jax.process_index() == 0 and tmp.exists():
-                shutil.rmtree(tmp)
-            multihost_utils.sync_global_devices(f"save_model {path}: start")
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot write in {path.parent} ({e.strerror or e}); "
-                              "accepted a path in a writable folder") from e
-    return tmp
-
-
-def _move_into_place(tmp: Path, path: Path) -> None:
-    """Renames `tmp` to `path`. A model checkpoint at `path` is first moved aside, then
-    deleted once `tmp` has taken its place (or put back if that fails)."""
-    old = tmp.with_name(tmp.name + ".replaced")
-    if path.exists():
-        path.rename(old)
-    try:
-        tmp.rename(path)
-    except OSError:
-        if old.exists():
-            old.rename(path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_metadata_file(path: Path) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -217,11 +216,9 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     workdir = Path(workdir)
     mesh = parallel.make_mesh(devices)
     parallel.check_divisible("batch_size", cfg.batch_size, mesh)
-    with checkpoint.removed_if_left_empty(workdir):
-        workdir = checkpoint.ensure_writable_dir(workdir, "workdir")
-        with checkpoint.held_exclusively(workdir, "workdir", "training run"):
-            check_workdir(workdir, cfg.task)
-            return _train(cfg, workdir, mesh, data_dir, dataset, progress)
+    with runtime.output_folder(workdir, "workdir", "training run") as workdir:
+        check_workdir(workdir, cfg.task)
+        return _train(cfg, workdir, mesh, data_dir, dataset, progress)
 
 
 def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
@@ -440,10 +437,8 @@ def check_workdir(workdir: str | Path, task: str) -> None:
 
 
 def _check_plot(workdir: Path, plot: Path) -> None:
-    from jaxguide import viz
-
     try:
-        ours = viz.made_here(plot)
+        ours = runtime.made_here(plot)
     except OSError:
         ours = False
     if not ours:
@@ -461,10 +456,7 @@ class _Log:
         records = _log_records(path) if path.is_file() else None
         if jax.process_index() == 0:  # Also ends a torn last line.
             kept = [r for r in records if r["step"] <= after] if records else [header]
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                             delete=False) as tmp:  # A new file: never a user's.
-                tmp.write("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp.name, path)  # Atomic: a kill leaves the old log or the new one.
+            runtime.replace_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if jax.process_index() > 0:  # One log per run, written by process 0.

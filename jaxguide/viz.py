@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -12,26 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxguide.checks import check_int  # noqa: E402
-
-
-SOFTWARE = "jaxguide"  # Written into every PNG and GIF made here: see `made_here`.
-
-
-def made_here(path: str | Path) -> bool:
-    """Whether the regular file `path` is a PNG or GIF written by this module (its metadata
-    names SOFTWARE); an unreadable file raises OSError."""
-    from PIL import Image
-
-    if not Path(path).is_file():
-        return False
-    raw = Path(path).read_bytes()
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            tag = {"PNG": lambda: im.text.get("Software"),
-                   "GIF": lambda: im.info.get("comment")}.get(im.format, lambda: None)()
-    except Exception:  # noqa: BLE001 - whatever PIL cannot parse is not ours.
-        return False
-    return tag in (SOFTWARE, SOFTWARE.encode())
+from jaxguide.runtime import SOFTWARE, made_here  # noqa: E402, F401 (viz.made_here)
 
 
 def _save_png(fig, path: str | Path, dpi: int) -> Path:

@@ -243,11 +243,11 @@ def test_user_files_named_like_outputs_are_kept(name, content, argv, sample_scri
 def test_an_out_folder_in_use_is_refused(sample_script, tiny_checkpoints, tmp_path, capsys,
                                         fake_sampling):
     """Two runs writing one --out would mix their outputs."""
-    from jaxguide import checkpoint
+    from jaxguide import runtime
 
     out = tmp_path / "busy"
     out.mkdir()
-    with checkpoint.held_exclusively(out, "--out", "sample.py run"):  # Another run.
+    with runtime.held_exclusively(out, "--out", "sample.py run"):  # Another run.
         rc, captured = run_rc(sample_script, capsys, "--checkpoint-dir", tiny_checkpoints, *SMALL,
                               "--out", out)
     assert_refused(rc, captured, f"--out {out}: in use by another sample.py run")

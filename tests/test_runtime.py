@@ -1,5 +1,6 @@
-"""runtime: the one signal mechanism (held, taken, re-delivered, raised). The CLIs' and
-training's use of it is tested end to end in test_cli.py and test_training.py."""
+"""runtime: the one signal mechanism (held, taken, re-delivered, raised), staged writes and
+ownership marks. The CLIs' and training's use of them is tested end to end in test_cli.py
+and test_training.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -78,3 +80,29 @@ def test_ctrl_c_while_jax_imports_exits_130_without_a_traceback(script):
                           timeout=300)
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_writing_to_moves_all_files_into_place_or_none(tmp_path):
+    (tmp_path / "old.txt").write_text("old")
+    with runtime.writing_to(tmp_path, "out", remove=["old.txt"]) as stage:
+        stage("a.txt").write_text("a")
+        stage("b.txt").write_text("b")
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+            "old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    with pytest.raises(RuntimeError), runtime.writing_to(tmp_path, "out") as stage:
+        stage("a.txt").write_text("new")
+        raise RuntimeError("failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    assert (tmp_path / "a.txt").read_text() == "a"
+
+
+def test_check_outputs_names_the_argument(tmp_path):
+    (tmp_path / "samples.npz").write_bytes(b"notes")
+    outputs = {"samples.npz": ("an npz of samples",
+                               lambda p: runtime.npz_holds(p, ("images",)))}
+    with pytest.raises(ValueError, match=r"^out_dir .*samples\.npz: it exists and is not an "
+                       r"npz of samples; move it away or choose another out_dir$"):
+        runtime.check_outputs(tmp_path, outputs, ["samples.npz"], "out_dir")
+    np.savez(tmp_path / "samples.npz", images=np.zeros(1))
+    runtime.check_outputs(tmp_path, outputs, ["samples.npz"], "out_dir")

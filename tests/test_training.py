@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxguide import checkpoint, data, training
+from jaxguide import checkpoint, data, runtime, training
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import TrainConfig, get_config
 from jaxguide.nets import ResNetClassifier, SeedUNet, UNet
@@ -644,7 +644,7 @@ def test_log_keeps_only_the_steps_a_run_has_saved(ref, tmp_path):
 
 def test_a_workdir_in_use_is_refused(tmp_path):
     """Two runs in one work dir would overwrite each other's checkpoints and model."""
-    with checkpoint.held_exclusively(tmp_path, "workdir", "training run"):  # Another run.
+    with runtime.held_exclusively(tmp_path, "workdir", "training run"):  # Another run.
         with pytest.raises(ValueError, match=re.escape(f"workdir {tmp_path}: in use by another "
                                                        "training run; wait for it to end")):
             training.train(CFG, tmp_path, dataset=synthetic_data(), progress=False)
