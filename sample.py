@@ -280,10 +280,10 @@ def load_evaluator(args, required: bool = False):
         return metrics.Evaluator(path)
     except checkpoint.CheckpointError as e:
         raise checkpoint.CheckpointError(f"--checkpoint-dir: {e}") from e
-SAMPLES_ARRAYS = ("images", "labels", "seed", "versions")  # Those samples.npz always holds.
 
 
 # Each command's outputs: name -> (what it is, whether a file of that name is one).
+SAMPLES_ARRAYS = ("images", "labels", "seed", "versions")  # Those samples.npz always holds.
 SAMPLE_OUTPUTS = {
     "grid.png": ("sample.py's PNG image", runtime.made_here),
     "trajectory.gif": ("sample.py's GIF image", runtime.made_here),
