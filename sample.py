@@ -219,10 +219,7 @@ def load_pipeline(args):
     try:
         return pipeline.load_pipeline(args.checkpoint_dir)
     except checkpoint.CheckpointError as e:
-        msg = str(e)
-        if msg.startswith("--checkpoint-dir"):
-            raise
-        raise checkpoint.CheckpointError(f"--checkpoint-dir: {msg}") from e
+        raise cli.as_flag_error(e, ("checkpoint_dir",), "--checkpoint-dir") from e
 
 
 def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampling",
@@ -357,7 +354,8 @@ def run_figures(args, mesh):
         try:                                                # its errors leave nothing behind.
             x_test, y_test = data.load_mnist("test", args.data_dir)
         except data.DataError as e:
-            raise data.DataError(f"--data-dir: {e}" if args.data_dir else str(e)) from e
+            raise cli.as_flag_error(e, ("data_dir",),
+                                    "--data-dir" if args.data_dir else None) from e
     unused = [] if evaluator else SWEEP_FLAGS[:1] if x_test is None else SWEEP_FLAGS
     given_unused = [flag for flag in unused if flag in args.given]
     if given_unused:

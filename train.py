@@ -50,14 +50,6 @@ def parse_args(argv):
     return cli.parse_args(p, argv)
 
 
-def _as_flag_error(e: Exception, names) -> Exception:
-    """A config error `name: ...` for a field set by a flag, re-worded as `--name: ...`."""
-    name, sep, rest = str(e).partition(":")
-    if sep and name in names:
-        return type(e)(f"--{name.replace('_', '-')}:{rest}")
-    return e
-
-
 def main(argv):
     args = parse_args(argv)
     import math
@@ -70,18 +62,18 @@ def main(argv):
     try:
         cfg = configs.get_config(args.task, args.model, args.config)
     except ValueError as e:
-        raise _as_flag_error(e, ("model",)) from e
+        raise cli.as_flag_error(e, ("model",)) from e
     overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                        steps=args.steps, ckpt_every=args.ckpt_every, keep=args.keep,
                                        eval_every=args.eval_every).items() if v is not None}
     try:
         cfg = cfg.replace(**overrides)
     except ValueError as e:
-        raise _as_flag_error(e, overrides) from e
+        raise cli.as_flag_error(e, overrides) from e
     try:
         parallel.check_divisible("batch_size", cfg.batch_size, mesh)
     except ValueError as e:
-        raise _as_flag_error(e, ("batch_size",)) from e
+        raise cli.as_flag_error(e, ("batch_size",)) from e
     if args.epochs is not None:
         if args.steps is not None:
             raise ValueError("--epochs: give either --steps or --epochs, not both")
@@ -108,7 +100,7 @@ def _load_data(cfg, args):
         train_set = data.load_mnist("train", args.data_dir)
         test_set = data.load_mnist("test", args.data_dir)
     except data.DataError as e:
-        raise data.DataError(f"--data-dir: {e}" if args.data_dir else str(e)) from e
+        raise cli.as_flag_error(e, ("data_dir",), "--data-dir" if args.data_dir else None) from e
     n = len(train_set[0])
     if cfg.batch_size > n:
         flag = "--batch-size" if args.batch_size is not None else f"--config {args.config}: batch_size"

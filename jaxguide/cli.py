@@ -77,6 +77,18 @@ class Console:
             pass
 
 
+def as_flag_error(e: Exception, names, prefix: str | None = None) -> Exception:
+    """The library's error `e` in the command line's words, to raise `from e`: a message that
+    starts with one of the library's argument `names` ("checkpoint_dir /x: not found",
+    "batch_size: got 0") starts with its flag instead ("--checkpoint-dir /x: not found",
+    "--batch-size: got 0"); any other is kept, after `prefix: ` when given (a flag)."""
+    message = str(e)
+    for name in names:
+        if re.match(rf"{re.escape(name)}[ :]", message):
+            return type(e)(f"--{name.replace('_', '-')}{message[len(name):]}")
+    return type(e)(f"{prefix}: {message}" if prefix else message)
+
+
 def check_path(flag: str, value: str | None) -> None:
     """A path argument must be non-empty, UTF-8 and usable by the OS (each part <= 255 bytes):
     else a ValueError naming `flag` now, not an OSError (or Orbax's C++ error) later."""

@@ -228,13 +228,13 @@ def _load_tfds_split(
     except ImportError as e:
         if e.name == "tensorflow_datasets":
             raise DataError(
-                "MNIST: no --data-dir given (nor JAXGUIDE_DATA_DIR) and "
-                "tensorflow-datasets is not installed; pass --data-dir PATH to the "
-                "IDX files or `pip install 'jaxguide[tfds]'`"
+                "data_dir: none given (nor JAXGUIDE_DATA_DIR) and tensorflow-datasets is "
+                "not installed, to read MNIST; accepted the folder of the MNIST IDX files, "
+                "or `pip install 'jaxguide[tfds]'`"
             ) from None
         raise DataError(
-            f"MNIST: no --data-dir given and tensorflow-datasets failed to import ({e}); "
-            "pass --data-dir PATH to the IDX files or reinstall `jaxguide[tfds]`"
+            f"data_dir: none given and tensorflow-datasets failed to import ({e}), to read "
+            "MNIST; accepted the folder of the MNIST IDX files, or reinstall `jaxguide[tfds]`"
         ) from e
 
     where = str(tfds_data_dir) if tfds_data_dir is not None else "the default TFDS data dir"
@@ -253,10 +253,11 @@ def _load_tfds_split(
     except Exception as e:  # tfds raises KeyError/NotImplementedError/ValueError/...
         reason = (str(e).strip().splitlines() or [""])[0]
         raise DataError(
-            f"MNIST: tensorflow-datasets has no prepared 'mnist' {split} split "
-            f"(array_record) in {where} ({type(e).__name__}: {reason}); prepare it once "
-            f"with {_tfds_prepare_cmd(tfds_data_dir)} (needs the jaxguide[tfds] extra, "
-            "which includes TensorFlow) or pass --data-dir PATH to the IDX files"
+            f"data_dir: none given and tensorflow-datasets has no prepared 'mnist' {split} "
+            f"split (array_record) in {where} ({type(e).__name__}: {reason}); accepted the "
+            "folder of the MNIST IDX files, or prepare that split once with "
+            f"{_tfds_prepare_cmd(tfds_data_dir)} (needs the jaxguide[tfds] extra, which "
+            "includes TensorFlow)"
         ) from e
 
     images = np.empty((n, *IMAGE_SHAPE[:2]), dtype=np.uint8)

@@ -355,7 +355,7 @@ def _diverged(what: str, mgr) -> TrainingError:
     step = mgr.latest_step()
     last = (f"The last good checkpoint is step {step} in {mgr.directory}" if step is not None
             else f"No checkpoint was written yet in {mgr.directory}")
-    return TrainingError(f"{what}; stopped. {last} (try a lower --lr)")
+    return TrainingError(f"{what}; stopped. {last} (try a lower learning rate)")
 
 
 def model_metadata(cfg: TrainConfig, image_shape) -> dict[str, Any]:
@@ -375,7 +375,7 @@ def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> tuple[TrainState,
     if diffs:
         raise TrainingError(f"{mgr.directory}/{step} was written with another config; "
                             f"differs in {'; '.join(diffs)} (requested vs saved). "
-                            "Use another --workdir or the same settings")
+                            "Use another work dir or the same settings")
     metrics = saved.get("metrics")
     state = checkpoint.restore_train(mgr, step, checkpoint.abstract(state))
     return state, metrics if isinstance(metrics, dict) else {}

@@ -264,7 +264,7 @@ def test_tfds_missing_message(monkeypatch):
     msg = str(ei.value)
     assert "\n" not in msg
     assert "tensorflow-datasets is not installed" in msg
-    assert "--data-dir" in msg and "jaxguide[tfds]" in msg
+    assert msg.startswith("data_dir: ") and "--" not in msg and "jaxguide[tfds]" in msg
 
 
 def test_tfds_mock():
@@ -290,7 +290,7 @@ def test_tfds_not_prepared_message(tmp_path):
         load_mnist("test", tfds_data_dir=tmp_path)
     msg = str(ei.value)
     assert "\n" not in msg
-    assert "download_and_prepare" in msg and "--data-dir" in msg
+    assert "download_and_prepare" in msg and msg.startswith("data_dir: ")
     assert str(tmp_path) in msg
 
 
