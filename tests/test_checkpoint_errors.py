@@ -97,7 +97,7 @@ META_CASES = {
                     r"seed"),
     "model-of-another-task": ("classifier", {"model": "unet"},
                               r"/metadata\.json: model: got 'unet' for task 'classifier'; "
-                              r"accepted classifier"),
+                              r"accepted resnet, tutorial"),
     "task-of-another-model": ("denoiser", {"task": "classifier"},
                               r"/metadata\.json: model: got 'unet' for task 'classifier'"),
     "format_version-string": ("denoiser", {"format_version": "1"},
@@ -166,7 +166,7 @@ MISMATCH_CASES = {
                                r"the model expects \(3, 3, 12, 8\)"),
     "emb_dim": ("denoiser", with_kwarg("emb_dim", 8), r".* has shape .*, the model expects"),
     "blocks": ("denoiser", with_kwarg("blocks", 2), r".* is missing"),
-    "classifier-width": ("classifier", with_kwarg("width", 2), r".* has shape"),
+    "classifier-width": ("classifier", with_kwarg("channels", [8, 24]), r".* has shape"),
 }
 
 
@@ -377,13 +377,13 @@ def test_train_never_replaces_a_model_of_another_task(tiny_checkpoints, tmp_path
     ("same", lambda m: m.update(step=np.int64(3)), r"metadata: not JSON"),
     (None, None, r"variables: got None; accepted a non-empty pytree of arrays"),
     ("nan", None, r"variables: contain NaN or inf"),
-    ("same", lambda m: m.update(model="resnet"),
-     r"metadata: model: got 'resnet' for task 'classifier'; accepted classifier"),
+    ("same", lambda m: m.update(model="unet"),
+     r"metadata: model: got 'unet' for task 'classifier'; accepted resnet, tutorial"),
     ("same", lambda m: m.update(task="evaluator"),
-     r"metadata: model: got 'classifier' for task 'evaluator'; accepted evaluator"),
-    ("same", lambda m: m["model_kwargs"].update(width="x"),
-     r"metadata: (unknown model or model_kwargs|model 'classifier' does not run).*width"),
-    ("same", lambda m: m["model_kwargs"].update(width=3),
+     r"metadata: model: got 'resnet' for task 'evaluator'; accepted evaluator"),
+    ("same", lambda m: m["model_kwargs"].update(blocks="x"),
+     r"metadata: (unknown model or model_kwargs|model 'resnet' does not run).*blocks"),
+    ("same", lambda m: m["model_kwargs"].update(channels=[8, 24]),
      r"variables: arrays do not match the model: .* has shape .*; accepted the arrays of the "
      r"model that metadata describes"),
     ("other", None, r"variables: arrays do not match the model: .* is missing"),

@@ -64,7 +64,10 @@ def test_subprocess_sample_writes_grid_gif_and_npz(subprocess_run):
     assert np.all(np.isfinite(images)) and images.min() >= -1 and images.max() <= 1
     assert images.std() > 0
     assert d["labels"].tolist() == LABELS
-    assert int(d["seed"]) == 0 and int(d["steps"]) == 3 and float(d["scale"]) == defaults.scale
+    assert int(d["seed"]) == 0 and int(d["steps"]) == 3
+    # The tiny denoiser is class-conditional: classifier-free guidance at its default weight.
+    assert str(d["guidance"]) == "free"
+    assert float(d["scale"]) == load_script("sample.py").DEFAULT_SCALES["free"]
     assert str(d["sampler"]) == defaults.sampler
     versions = json.loads(str(d["versions"]))
     assert {"python", "jax", "flax", "numpy", "jaxguide"} <= set(versions)
@@ -390,7 +393,7 @@ def test_classes_accepted(sample_script, text, classes):
 
 def test_classes_default_to_all_of_the_classifiers(sample_script):
     args = sample_script.parse_args([])
-    assert args.classes is None and args.scale == 32.0
+    assert args.classes is None and args.scale is None  # Set once the denoiser is known.
     assert sample_script.parse_classes(args.classes, 4) == [0, 1, 2, 3]
 
 
@@ -405,8 +408,10 @@ def test_help_shows_every_default(sample_script):
         text = f"{value:g}" if isinstance(value, float) else str(value)
         assert f"(default: {text}" in entries[key], (key, entries[key])
         shown += 1
-    assert shown >= 8
+    assert shown >= 7
     assert "(default: all the classifier's classes" in entries["--classes"]
+    assert "(default: free when the denoiser is class" in entries["--guidance"]
+    assert "(default: classifier 32, free" in entries["--scale"]
 
 
 def test_figures_replaces_all_its_outputs_or_none(sample_script, tiny_checkpoints, tmp_path,
