@@ -120,8 +120,8 @@ def parse_args(argv):
     p.add_argument("--classifier-scale", type=float, help="with --guidance both: the classifier "
                    f"scale s (default: {DEFAULT_SCALES['classifier']:g})")
     p.add_argument("--sampler", default="euler_maruyama",
-                   help="euler_maruyama, predictor_corrector, heun or dpm_solver_2m "
-                   "(default: %(default)s)")
+                   help="euler_maruyama, predictor_corrector, heun, dpm_solver_2m or "
+                   "dpm_solver_2m_sde (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise "
                    "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=40, help="images per jitted call, rounded "

@@ -73,10 +73,12 @@ def unguided_fd(model_dir, evaluator, ref, n: int, steps: int = 50, seed: int = 
     return metrics.frechet_from_stats(*metrics.gaussian_stats(feats), ref["mu"], ref["cov"])
 
 
-def curve(workdir: Path, evaluator, ref, n: int) -> list[dict]:
-    """Unguided FD at every checkpoint kept in a training work dir."""
+def curve(workdir: Path, evaluator, ref, n: int, every: int = 1) -> list[dict]:
+    """Unguided FD at every checkpoint kept in a training work dir whose step is a multiple of
+    `every` (and at the last one)."""
     with checkpoint.manager(workdir) as mgr:
         steps = sorted(mgr.all_steps())
+    steps = [s for s in steps if s % every == 0 or s == steps[-1]]
     rows = []
     for step in steps:
         with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +130,7 @@ def main(argv=None):
     p.add_argument("--recipes", nargs="+", default=["base", "attn", "wide"], choices=RECIPES)
     p.add_argument("--points", type=int, default=4, help="checkpoints evaluated per recipe")
     p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--every", type=int, default=1, help="curve: only steps that are multiples")
     p.add_argument("--evaluator", default=str(ROOT / "checkpoints" / "evaluator"))
     args = p.parse_args(argv)
 
@@ -138,7 +141,8 @@ def main(argv=None):
     rows = []
     if args.command == "curve":
         for w in args.workdirs:
-            rows += [dict(r, recipe=w.name, n=args.n) for r in curve(w, evaluator, ref, args.n)]
+            rows += [dict(r, recipe=w.name, n=args.n)
+                     for r in curve(w, evaluator, ref, args.n, args.every)]
         out = args.workdirs[0]
     else:
         dataset = data.load_mnist("train", args.data_dir), data.load_mnist("test", args.data_dir)
