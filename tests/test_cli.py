@@ -457,7 +457,12 @@ def test_ctrl_c_while_outputs_move_into_place_waits_for_all(sample_script, tiny_
         os.kill(os.getpid(), sig.SIGINT)
 
     monkeypatch.setattr(sample_script.os, "replace", replace_then_interrupt)
-    assert cli.run(sample_script.main, [str(a) for a in base] + ["--classes", "5"]) == 130
+    # Ctrl-C's own handler, whatever an earlier test left: the held signal goes back to it.
+    old_handler = sig.signal(sig.SIGINT, sig.default_int_handler)
+    try:
+        assert cli.run(sample_script.main, [str(a) for a in base] + ["--classes", "5"]) == 130
+    finally:
+        sig.signal(sig.SIGINT, old_handler)
     assert set(np.load(out / "samples.npz")["labels"]) == {5}
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(after) == sorted(before) and all(after[n] != before[n] for n in after)

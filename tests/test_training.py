@@ -547,9 +547,10 @@ def test_train_refuses_a_bad_dataset(tmp_path):
              (((x, y[:-1]), test), r"train labels: got .*accepted integers"),
              (((x, y), (test[0][:0], test[1][:0])), r"test images: got float32 \(0,"),
              ((x, y), r"dataset: got tuple, accepted \(\(train_images"),
-             (((x[:, :24, :24], y), (x[:, :24, :24], y)),
-              r"dataset: images of shape \(24, 24, 1\) do not fit the 'classifier' model \(x: "
-              r"got shape \(1, 24, 24, 1\), accepted \(B, 28, 28, C\)")]
+             (((x[:, :26, :26], y), (x[:, :26, :26], y)),
+              r"dataset: images of shape \(26, 26, 1\) do not fit the 'resnet' model \(x: "
+              r"got shape \(1, 26, 26, 1\), accepted \(B, H, W, C\) with B >= 1 and H and W "
+              r"positive multiples of 4")]
     for dataset, pattern in cases:
         with pytest.raises((ValueError, TypeError), match=pattern):
             training.train(get_config("classifier", preset="tiny"), tmp_path, dataset=dataset,
@@ -764,9 +765,9 @@ def test_load_model_wrong_task_or_model(model_copy):
     with pytest.raises(CheckpointError, match=re.escape(
             f"{model_copy}: holds a 'classifier' model, expected a 'denoiser' model")):
         checkpoint.load_model(model_copy, task="denoiser")
-    edit_metadata(model_copy, model="resnet")
+    edit_metadata(model_copy, model="unet")
     with pytest.raises(CheckpointError, match=re.escape(
-            f"{model_copy / 'metadata.json'}: model: got 'resnet' for task 'classifier'")):
+            f"{model_copy / 'metadata.json'}: model: got 'unet' for task 'classifier'")):
         checkpoint.load_model(model_copy)
     for task in ("generator", 1):
         with pytest.raises(ValueError, match=f"task: got {task!r}, accepted denoiser, "):
@@ -781,7 +782,7 @@ def test_load_model_wrong_task_or_model(model_copy):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's reader.
 def test_load_model_arrays_of_another_shape(model_copy):
     meta = json.loads((model_copy / "metadata.json").read_text())
-    edit_metadata(model_copy, model_kwargs={**meta["model_kwargs"], "width": 2})
+    edit_metadata(model_copy, model_kwargs={**meta["model_kwargs"], "channels": [8, 24]})
     with pytest.raises(CheckpointError, match=re.escape(f"{model_copy}: arrays do not match")):
         checkpoint.load_model(model_copy)
     gc.collect()
