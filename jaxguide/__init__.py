@@ -6,7 +6,7 @@ guidance from `jax.grad`, and reverse samplers that are each one `lax.scan` unde
     import jax, jaxguide
     pipe = jaxguide.load_pipeline("checkpoints")
     labels = jax.numpy.arange(10)
-    images = jaxguide.generate(jax.random.key(0), pipe, labels, scale=32.0)
+    images = jaxguide.generate(jax.random.key(0), pipe, labels, scale=0.5, guidance="free")
     jaxguide.save_grid(images, labels, "grid.png", ncol=10)
 """
 

@@ -4,7 +4,7 @@
 
     pipe = load_pipeline("checkpoints")
     labels = jnp.arange(10)
-    images = generate(jax.random.key(0), pipe, labels, scale=32.0)  # DEFAULT_STEPS steps
+    images = generate(jax.random.key(0), pipe, labels, scale=0.5, guidance="free")  # 50 steps
     save_grid(images, labels, "grid.png", ncol=10)  # And save_gif for a trajectory.
 """
 

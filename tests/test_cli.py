@@ -411,7 +411,7 @@ def test_help_shows_every_default(sample_script):
     assert shown >= 7
     assert "(default: all the classifier's classes" in entries["--classes"]
     assert "(default: free when the denoiser is class" in entries["--guidance"]
-    assert "(default: classifier 32, free" in entries["--scale"]
+    assert "(default: classifier 4, free" in entries["--scale"]
 
 
 def test_figures_replaces_all_its_outputs_or_none(sample_script, tiny_checkpoints, tmp_path,
