@@ -41,7 +41,7 @@ from jaxguide.pipeline import DEFAULT_STEPS, GUIDANCE  # noqa: E402
 ROOT = Path(__file__).resolve().parent
 # The measured best weight per guidance; --guidance defaults to "free" for a class-conditional
 # denoiser, else "classifier". With "both", --scale is w and --classifier-scale is s.
-DEFAULT_SCALES = {"classifier": 4.0, "free": 0.5}
+DEFAULT_SCALES = {"classifier": 4.0, "free": 0.75}
 MAX_CLASSES = 1000  # Bound on class indices before the classifier says how many it has.
 MAX_STEPS = 100_000
 MAX_IMAGES = 100_000
