@@ -21,10 +21,9 @@ import numpy as np
 from jax.tree_util import Partial
 
 from jaxguide import checkpoint
-from jaxguide.scores import classifier_free_guidance, classifier_guidance
 from jaxguide.nets import apply_fn
 from jaxguide.samplers import sample
-from jaxguide.scores import score_from_eps
+from jaxguide.scores import classifier_free_guidance, classifier_guidance, score_from_eps
 from jaxguide.sde import VPSDE
 
 DEFAULT_STEPS = 50  # Reverse-SDE steps of `generate` and of sample.py's --steps.

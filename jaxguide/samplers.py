@@ -121,12 +121,16 @@ def _heun(score_fn, sde, x, state, t, t_next, noise, last, **_):
     return x + 0.5 * h * (v + _ode_velocity(score_fn, sde, x_euler, t_next)), state
 
 
+def _data_prediction(score_fn, sde, x, t):
+    """x̂₀ = (x + σ(t)² ∇log p_t(x)) / m(t) (Tweedie): what the DPM-Solver++ steps integrate."""
+    return (x + sde.std(t) ** 2 * score_fn(x, _batch_t(t, x))) / sde.mean_coeff(t)
+
+
 def _dpm_solver_2m(score_fn, sde, x, state, t, t_next, noise, last, **_):
     x0_prev, h_prev = state
-    alpha, sigma = sde.mean_coeff(t), sde.std(t)
-    alpha_next, sigma_next = sde.mean_coeff(t_next), sde.std(t_next)
+    sigma, alpha_next, sigma_next = sde.std(t), sde.mean_coeff(t_next), sde.std(t_next)
     h = sde.log_snr(t_next) - sde.log_snr(t)
-    x0 = (x + sigma**2 * score_fn(x, _batch_t(t, x))) / alpha   # data prediction
+    x0 = _data_prediction(score_fn, sde, x, t)
     r = h_prev / h
     x0_2nd = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
     # First order at the first step (no history) and at the last step (more stable).
@@ -141,7 +145,7 @@ def _dpm_solver_2m_sde(score_fn, sde, x, state, t, t_next, noise, last, *, denoi
     x0_prev, h_prev = state
     sigma, alpha_next, sigma_next = sde.std(t), sde.mean_coeff(t_next), sde.std(t_next)
     h = sde.log_snr(t_next) - sde.log_snr(t)
-    x0 = (x + sigma**2 * score_fn(x, _batch_t(t, x))) / sde.mean_coeff(t)
+    x0 = _data_prediction(score_fn, sde, x, t)
     r = h_prev / h
     d1 = jnp.where((h_prev > 0) & ~last, (x0 - x0_prev) / r, 0.0)  # First order at both ends.
     z = noise(0)

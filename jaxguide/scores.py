@@ -28,6 +28,13 @@ from jaxguide.checks import (INT32_MAX, check_batch, check_float_array, check_in
 from jaxguide.sde import VPSDE, check_sde, per_example
 
 
+@functools.lru_cache(maxsize=None)
+def _bound(fn, *static):
+    """functools.partial(fn, *static), one object per (fn, static): Partials built on it
+    with the same static values have the same pytree structure (so `jit` does not retrace)."""
+    return functools.partial(fn, *static)
+
+
 def _eps_score(eps_fn, sde, min_std, x, t):
     check_float_array("x", x)
     check_batch("t", t, x)
@@ -73,15 +80,9 @@ def classifier_free_guidance(eps_fn, sde: VPSDE, labels, scale, *, num_classes: 
     if num_classes is None:
         raise ValueError("num_classes: got None and eps_fn's model has no num_classes; accepted "
                          "the classes K of a class-conditional noise predictor (K is its null class)")
-    eps = Partial(_free_guided_eps_for(num_classes), as_partial(eps_fn, "eps_fn"),
+    eps = Partial(_bound(_free_guided_eps, num_classes), as_partial(eps_fn, "eps_fn"),
                   _check_labels(labels, num_classes), _check_scale(scale))
     return score_from_eps(eps, sde, min_std)
-
-
-@functools.lru_cache(maxsize=None)
-def _free_guided_eps_for(null_class: int):
-    """`_free_guided_eps` for one null class: one function object per value (as `_sum_named`)."""
-    return functools.partial(_free_guided_eps, null_class)
 
 
 def _sum_of(names, fns, x, t):
@@ -94,16 +95,9 @@ def _sum_of(names, fns, x, t):
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def _sum_named(names: tuple[str, ...]):
-    """`_sum_of` for terms called `names`: one function object per names, so that sums of
-    the same terms have the same pytree structure (and `jit` does not retrace)."""
-    return functools.partial(_sum_of, names)
-
-
 def _add(named_fns: dict[str, object]) -> Partial:
     fns = tuple(as_partial(f, name) for name, f in named_fns.items())
-    return Partial(_sum_named(tuple(named_fns)), fns)
+    return Partial(_bound(_sum_of, tuple(named_fns)), fns)
 
 
 def add_scores(*score_fns) -> Partial:
@@ -139,14 +133,8 @@ def label_log_prob(log_prob_fn, labels, *, num_classes: int | None = None) -> Pa
     made by `jaxguide.nets.apply_fn`; a label found out of range only when traced gives NaN.
     """
     num_classes = _check_num_classes(num_classes, log_prob_fn)
-    return Partial(_label_log_prob_for(num_classes), as_partial(log_prob_fn, "log_prob_fn"),
+    return Partial(_bound(_label_log_prob, num_classes), as_partial(log_prob_fn, "log_prob_fn"),
                    _check_labels(labels, num_classes))
-
-
-@functools.lru_cache(maxsize=None)
-def _label_log_prob_for(num_classes: int | None):
-    """`_label_log_prob` for num_classes: one function object per value (as `_sum_named`)."""
-    return functools.partial(_label_log_prob, num_classes)
 
 
 def _checked_density(log_density_fn, x, t):

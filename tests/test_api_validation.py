@@ -11,11 +11,10 @@ from jax.tree_util import Partial
 
 from conftest import raising_cases
 from jaxguide import pipeline
-from jaxguide.scores import (add_scores, classifier_grad, classifier_guidance, guidance_term,
-                               label_log_prob)
 from jaxguide.nets import Evaluator, NoisyClassifier, apply_fn
 from jaxguide.samplers import sample
-from jaxguide.scores import score_from_eps
+from jaxguide.scores import (add_scores, classifier_grad, classifier_guidance, guidance_term,
+                             label_log_prob, score_from_eps)
 from jaxguide.sde import VPSDE
 
 KEY = jax.random.key(0)

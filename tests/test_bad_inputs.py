@@ -25,10 +25,10 @@ from jaxguide import checkpoint, cli, data, metrics, pipeline, training
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import TrainConfig, get_config
 from jaxguide.data import DataError
-from jaxguide.scores import add_scores, classifier_guidance, guidance_term, label_log_prob
 from jaxguide.nets import apply_fn, make_model
 from jaxguide.samplers import sample, time_grid
-from jaxguide.scores import score_from_eps
+from jaxguide.scores import (add_scores, classifier_guidance, guidance_term, label_log_prob,
+                             score_from_eps)
 from jaxguide.sde import VPSDE
 
 # ------------------------------------------------------------------------ fixtures

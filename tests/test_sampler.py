@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from jaxguide.scores import classifier_guidance
 from jaxguide.samplers import sample, time_grid
-from jaxguide.scores import score_from_eps
+from jaxguide.scores import classifier_guidance, score_from_eps
 from jaxguide.sde import VPSDE
 
 # ------------------------------------------------------------------ the mixture

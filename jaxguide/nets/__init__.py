@@ -61,9 +61,9 @@ MODELS = {"unet": UNet, "seed": SeedUNet, "resnet": ResNetClassifier, "tutorial"
           "evaluator": Evaluator}
 
 
-
 def make_model(name: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
-    """The network called `name` (one of MODELS, or an old name in configs.OLD_MODEL_NAMES) with `kwargs`.
+    """The network called `name` (one of MODELS, or an old name in configs.OLD_MODEL_NAMES)
+    with `kwargs`.
 
     Raises ValueError for an unknown name, and for unknown or invalid kwargs (the message
     starts "model_kwargs for '<name>': ...", then names the argument); TypeError for a name

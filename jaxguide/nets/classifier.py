@@ -6,10 +6,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxguide.checks import check_int, check_ints, check_number
+from jaxguide.checks import check_int, check_number
 from jaxguide.nets.conv import Conv
-from jaxguide.nets.unet import (TimeEmbedding, check_images, check_times, fitted_channels,
-                                fourier_features, space_to_depth)
+from jaxguide.nets.unet import (TimeEmbedding, check_images, check_times, check_widths,
+                                fitted_channels, fourier_features, space_to_depth)
 
 IMAGE_SIZE = (28, 28)  # The flattened features (and so the parameters) fix the image size.
 TIME_EMBEDDINGS = ("add", "fourier")
@@ -120,13 +120,9 @@ class ResNetClassifier(nn.Module):
 
     def __post_init__(self):
         check_head(self.num_classes, self.dropout)
-        object.__setattr__(self, "channels", check_ints("channels", self.channels, 1))
+        object.__setattr__(self, "channels", check_widths(self.channels, self.emb_dim,
+                                                          self.groups))
         check_int("blocks", self.blocks, 1)
-        if check_int("emb_dim", self.emb_dim, 2) % 2:
-            raise ValueError(f"emb_dim: got {self.emb_dim}, accepted an even integer >= 2")
-        if any(c % check_int("groups", self.groups, 1) for c in self.channels):
-            raise ValueError(f"groups: got {self.groups!r}, accepted a divisor of every width "
-                             f"in channels={self.channels}")
         super().__post_init__()
 
     @nn.compact

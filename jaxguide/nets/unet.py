@@ -76,6 +76,19 @@ def check_class_labels(y, batch: int, num_classes: int) -> jax.Array:
     return jnp.asarray(y, jnp.int32)
 
 
+def check_widths(channels, emb_dim: int, groups: int) -> tuple[int, ...]:
+    """Checks a network's widths `channels` (returned as a tuple), its time embedding's
+    emb_dim (even, >= 2: sines and cosines, half each) and GroupNorm `groups` (dividing every
+    width)."""
+    channels = check_ints("channels", channels, 1)
+    if check_int("emb_dim", emb_dim, 2) % 2:
+        raise ValueError(f"emb_dim: got {emb_dim}, accepted an even integer >= 2")
+    if any(c % check_int("groups", groups, 1) for c in channels):
+        raise ValueError(f"groups: got {groups!r}, accepted a divisor of every width "
+                         f"in channels={channels}")
+    return channels
+
+
 def fitted_channels(module: nn.Module, conv: str, fold: int = 1) -> int | None:
     """The image channels fixed by the parameters of `module`'s first convolution `conv`
     (which sees `fold` channels per image channel), or None while initializing."""
@@ -189,15 +202,10 @@ class UNet(nn.Module):
     num_classes: int | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "channels", check_ints("channels", self.channels, 1))
+        object.__setattr__(self, "channels", check_widths(self.channels, self.emb_dim,
+                                                          self.groups))
         check_int("blocks", self.blocks, 0)
-        if check_int("emb_dim", self.emb_dim, 2) % 2:  # Sines and cosines, half each.
-            raise ValueError(f"emb_dim: got {self.emb_dim}, accepted an even integer >= 2")
         check_int("patch", self.patch, 1)
-        check_int("groups", self.groups, 1)
-        if any(c % self.groups for c in self.channels):
-            raise ValueError(f"groups: got {self.groups!r}, accepted a divisor of every width "
-                             f"in channels={self.channels}")
         if check_int("heads", self.heads, 1) and self.channels[-1] % self.heads:
             raise ValueError(f"heads: got {self.heads!r}, accepted a divisor of the lowest "
                              f"resolution's width {self.channels[-1]}")
