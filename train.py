@@ -41,6 +41,10 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, help=f"images per step {preset}")
     p.add_argument("--lr", type=float, help=f"peak learning rate {preset}")
     p.add_argument("--seed", type=int, help=f"seed of initialisation, batches and noise {preset}")
+    p.add_argument("--init-from", help="a model dir (e.g. a finished run's <workdir>/model) to "
+                   "start from instead of a fresh initialisation; same task, model and kwargs")
+    p.add_argument("--warmup-frac", type=float,
+                   help=f"fraction of the steps spent warming the learning rate up {preset}")
     p.add_argument("--ckpt-every", type=int, help=f"steps between checkpoints {preset}")
     p.add_argument("--eval-every", type=int, help=f"steps between held-out evaluations {preset}")
     p.add_argument("--keep", type=int, help=f"training checkpoints kept, the latest {preset}")
@@ -65,7 +69,8 @@ def main(argv):
         raise cli.as_flag_error(e, ("model",)) from e
     overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                        steps=args.steps, ckpt_every=args.ckpt_every, keep=args.keep,
-                                       eval_every=args.eval_every).items() if v is not None}
+                                       eval_every=args.eval_every, init_from=args.init_from,
+                                       warmup_frac=args.warmup_frac).items() if v is not None}
     try:
         cfg = cfg.replace(**overrides)
     except ValueError as e:
@@ -79,8 +84,13 @@ def main(argv):
             raise ValueError("--epochs: give either --steps or --epochs, not both")
         if not (math.isfinite(args.epochs) and args.epochs > 0):
             raise ValueError(f"--epochs: got {args.epochs}, accepted a finite number > 0")
-    for name in ("workdir", "data_dir"):
+    for name in ("workdir", "data_dir", "init_from"):
         cli.check_path("--" + name.replace("_", "-"), getattr(args, name))
+    if cfg.init_from:
+        try:
+            training.check_init_from(cfg)
+        except ValueError as e:  # CheckpointError included.
+            raise cli.as_flag_error(e, ("init_from",), "--init-from") from e
     # training.train checks the work dir too, but only after the data is read: here first.
     with runtime.removed_if_left_empty(args.workdir):  # Nothing left if this fails early.
         workdir = runtime.ensure_writable_dir(args.workdir, "--workdir")

@@ -25,6 +25,10 @@ OPERATIONAL_FIELDS = ("log_every", "eval_every", "ckpt_every", "keep")
 class TrainConfig:
     """Everything that determines a training run (and its resumption).
 
+    `init_from`, a model directory (`checkpoint.save_model`'s, e.g. a finished run's
+    <workdir>/model), starts the run from its variables instead of from `key(seed)`: a
+    finished run goes on with a new schedule in a new work dir.
+
     Every field is checked on construction (`replace` and `from_dict` included). Numbers
     may be Python or numpy scalars and are stored as Python ints and floats; model_kwargs
     may be a dict and is stored as sorted (name, value) pairs, lists as tuples.
@@ -46,6 +50,7 @@ class TrainConfig:
     beta_max: float = 10.0
     T: float = 1.0
     seed: int = 0
+    init_from: str | None = None
     log_every: int = 20
     eval_every: int = 400
     ckpt_every: int = 200
@@ -77,6 +82,9 @@ class TrainConfig:
             raise ValueError(f"label_dropout: got {self.label_dropout} for an unconditional "
                              "model; accepted 0, or a class-conditional model (model_kwargs "
                              "num_classes)")
+        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
+            raise TypeError(f"init_from: got {self.init_from!r}, accepted a model directory "
+                            "(a path, as a str) or None")
         self._check_real("beta_min", "a finite number > 0", lambda v: finite(v) and v > 0)
         self._check_real("beta_max", f"a finite number >= beta_min={self.beta_min}",
                          lambda v: finite(v) and v >= self.beta_min)

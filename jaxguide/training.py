@@ -26,7 +26,7 @@ from flax import struct
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxguide import checkpoint, data, losses, parallel, runtime
+from jaxguide import checkpoint, configs, data, losses, parallel, runtime
 from jaxguide.checks import check_int
 from jaxguide.cli import Console
 from jaxguide.compiler import jit
@@ -69,6 +69,28 @@ def create_state(cfg: TrainConfig, model: nn.Module, tx, image_shape=data.IMAGE_
     return TrainState(step=jnp.array(0, jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                       ema_params=jax.tree.map(jnp.copy, params) if cfg.ema_decay else {})
+
+
+def check_init_from(cfg: TrainConfig) -> dict:
+    """The metadata of the model at cfg.init_from, which must be cfg's task, model and kwargs."""
+    meta = checkpoint.read_model_metadata(cfg.init_from)
+    saved = (meta["task"], configs.OLD_MODEL_NAMES.get(meta["model"], meta["model"]),
+             meta["model_kwargs"])
+    wanted = (cfg.task, cfg.model, cfg.to_dict()["model_kwargs"])
+    if saved != wanted:
+        raise ValueError(f"init_from: {cfg.init_from} holds the {saved[0]} {saved[1]!r} with "
+                         f"{saved[2]}; accepted a model of this run's: the {wanted[0]} "
+                         f"{wanted[1]!r} with {wanted[2]}")
+    return meta
+
+
+def warm_start(cfg: TrainConfig, state: TrainState) -> TrainState:
+    """`state` with its parameters (and EMA, batch_stats) those of the model at cfg.init_from."""
+    check_init_from(cfg)
+    _, variables, _ = checkpoint.load_model(cfg.init_from, cfg.task)
+    params = variables["params"]
+    return state.replace(params=params, batch_stats=variables.get("batch_stats", {}),
+                         ema_params=jax.tree.map(jnp.copy, params) if cfg.ema_decay else {})
 
 
 def eval_variables(state: TrainState) -> dict:
@@ -239,6 +261,8 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
     state = parallel.replicate(mesh, state)
     mgr = checkpoint.manager(workdir, cfg.keep)
     state, last_eval = _maybe_resume(mgr, cfg, state)  # Exported even if no step is left.
+    if cfg.init_from and int(state.step) == 0:  # A resumed run does not need it any more.
+        state = parallel.replicate(mesh, warm_start(cfg, state))
     train_step = make_train_step(cfg, model, tx, mesh)
     evaluate = make_evaluate(cfg, model, x_test, y_test)
     meta = model_metadata(cfg, x_train.shape[1:])

@@ -29,7 +29,7 @@ from PIL import Image
 from jaxguide import checkpoint, data, runtime, training
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import TrainConfig, get_config
-from jaxguide.nets import ResNetClassifier, SeedUNet, UNet
+from jaxguide.nets import ResNetClassifier, SeedUNet, UNet, make_model
 from jaxguide.training import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -885,3 +885,31 @@ def test_cli_stops_on_a_signal_with_its_status(tmp_path, sig, status):
     assert f"{signal.Signals(sig).name}: saved checkpoint at step" in out
     assert "Traceback" not in out + err
     assert step_dirs(workdir)
+
+
+def test_warm_start_from_a_model_and_resume_without_it(ref, tmp_path):
+    ref_dir, _ = ref
+    init = tmp_path / "init"
+    shutil.copytree(ref_dir / "model", init)
+    cfg = CFG.replace(init_from=str(init), lr=1e-9)  # A step barely moves the parameters.
+    model = make_model(cfg.model, cfg.kwargs)
+    fresh = training.create_state(cfg, model, training.make_optimizer(cfg))
+    started = training.warm_start(cfg, fresh)
+    _, variables, _ = checkpoint.load_model(init)
+    assert_trees_equal(started.params, variables["params"])
+    assert_trees_equal(started.ema_params, variables["params"])
+
+    workdir = tmp_path / "w"
+    state = training.train(cfg.replace(steps=4), workdir, dataset=synthetic_data(), progress=False)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(variables["params"])):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    shutil.rmtree(init)  # A resumed warm-started run needs only its own checkpoints.
+    training.train(cfg.replace(steps=4), workdir, dataset=synthetic_data(), progress=False)
+    assert checkpoint.read_model_metadata(workdir / "model")["config"]["init_from"] == str(init)
+
+
+def test_warm_start_from_another_model_is_refused(ref, tmp_path):
+    other = CFG.replace(model_kwargs=dict(CFG.kwargs, blocks=2),
+                        init_from=str(ref[0] / "model"))
+    with pytest.raises(ValueError, match=r"^init_from: .* accepted a model of this run's"):
+        training.train(other, tmp_path / "w", dataset=synthetic_data(), progress=False)
