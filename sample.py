@@ -49,7 +49,8 @@ MAX_BATCH = 8192
 MAX_SCALE = 1e6
 FIGURE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 # Flags of the sampling command that `figures` does not use: refused there when given.
-SAMPLE_ONLY = ("--classes", "--scale", "--no-gif", "--guidance", "--classifier-scale")
+SAMPLE_ONLY = ("--classes", "--scale", "--no-gif", "--guidance", "--classifier-scale",
+               "--interval")
 # Flags `figures` uses only for its accuracy sweep (with an evaluator) and, --per-class aside,
 # for the digit it generates (without --data-dir): refused where neither runs.
 SWEEP_FLAGS = ("--per-class", "--steps", "--sampler", "--batch-size")
@@ -119,6 +120,8 @@ def parse_args(argv):
                    + "; not used by figures, which sweeps classifier scales 0-32)")
     p.add_argument("--classifier-scale", type=float, help="with --guidance both: the classifier "
                    f"scale s (default: {DEFAULT_SCALES['classifier']:g})")
+    p.add_argument("--interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
+                   help="guide only for T_LO <= t <= T_HI, 0 <= T_LO <= T_HI (default: every t)")
     p.add_argument("--sampler", default="euler_maruyama",
                    help="euler_maruyama, predictor_corrector, heun, dpm_solver_2m or "
                    "dpm_solver_2m_sde (default: %(default)s)")
@@ -192,6 +195,10 @@ def check_args(args, num_classes: int | None = None) -> list[int]:
             raise ValueError(f"{flag}: got {value}, accepted a finite number >= 0 "
                              f"(at most {MAX_SCALE:g})")
     check_int("--seed", args.seed, 0, SEED_MAX)
+    if args.interval is not None and not (all(map(math.isfinite, args.interval))
+                                          and 0 <= args.interval[0] <= args.interval[1]):
+        raise ValueError(f"--interval: got {' '.join(map(str, args.interval))}, accepted "
+                         "T_LO T_HI with 0 <= T_LO <= T_HI")
     if args.command == "figures" and args.evaluate:
         raise ValueError("--evaluate: used only by `sample.py sample`; figures evaluates its "
                          "accuracy-against-scale sweep whenever an evaluator is present")
@@ -223,7 +230,7 @@ def load_pipeline(args):
 
 
 def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampling",
-                 guidance="classifier", classifier_scale=None):
+                 guidance="classifier", classifier_scale=None, interval=None):
     """Guided samples for `labels` (N,) in jitted chunks of --batch-size (rounded up to a
     multiple of the mesh's devices), with a progress bar.
 
@@ -247,7 +254,8 @@ def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampl
             # Pad the last chunk to the batch size: one compiled shape for every call.
             pad = np.concatenate([idx, np.full(batch - len(idx), idx[-1])])
             res = pipeline.generate(key, pipe, labels[pad], scale, guidance=guidance,
-                                    classifier_scale=classifier_scale, n_steps=args.steps,
+                                    classifier_scale=classifier_scale, interval=interval,
+                                    n_steps=args.steps,
                                     method=args.sampler, indices=pad, record_every=record_every,
                                     mesh=mesh)
             x, traj = res if record_every else (res, None)
@@ -295,7 +303,7 @@ def run_sample(args, mesh):
     import jax
     import numpy as np
 
-    from jaxguide import checkpoint, metrics, viz
+    from jaxguide import checkpoint, metrics, pipeline, viz
 
     check_args(args)
     pipe = load_pipeline(args)
@@ -310,13 +318,18 @@ def run_sample(args, mesh):
         record_every = None if args.no_gif else max(1, args.steps // 20)
         images, frames = generate_all(pipe, labels, args.scale, args, mesh, record_every,
                                       guidance=args.guidance,
-                                      classifier_scale=args.classifier_scale)
+                                      classifier_scale=args.classifier_scale,
+                                      interval=args.interval)
         if jax.process_index() > 0:  # Every process holds all images; process 0 writes them.
             return
         meta = {"seed": args.seed, "guidance": args.guidance, "scale": args.scale,
                 **({"classifier_scale": args.classifier_scale} if args.guidance == "both" else {}),
-                "steps": args.steps,
-                "sampler": args.sampler, "versions": checkpoint.versions()}
+                **({"interval": args.interval} if args.interval else {}),
+                "steps": args.steps, "sampler": args.sampler,
+                **pipeline.network_evaluations(pipe, args.scale, guidance=args.guidance,
+                                               interval=args.interval, n_steps=args.steps,
+                                               method=args.sampler),
+                "versions": checkpoint.versions()}
         ncol = min(args.per_class, 16)
         weights = (f"w {args.scale:g}, s {args.classifier_scale:g}" if args.guidance == "both"
                    else f"{'s' if args.guidance == 'classifier' else 'w'} {args.scale:g}")

@@ -22,7 +22,7 @@ from jax.tree_util import Partial
 
 from jaxguide import checkpoint
 from jaxguide.nets import apply_fn
-from jaxguide.samplers import sample
+from jaxguide.samplers import evaluation_times, sample
 from jaxguide.scores import classifier_free_guidance, classifier_guidance, score_from_eps
 from jaxguide.sde import VPSDE
 
@@ -101,11 +101,28 @@ def guided_score(pipe: Pipeline, labels, scale, guidance: str = "classifier",
     if guidance == "classifier":
         return classifier_guidance(pipe.score_fn, pipe.log_prob_fn, labels, scale,
                                    num_classes=pipe.num_classes, interval=interval)
-    score_fn = classifier_free_guidance(pipe.eps_fn, pipe.sde, labels, scale)
+    score_fn = classifier_free_guidance(pipe.eps_fn, pipe.sde, labels, scale, interval=interval)
     if guidance == "both":
         score_fn = classifier_guidance(score_fn, pipe.log_prob_fn, labels, classifier_scale,
                                        num_classes=pipe.num_classes, interval=interval)
     return score_fn
+
+
+def network_evaluations(pipe: Pipeline, scale: float, *, guidance: str = "classifier",
+                        interval=None,
+                        n_steps: int = DEFAULT_STEPS, method: str = "euler_maruyama",
+                        **sampler_kwargs) -> dict[str, int]:
+    """What `generate` (same arguments, scalar scales) computes per image: {"nfe": denoiser
+    evaluations (a guided classifier-free call counts 2), "classifier_nfe": classifier
+    gradients}."""
+    ts = evaluation_times(pipe.sde, n_steps, method, sampler_kwargs.get("grid"),
+                          sampler_kwargs.get("t_min", 1e-3))
+    lo, hi = (0.0, np.inf) if interval is None else interval
+    guided = (ts >= np.float32(lo)) & (ts <= np.float32(hi))
+    nfe = ts.size
+    if guidance != "classifier" and scale:
+        nfe += int(guided.sum())  # The unconditional half of each guided call.
+    return {"nfe": nfe, "classifier_nfe": int(guided.sum()) if guidance != "free" else 0}
 
 
 def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "classifier",
@@ -122,7 +139,8 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
       guidance: "classifier" (the unconditional score + s ∇ₓ log q(y | x, t)), "free"
         (classifier-free: needs a class-conditional denoiser) or "both" (classifier-free
         with weight `scale`, plus the classifier's term with scale `classifier_scale`).
-      interval: (t_lo, t_hi): the classifier's term only there (see `classifier_guidance`).
+      interval: (t_lo, t_hi): guidance only there; outside, the unguided score
+        ("classifier") or the conditional denoiser alone ("free"); "both": either term.
       n_steps: reverse-SDE steps (default DEFAULT_STEPS, 50, as sample.py's --steps).
       indices: (B,) global sample indices (noise of image i depends only on key and i).
       sampler_kwargs: the rest of `sample`'s options, e.g. `mesh=make_mesh()` to split the

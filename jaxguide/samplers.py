@@ -89,6 +89,18 @@ def _checked_score(score_fn, x, t):
 # Each step maps (score_fn, sde, x, state, t, t_next, noise, last) to (x, state); `noise(j)`
 # draws the j-th standard normal of this step, `last` is a traced bool for the final step.
 
+def evaluation_times(sde: VPSDE, n_steps: int, method: str = "euler_maruyama",
+                     grid: str | None = None, t_min: float = 1e-3) -> np.ndarray:
+    """The times at which `sample` calls score_fn, one per network evaluation, in call order
+    per step: (n_steps · NFE_PER_STEP[method],). Two-evaluation steps call it at t and t_next."""
+    if method not in METHODS:
+        raise ValueError(f"method: got {method!r}, accepted {', '.join(METHODS)}")
+    ts = np.asarray(time_grid(sde, n_steps, t_min, DEFAULT_GRID[method] if grid is None else grid))
+    if NFE_PER_STEP[method] == 1:
+        return ts[:-1]
+    return np.stack([ts[:-1], ts[1:]], axis=1).ravel()
+
+
 def _euler_maruyama(score_fn, sde, x, state, t, t_next, noise, last, *, denoise_last, **_):
     """One step back of dx = [f(x, t) − g(t)² ∇log p_t(x)] dt + g(t) dw̄, from t to t_next."""
     h, g = t - t_next, sde.diffusion(t)

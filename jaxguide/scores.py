@@ -55,16 +55,24 @@ def score_from_eps(eps_fn, sde: VPSDE, min_std: float = 0.01) -> Partial:
     return Partial(_eps_score, as_partial(eps_fn, "eps_fn"), sde, jnp.float32(min_std))
 
 
-def _free_guided_eps(null_class, eps_fn, labels, scale, x, t):
+def _free_guided_eps(null_class, eps_fn, labels, scale, lo, hi, x, t):
     b = x.shape[0]
-    y = jnp.concatenate([jnp.broadcast_to(labels, (b,)), jnp.full((b,), null_class, jnp.int32)])
-    eps = eps_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)  # One call of 2B.
-    cond, uncond = eps[:b], eps[b:]
-    return cond + per_example(scale, x) * (cond - uncond)
+    labels = jnp.broadcast_to(labels, (b,))
+    w = jnp.where((t >= lo) & (t <= hi), scale, 0.0)
+
+    def guided():
+        y = jnp.concatenate([labels, jnp.full((b,), null_class, jnp.int32)])
+        eps = eps_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)  # One call of 2B.
+        cond, uncond = eps[:b], eps[b:]
+        return cond + per_example(w, x) * (cond - uncond)
+
+    # lax.cond: where no example is guided (w = 0, or t outside the interval) the
+    # unconditional prediction is not computed at all.
+    return jax.lax.cond(jnp.any(w != 0), guided, lambda: eps_fn(x, t, labels))
 
 
 def classifier_free_guidance(eps_fn, sde: VPSDE, labels, scale, *, num_classes: int | None = None,
-                             min_std: float = 0.01) -> Partial:
+                             interval=None, min_std: float = 0.01) -> Partial:
     """The guided score of a class-conditional noise predictor (Ho & Salimans, 2022):
     −ε̃ / max(σ(t), min_std) with ε̃ = (1 + w) ε̂(x, t, y) − w ε̂(x, t, ∅).
 
@@ -74,14 +82,18 @@ def classifier_free_guidance(eps_fn, sde: VPSDE, labels, scale, *, num_classes: 
       labels: target classes, () or (B,) integers in [0, K).
       scale: the guidance weight w ≥ 0, () or (B,); 0 is the conditional model alone.
       num_classes: K; by default eps_fn's model's `num_classes`.
-    The two predictions are one network call on a batch of 2B; labels and w are traced.
+      interval: (t_lo, t_hi) to guide only for t_lo <= t <= t_hi (Kynkäänniemi et al., 2024);
+        outside, w = 0. None: at every t. The bounds are traced.
+    The two predictions are one network call on a batch of 2B (B where no example is
+    guided); labels, w and the interval are traced.
     """
     num_classes = _check_num_classes(num_classes, eps_fn)
     if num_classes is None:
         raise ValueError("num_classes: got None and eps_fn's model has no num_classes; accepted "
                          "the classes K of a class-conditional noise predictor (K is its null class)")
     eps = Partial(_bound(_free_guided_eps, num_classes), as_partial(eps_fn, "eps_fn"),
-                  _check_labels(labels, num_classes), _check_scale(scale))
+                  _check_labels(labels, num_classes), _check_scale(scale),
+                  *_check_interval((0.0, np.inf) if interval is None else interval))
     return score_from_eps(eps, sde, min_std)
 
 

@@ -69,6 +69,7 @@ def test_subprocess_sample_writes_grid_gif_and_npz(subprocess_run):
     assert str(d["guidance"]) == "free"
     assert float(d["scale"]) == load_script("sample.py").DEFAULT_SCALES["free"]
     assert str(d["sampler"]) == defaults.sampler
+    assert (int(d["nfe"]), int(d["classifier_nfe"])) == (2 * 3, 0)  # Guided: 2 per step.
     versions = json.loads(str(d["versions"]))
     assert {"python", "jax", "flax", "numpy", "jaxguide"} <= set(versions)
 
@@ -109,6 +110,19 @@ def test_batch_size_and_no_gif(subprocess_run, sample_script, tiny_checkpoints, 
         # differently for another batch shape (XLA picks kernels by shape), so not bitwise.
         np.testing.assert_allclose(d["images"], reference, rtol=0, atol=1e-4,
                                    err_msg=f"--batch-size {batch_size} differs")
+
+
+def test_guidance_interval(sample_script, tiny_checkpoints, tmp_path, capsys):
+    out = tmp_path / "interval"
+    run_in_process(sample_script, capsys, "--checkpoint-dir", tiny_checkpoints, "--steps", 4,
+                   "--classes", "3", "--per-class", 1, "--no-gif", "--interval", 0.5, 1,
+                   "--out", out)
+    d = load_npz(out)
+    # Steps start at t = 1, 0.75, 0.5, 0.25: three guided (2 evaluations), one not.
+    assert d["interval"].tolist() == [0.5, 1.0] and int(d["nfe"]) == 7
+    assert cli.run(sample_script.main, ["--interval", "0.5", "0.2"]) == 2
+    assert "--interval: got 0.5 0.2, accepted T_LO T_HI with 0 <= T_LO <= T_HI" in \
+        capsys.readouterr().err
 
 
 def test_all_classes_one_each(sample_script, tiny_checkpoints, tmp_path, capsys):

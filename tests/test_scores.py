@@ -213,7 +213,8 @@ E = _rng.normal(size=(K + 1, D)).astype(np.float32)  # One offset per class and 
 
 
 class ToyEps:
-    """A class-conditional toy noise predictor ε̂(x, t, y) = tanh(x) · t + E[y]; counts calls."""
+    """A class-conditional toy noise predictor ε̂(x, t, y) = tanh(x) · t + E[y]; records the
+    batch size of each call run (not merely traced)."""
 
     num_classes = K
 
@@ -221,7 +222,8 @@ class ToyEps:
         self.batches = []
 
     def __call__(self, x, t, y):
-        self.batches.append(x.shape[0])
+        n = x.shape[0]
+        jax.debug.callback(lambda: self.batches.append(n))
         return jnp.tanh(x) * t[:, None] + jnp.asarray(E)[y]
 
 
@@ -264,6 +266,21 @@ def test_classifier_free_guidance_needs_a_conditional_model():
 
 
 # ------------------------------------------------------------------ guidance interval
+
+
+def test_classifier_free_guidance_interval_is_the_conditional_model_outside():
+    eps_fn, labels = ToyEps(), jnp.array([0, 2, 1])
+    full = classifier_free_guidance(eps_fn, SDE, labels, 2.0, num_classes=K)
+    limited = classifier_free_guidance(eps_fn, SDE, labels, 2.0, num_classes=K,
+                                       interval=(0.3, 0.6))
+    alone = classifier_free_guidance(eps_fn, SDE, labels, 0.0, num_classes=K)
+    inside = (T >= 0.3) & (T <= 0.6)
+    np.testing.assert_allclose(limited(X, T), np.where(inside[:, None], full(X, T), alone(X, T)),
+                               rtol=1e-6)
+    eps_fn.batches.clear()
+    limited(X, jnp.full(B, 0.9))
+    alone(X, T)
+    assert eps_fn.batches == [B, B]  # Unguided: no unconditional prediction is computed.
 
 
 def test_guidance_interval_applies_the_term_only_inside():
