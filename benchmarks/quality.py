@@ -33,7 +33,7 @@ STEPS = {"euler_maruyama": (50, 100, 250, 1000), "predictor_corrector": (25, 50,
 
 
 def run_point(pipe, evaluator, ref, *, method, steps, scale, n, batch, seed,
-              guidance="classifier"):
+              guidance="classifier", interval=None):
     labels = np.arange(n, dtype=np.int32) % pipe.num_classes
     key = jax.random.key(seed)
     t0 = time.perf_counter()
@@ -42,12 +42,13 @@ def run_point(pipe, evaluator, ref, *, method, steps, scale, n, batch, seed,
         idx = np.arange(lo, lo + batch)
         images.append(np.asarray(pipeline.generate(key, pipe, labels[idx], scale, n_steps=steps,
                                                    method=method, indices=idx,
-                                                   guidance=guidance)))
+                                                   guidance=guidance, interval=interval)))
     seconds = time.perf_counter() - t0
     res = metrics.evaluate_samples(evaluator, np.concatenate(images), labels, ref)
-    nfe = steps * NFE_PER_STEP[method] * (1 if guidance == "classifier" else 2)
-    return {"method": method, "guidance": guidance, "steps": steps, "nfe": nfe, "scale": scale,
-            "seconds": seconds, **res}
+    nfe = pipeline.network_evaluations(pipe, scale, guidance=guidance, interval=interval,
+                                       n_steps=steps, method=method)
+    return {"method": method, "guidance": guidance, "steps": steps, **nfe, "scale": scale,
+            "interval": interval, "seconds": seconds, **res}
 
 
 def floor(evaluator, ref, train_images, train_labels, n, seed):

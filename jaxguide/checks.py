@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
 INT32_MAX = 2**31 - 1
 # float32's normal range: a float parameter outside it is 0 or inf once cast to float32.
 F32_TINY, F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
@@ -180,3 +179,75 @@ def check_pixels(name: str, x: np.ndarray) -> None:
         raise ValueError(f"{name}: contain NaN or inf, accepted finite values in [-1, 1]")
     if x.min() < -1.001 or x.max() > 1.001:
         raise ValueError(f"{name}: values span [{x.min():.3g}, {x.max():.3g}], accepted [-1, 1]")
+
+
+def check_num_classes(num_classes, log_prob_fn):
+    """num_classes, else that of log_prob_fn's model (`nets.apply_fn`), else None; a given
+    num_classes must be that model's."""
+    model = getattr(getattr(log_prob_fn, "func", None), "model", None)
+    model_k = getattr(model, "num_classes", None)
+    if not isinstance(model_k, int):
+        model_k = None
+    if num_classes is None:
+        return model_k
+    num_classes = check_int("num_classes", num_classes, 1, INT32_MAX)
+    if model_k is not None and num_classes != model_k:
+        raise ValueError(f"num_classes: got {num_classes}, accepted {model_k} (the classes of "
+                         "log_prob_fn's model)")
+    return num_classes
+
+
+def check_target_labels(labels, num_classes):
+    """The classes to guide towards, () or (B,) integers in [0, num_classes), as int32; a
+    traced array must be of an integer dtype (its values are checked where applied)."""
+    dtype = getattr(labels, "dtype", None)
+    if not is_concrete(labels) and not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"labels: got a traced array of dtype {dtype}, accepted integer class "
+                         "indices")
+    if is_concrete(labels):
+        try:
+            arr = np.asarray(labels)
+        except ValueError:  # Ragged.
+            raise ValueError(f"labels: got {reprlib.repr(labels)}, accepted integer class "
+                             "indices of shape () or (B,)") from None
+        if arr.ndim > 1 or not np.issubdtype(arr.dtype, np.integer) and not (
+                np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
+            raise ValueError(f"labels: got {repr(arr.tolist())[:80]} ({arr.dtype}, shape "
+                             f"{arr.shape}), accepted integer class indices of shape () or (B,)")
+        hi = num_classes if num_classes is not None else INT32_MAX + 1  # Applied as int32.
+        if arr.size and (arr.min() < 0 or arr.max() >= hi):
+            bad = arr[(arr < 0) | (arr >= hi)].ravel()[0]
+            raise ValueError(f"labels: got {bad}, accepted [0, {hi - 1}]")
+    return jnp.asarray(labels, jnp.int32)
+
+
+def check_scale(scale):
+    """A real scale >= 0, () or (B,), finite in float32 (the dtype it is applied in); a traced
+    one must be real (a negative one makes its images NaN)."""
+    dtype = getattr(scale, "dtype", None)
+    if not is_concrete(scale) and not (jnp.issubdtype(dtype, jnp.floating)
+                                       or jnp.issubdtype(dtype, jnp.integer)):
+        raise ValueError(f"scale: got a traced array of dtype {dtype}, accepted a real number "
+                         ">= 0")
+    if is_concrete(scale):
+        arr = np.asarray(scale)
+        real = jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
+        with np.errstate(over="ignore"):  # 1e39 becomes inf, and is rejected
+            as32 = arr.astype(np.float32) if real else np.float32(np.nan)
+        if arr.ndim > 1 or not np.all(np.isfinite(as32)) or np.any(as32 < 0):
+            raise ValueError(f"scale: got {scale!r}, accepted a finite number >= 0 that fits "
+                             "float32 (<= 3.4e38), a scalar or one per example")
+    return jnp.asarray(scale, jnp.float32)
+
+
+def check_interval(interval) -> tuple[jax.Array, jax.Array]:
+    """(t_lo, t_hi), real numbers with 0 <= t_lo <= t_hi when concrete, as float32."""
+    try:
+        lo, hi = interval
+    except (TypeError, ValueError):
+        raise ValueError(f"interval: got {reprlib.repr(interval)}, accepted a pair (t_lo, t_hi) "
+                         "or None") from None
+    if is_concrete(lo) and is_concrete(hi) and not (is_real(lo) and is_real(hi)
+                                                    and 0 <= lo <= hi):
+        raise ValueError(f"interval: got ({lo!r}, {hi!r}), accepted real times 0 <= t_lo <= t_hi")
+    return jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from jax.tree_util import Partial
 
 from jaxguide import parallel
 from jaxguide.checks import (INT32_MAX, as_scalar, check_bool, check_int, check_key, check_output,

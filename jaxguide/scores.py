@@ -16,15 +16,14 @@ eps_fn(x, t[, y]) -> (B, ...) noise predictions (y (B,) int, K the null class �
 from __future__ import annotations
 
 import functools
-import reprlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxguide.checks import (INT32_MAX, check_batch, check_float_array, check_int, check_output,
-                             is_concrete, is_real)
+from jaxguide.checks import (check_batch, check_float_array, check_interval, check_num_classes,
+                             check_output, check_scale, check_target_labels, is_real)
 from jaxguide.sde import VPSDE, check_sde, per_example
 
 
@@ -87,13 +86,13 @@ def classifier_free_guidance(eps_fn, sde: VPSDE, labels, scale, *, num_classes: 
     The two predictions are one network call on a batch of 2B (B where no example is
     guided); labels, w and the interval are traced.
     """
-    num_classes = _check_num_classes(num_classes, eps_fn)
+    num_classes = check_num_classes(num_classes, eps_fn)
     if num_classes is None:
         raise ValueError("num_classes: got None and eps_fn's model has no num_classes; accepted "
                          "the classes K of a class-conditional noise predictor (K is its null class)")
     eps = Partial(_bound(_free_guided_eps, num_classes), as_partial(eps_fn, "eps_fn"),
-                  _check_labels(labels, num_classes), _check_scale(scale),
-                  *_check_interval((0.0, np.inf) if interval is None else interval))
+                  check_target_labels(labels, num_classes), check_scale(scale),
+                  *check_interval((0.0, np.inf) if interval is None else interval))
     return score_from_eps(eps, sde, min_std)
 
 
@@ -144,9 +143,9 @@ def label_log_prob(log_prob_fn, labels, *, num_classes: int | None = None) -> Pa
     Labels are checked against num_classes, or the classes of log_prob_fn's model when it was
     made by `jaxguide.nets.apply_fn`; a label found out of range only when traced gives NaN.
     """
-    num_classes = _check_num_classes(num_classes, log_prob_fn)
+    num_classes = check_num_classes(num_classes, log_prob_fn)
     return Partial(_bound(_label_log_prob, num_classes), as_partial(log_prob_fn, "log_prob_fn"),
-                   _check_labels(labels, num_classes))
+                   check_target_labels(labels, num_classes))
 
 
 def _checked_density(log_density_fn, x, t):
@@ -184,7 +183,7 @@ def _scaled(fn, scale, x, t):
 
 def guidance_term(log_density_fn, scale) -> Partial:
     """The score term x, t ↦ scale · ∇ₓ log_density_fn(x, t); scale () or (B,)."""
-    scale = _check_scale(scale)
+    scale = check_scale(scale)
     return Partial(_scaled, density_grad(log_density_fn), scale)
 
 
@@ -215,7 +214,7 @@ def classifier_guidance(score_fn, log_prob_fn, labels, scale, *, num_classes: in
     score_fn = as_partial(score_fn, "score_fn")
     term = guidance_term(label_log_prob(log_prob_fn, labels, num_classes=num_classes), scale)
     if interval is not None:
-        term = Partial(_in_interval, term, *_check_interval(interval))
+        term = Partial(_in_interval, term, *check_interval(interval))
     return _add({"score_fn": score_fn, "guidance term": term})
 
 
@@ -226,72 +225,3 @@ def as_partial(fn, name) -> Partial:
     if not callable(fn):
         raise TypeError(f"{name}: expected a function of (x, t), got {type(fn).__name__}")
     return Partial(fn)
-
-
-def _check_num_classes(num_classes, log_prob_fn):
-    """num_classes, else that of log_prob_fn's model (`nets.apply_fn`), else None."""
-    model = getattr(getattr(log_prob_fn, "func", None), "model", None)
-    model_k = getattr(model, "num_classes", None)
-    if not isinstance(model_k, int):
-        model_k = None
-    if num_classes is None:
-        return model_k
-    num_classes = check_int("num_classes", num_classes, 1, INT32_MAX)
-    if model_k is not None and num_classes != model_k:
-        raise ValueError(f"num_classes: got {num_classes}, accepted {model_k} (the classes of "
-                         "log_prob_fn's model)")
-    return num_classes
-
-
-def _check_labels(labels, num_classes):
-    dtype = getattr(labels, "dtype", None)
-    if not is_concrete(labels) and not jnp.issubdtype(dtype, jnp.integer):
-        raise ValueError(f"labels: got a traced array of dtype {dtype}, accepted integer class "
-                         "indices")
-    if is_concrete(labels):
-        try:
-            arr = np.asarray(labels)
-        except ValueError:  # Ragged.
-            raise ValueError(f"labels: got {reprlib.repr(labels)}, accepted integer class "
-                             "indices of shape () or (B,)") from None
-        if arr.ndim > 1 or not np.issubdtype(arr.dtype, np.integer) and not (
-                np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
-            raise ValueError(f"labels: got {repr(arr.tolist())[:80]} ({arr.dtype}, shape "
-                             f"{arr.shape}), accepted integer class indices of shape () or (B,)")
-        hi = num_classes if num_classes is not None else INT32_MAX + 1  # Applied as int32.
-        if arr.size and (arr.min() < 0 or arr.max() >= hi):
-            bad = arr[(arr < 0) | (arr >= hi)].ravel()[0]
-            raise ValueError(f"labels: got {bad}, accepted [0, {hi - 1}]")
-    return jnp.asarray(labels, jnp.int32)
-
-
-def _check_scale(scale):
-    """A real scale >= 0, () or (B,), finite in float32 (the dtype it is applied in); a traced
-    one must be real (a negative one makes its images NaN)."""
-    dtype = getattr(scale, "dtype", None)
-    if not is_concrete(scale) and not (jnp.issubdtype(dtype, jnp.floating)
-                                       or jnp.issubdtype(dtype, jnp.integer)):
-        raise ValueError(f"scale: got a traced array of dtype {dtype}, accepted a real number "
-                         ">= 0")
-    if is_concrete(scale):
-        arr = np.asarray(scale)
-        real = jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
-        with np.errstate(over="ignore"):  # 1e39 becomes inf, and is rejected
-            as32 = arr.astype(np.float32) if real else np.float32(np.nan)
-        if arr.ndim > 1 or not np.all(np.isfinite(as32)) or np.any(as32 < 0):
-            raise ValueError(f"scale: got {scale!r}, accepted a finite number >= 0 that fits "
-                             "float32 (<= 3.4e38), a scalar or one per example")
-    return jnp.asarray(scale, jnp.float32)
-
-
-def _check_interval(interval) -> tuple[jax.Array, jax.Array]:
-    """(t_lo, t_hi), real numbers with 0 <= t_lo <= t_hi when concrete, as float32."""
-    try:
-        lo, hi = interval
-    except (TypeError, ValueError):
-        raise ValueError(f"interval: got {reprlib.repr(interval)}, accepted a pair (t_lo, t_hi) "
-                         "or None") from None
-    if is_concrete(lo) and is_concrete(hi) and not (is_real(lo) and is_real(hi)
-                                                    and 0 <= lo <= hi):
-        raise ValueError(f"interval: got ({lo!r}, {hi!r}), accepted real times 0 <= t_lo <= t_hi")
-    return jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
