@@ -21,6 +21,7 @@ INT32_MAX = 2**31 - 1
 # float32's normal range: a float parameter outside it is 0 or inf once cast to float32.
 F32_TINY, F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 MAX_ELEMENTS = INT32_MAX  # Elements of one batch of samples (XLA:CPU indexes with int32).
+MAX_INTEGRAL_BETA = 1e4  # ∫₀ᵀβ of a VPSDE: m(T) = exp(−½∫β) is 0 in float32 from ∫β ≈ 207 on.
 SEED_MAX = 2**32 - 1  # jax.random.key keeps 32 bits of a seed: larger ones repeat smaller ones.
 
 
@@ -251,3 +252,27 @@ def check_interval(interval) -> tuple[jax.Array, jax.Array]:
                                                     and 0 <= lo <= hi):
         raise ValueError(f"interval: got ({lo!r}, {hi!r}), accepted real times 0 <= t_lo <= t_hi")
     return jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
+
+
+def check_schedule_field(name: str, value) -> float:
+    """beta_min, beta_max or T: a finite number > 0 in float32's normal range, as a float."""
+    if not is_real(value) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"VPSDE: {name} must be a finite number > 0, got {value!r}")
+    if not F32_TINY <= value <= F32_MAX:  # Else 0 or inf once cast to float32.
+        raise ValueError(f"VPSDE: {name} must lie in float32's normal range "
+                         f"[{F32_TINY:.3g}, {F32_MAX:.3g}], got {value!r}")
+    return float(value)
+
+
+def check_schedule(beta_min: float, beta_max: float, T: float) -> None:
+    """beta_max >= beta_min, and ∫₀ᵀβ small enough for float32 (MAX_INTEGRAL_BETA)."""
+    if beta_max < beta_min:
+        raise ValueError(f"VPSDE: beta_max must be >= beta_min, got beta_min={beta_min}, "
+                         f"beta_max={beta_max}")
+    total = beta_min * T + 0.5 * T * T * (beta_max - beta_min)
+    if total > MAX_INTEGRAL_BETA:
+        raise ValueError(
+            f"VPSDE: the schedule's integral of beta over [0, T] must be <= "
+            f"{MAX_INTEGRAL_BETA:g}, got {total:.6g} (beta_min={beta_min:g}, "
+            f"beta_max={beta_max:g}, T={T:g}); m(T) is already 0 in float32 "
+            "from about 207, and larger schedules overflow float32 in the samplers")

@@ -9,17 +9,13 @@ Times `t` have shape (B,) (or are scalars) and broadcast over the trailing dims 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxguide.checks import (F32_MAX, F32_TINY, check_array, check_batch, check_float_dtype,
-                             check_key, check_shape, check_times, is_real)
-
-
-MAX_INTEGRAL_BETA = 1e4  # ∫₀ᵀβ: m(T) = exp(−½∫β) is 0 in float32 from ∫β ≈ 207 on.
+from jaxguide.checks import (check_array, check_batch, check_float_dtype, check_key,
+                             check_schedule, check_schedule_field, check_shape, check_times)
 
 
 def times_checked(closed_form):
@@ -114,30 +110,6 @@ def check_sde(sde) -> None:
     """Samplers and scores integrate a `VPSDE` (its closed forms and static fields)."""
     if not isinstance(sde, VPSDE):
         raise TypeError(f"sde: expected a jaxguide.VPSDE, got {type(sde).__name__}")
-
-
-def check_schedule_field(name: str, value) -> float:
-    """beta_min, beta_max or T: a finite number > 0 in float32's normal range, as a float."""
-    if not is_real(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"VPSDE: {name} must be a finite number > 0, got {value!r}")
-    if not F32_TINY <= value <= F32_MAX:  # Else 0 or inf once cast to float32.
-        raise ValueError(f"VPSDE: {name} must lie in float32's normal range "
-                         f"[{F32_TINY:.3g}, {F32_MAX:.3g}], got {value!r}")
-    return float(value)
-
-
-def check_schedule(beta_min: float, beta_max: float, T: float) -> None:
-    """beta_max >= beta_min, and ∫₀ᵀβ small enough for float32 (MAX_INTEGRAL_BETA)."""
-    if beta_max < beta_min:
-        raise ValueError(f"VPSDE: beta_max must be >= beta_min, got beta_min={beta_min}, "
-                         f"beta_max={beta_max}")
-    total = beta_min * T + 0.5 * T * T * (beta_max - beta_min)
-    if total > MAX_INTEGRAL_BETA:
-        raise ValueError(
-            f"VPSDE: the schedule's integral of beta over [0, T] must be <= "
-            f"{MAX_INTEGRAL_BETA:g}, got {total:.6g} (beta_min={beta_min:g}, "
-            f"beta_max={beta_max:g}, T={T:g}); m(T) is already 0 in float32 "
-            "from about 207, and larger schedules overflow float32 in the samplers")
 
 
 def per_example(v: jax.Array, x: jax.Array) -> jax.Array:
