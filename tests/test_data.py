@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import raising_cases
 from jaxguide import data
 from jaxguide.data import DataError, batch_indices, epoch_permutation, load_mnist, read_idx
 
@@ -379,3 +380,80 @@ def test_real_mnist():
     assert train_images.min() == -1.0 and train_images.max() == 1.0
     # Digits are mostly background (-1) with bright strokes.
     assert -0.85 < float(train_images.mean()) < -0.6
+
+
+# ------------------------------------------------------------------ bad arguments
+
+X2 = np.zeros((2, 28, 28, 1), np.float32)
+Y2 = np.array([0, 1])
+
+DATA_CASES = {
+    "read_idx-None": (lambda: data.read_idx(None),
+                      TypeError, r"path: got None, accepted a path \(str or os\.PathLike\)"),
+    "check_dataset-empty-test-labels": (lambda: data.check_dataset(((X2, Y2), (X2, np.array([], int)))),
+                                        ValueError, r"dataset: test labels: got int\d+ \(0,\), "
+                                                    r"accepted integers \(2,\), one per test image"),
+    "check_dataset-short-train-labels": (lambda: data.check_dataset(((X2, Y2[:1]), (X2, Y2))),
+                                         ValueError, r"dataset: train labels: got int\d+ \(1,\), "
+                                                     r"accepted integers \(2,\)"),
+    "load_mnist-blank-data_dir": (lambda: data.load_mnist("train", " "),
+                                  ValueError, r"data_dir: got ' ', accepted a non-empty path"),
+    "load_mnist-split": (lambda: data.load_mnist("validation", "/nonexistent"),
+                         ValueError, r"split must be one of \('train', 'test'\), got 'validation'"),
+    "load_mnist-missing-dir": (lambda: data.load_mnist("train", "/nonexistent/mnist"),
+                               DataError, r"MNIST data dir /nonexistent/mnist not found"),
+    "load_mnist-data_dir-int": (lambda: data.load_mnist("train", 123), TypeError,
+                                r"data_dir: got 123, accepted a path"),
+    "load_mnist-data_dir-empty": (lambda: data.load_mnist("train", ""), ValueError,
+                                  r"data_dir: got '', accepted a non-empty path"),
+}
+
+test_bad_argument = raising_cases(DATA_CASES)
+
+
+@pytest.fixture
+def env_dir(monkeypatch):
+    """Sets JAXGUIDE_DATA_DIR for one test: env_dir(path)."""
+    return lambda value: monkeypatch.setenv(data.ENV_DATA_DIR, str(value))
+
+
+def test_env_data_dir_missing_names_the_variable(env_dir):
+    env_dir("/nonexistent")
+    with pytest.raises(DataError, match=r"^JAXGUIDE_DATA_DIR='/nonexistent': MNIST data dir "
+                                        r"/nonexistent not found"):
+        data.load_mnist("train")
+
+
+def test_env_data_dir_blank_names_the_variable_and_shows_the_blank(env_dir):
+    env_dir(" ")
+    with pytest.raises(DataError, match=r"^JAXGUIDE_DATA_DIR: got ' ', accepted a folder path"):
+        data.load_mnist("test")
+
+
+def test_env_data_dir_bad_file_names_the_variable(env_dir, tmp_path):
+    write_dataset(tmp_path, gz=False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", b"\x00\x00\x08\x01garbage")
+    env_dir(tmp_path)
+    with pytest.raises(DataError, match=r"^JAXGUIDE_DATA_DIR='.*': IDX file .*t10k-labels"):
+        data.load_mnist("test")
+
+
+def test_data_dir_argument_beats_a_bad_env_var(env_dir, tmp_path):
+    write_dataset(tmp_path, gz=False)
+    env_dir(" ")
+    assert len(data.load_mnist("test", tmp_path)[0]) == 3
+
+
+@pytest.mark.parametrize("split", data.SPLITS)
+@pytest.mark.parametrize("from_env", [False, True], ids=["argument", "env"])
+def test_an_empty_split_names_the_data_dir_and_the_split(tmp_path, env_dir, split, from_env):
+    write_dataset(tmp_path, gz=False)
+    images_name, labels_name = data._IDX_FILES[split]
+    write_idx(tmp_path / images_name, np.zeros((0, 28, 28), np.uint8))
+    write_idx(tmp_path / labels_name, np.zeros((0,), np.uint8))
+    if from_env:
+        env_dir(tmp_path)
+    prefix = r"JAXGUIDE_DATA_DIR='.*': " if from_env else "^"
+    with pytest.raises(DataError, match=prefix + rf"MNIST data dir {tmp_path}: the {split} split "
+                                                 r"holds 0 images .*accepted at least 1"):
+        data.load_mnist(split, None if from_env else tmp_path)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import raising_cases
 from jaxguide.sde import VPSDE
 
 B_MIN, B_MAX = 0.1, 20.0  # non-default values, so that a mixed-up default would show
@@ -246,3 +247,61 @@ def test_vmap_grad_over_batch():
     t = jnp.array([0.05, 0.5, 1.0])
     g = jax.vmap(jax.grad(sde.std))(t)
     assert g.shape == (3,) and bool(jnp.all(jnp.isfinite(g))) and bool(jnp.all(g > 0))
+
+
+# ------------------------------------------------------------------ bad arguments
+KEY = jax.random.key(0)
+SDE = VPSDE()
+X0 = jnp.zeros((4, 3, 3, 1))
+
+test_bad_argument = raising_cases({
+    "t-negative": (lambda: SDE.std(-0.001),
+                   ValueError, r"t: got -0\.001, accepted a finite time >= 0"),
+    "t-nan-in-array": (lambda: SDE.mean_coeff(jnp.array([0.5, jnp.nan])),
+                       ValueError, r"t: got nan, accepted"),
+    "marginal-t-beyond-T": (lambda: SDE.marginal(KEY, X0, 5.0),
+                            ValueError, r"t: got 5\.0, accepted a time in \[0, T=1\.0\]"),
+    "marginal-t-shape": (lambda: SDE.marginal(KEY, X0, jnp.full((4, 3), 0.5)),
+                         ValueError, r"t: got shape \(4, 3\) for a batch of 4 images, "
+                         r"accepted \(\) or \(4,\)"),
+    "marginal-t-shape-traced": (lambda: jax.jit(SDE.marginal)(KEY, X0, jnp.full((4, 3), 0.5)),
+                                ValueError, r"t: got shape \(4, 3\) for a batch of 4"),
+    "marginal-x0-int": (lambda: SDE.marginal(KEY, jnp.zeros((4, 3), jnp.int32), 0.5),
+                        ValueError, r"x0: got dtype int32, accepted a floating dtype"),
+    "marginal-x0-scalar": (lambda: SDE.marginal(KEY, 1.0, 0.5),
+                           ValueError, r"x0: got shape \(\), accepted \(B, \.\.\.\)"),
+    "key-raw": (lambda: SDE.prior(jax.random.PRNGKey(0), (2,)),
+                TypeError, r"key: expected a typed key"),
+    "prior-shape-negative": (lambda: SDE.prior(KEY, (2, -1)),
+                             ValueError, r"shape: got \(2, -1\), accepted a tuple of positive"),
+    "prior-dtype-int": (lambda: SDE.prior(KEY, (2,), jnp.int32),
+                        ValueError, r"dtype: got dtype int32, accepted a floating dtype"),
+    "field-not-a-number": (lambda: VPSDE(beta_min=True),
+                           ValueError, r"beta_min must be a finite number > 0, got True"),
+    "field-underflows-float32": (lambda: VPSDE(beta_min=1e-300, beta_max=1e-300, T=1e3),
+                                 ValueError, r"beta_min must lie in float32's normal "
+                                 r"range \[1\.18e-38, 3\.4e\+38\], got 1e-300"),
+    "schedule-too-large": (lambda: VPSDE(beta_max=1e30), ValueError,
+                           r"VPSDE: the schedule's integral of beta over \[0, T\] must be <= "
+                           r"10000, got 5e\+29"),
+    "vpsde-std-list": (lambda: VPSDE().std([0.1, 0.2]),
+                       TypeError, r"t: got \[0\.1, 0\.2\], accepted a real number or a real array"),
+    "vpsde-drift-list": (lambda: VPSDE().drift([[1.0]], 0.5),
+                         TypeError, r"x: got a list, accepted an array"),
+    "vpsde-beta_min": (lambda: VPSDE(beta_min=-1.0), ValueError, r"beta_min must be .* > 0, got -1"),
+    "vpsde-beta_max-below-min": (lambda: VPSDE(beta_min=2.0, beta_max=1.0),
+                                 ValueError, r"beta_max must be >= beta_min"),
+})
+
+
+def test_numpy_scalars_are_accepted_as_floats():
+    sde = VPSDE(beta_min=np.float32(0.5), beta_max=np.int64(20), T=np.float64(1.0))
+    assert all(type(v) is float for v in (sde.beta_min, sde.beta_max, sde.T))
+    assert sde == VPSDE(beta_min=float(np.float32(0.5)), beta_max=20.0)
+
+
+def test_concrete_times_at_the_ends_are_accepted():
+    sde = VPSDE(T=0.1)  # float32(0.1) > 0.1: t = T is compared in t's precision
+    x_t, _ = sde.marginal(KEY, X0, jnp.array([0.0, 0.05, 0.1, jnp.float32(0.1)]))
+    assert np.all(np.isfinite(np.asarray(x_t)))
+    assert float(SDE.std(1.01)) > float(SDE.std(1.0))  # the closed forms extend past T

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import raising_cases
 from jaxguide import checkpoint, data, runtime, training
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import TrainConfig, get_config
@@ -913,3 +914,13 @@ def test_warm_start_from_another_model_is_refused(ref, tmp_path):
                         init_from=str(ref[0] / "model"))
     with pytest.raises(ValueError, match=r"^init_from: .* accepted a model of this run's"):
         training.train(other, tmp_path / "w", dataset=synthetic_data(), progress=False)
+
+
+test_export_bad_argument = raising_cases({
+    "export-step-float": (lambda: training.export("w", step=4.0), ValueError,
+                          r"step: got 4\.0, accepted an integer >= 0"),
+    "export-out-empty": (lambda: training.export("w", out=""), ValueError,
+                         r"out: got '', accepted a non-empty path or None"),
+    "export-workdir-none": (lambda: training.export(None), TypeError,
+                            r"workdir: got None, accepted a path"),
+})

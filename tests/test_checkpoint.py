@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import raising_cases, run_cli
 from jaxguide import checkpoint, training
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.configs import get_config
@@ -482,3 +482,9 @@ def test_export_of_a_missing_step(workdir):
             f"workdir {workdir}: no training checkpoint 5; accepted a step in [1]")):
         training.export(workdir, 5)
     assert not (workdir / "model").exists() and hidden(workdir) == []
+
+
+test_load_model_bad_argument = raising_cases({
+    "load_model-missing": (lambda: checkpoint.load_model("/nonexistent/jaxguide-model"),
+                           CheckpointError, r"checkpoint dir /nonexistent/jaxguide-model: not found"),
+})

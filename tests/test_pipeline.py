@@ -1,0 +1,90 @@
+"""pipeline: loading the bundled models, generate's arguments, and what a run computes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.tree_util import Partial
+
+from conftest import load_script, raising_cases
+from jaxguide import pipeline
+from jaxguide.checkpoint import CheckpointError
+from jaxguide.sde import VPSDE
+
+KEY = jax.random.key(0)
+SDE = VPSDE()
+
+
+def _score(x, t):
+    return -x
+
+
+def _log_probs(x, t):
+    return jax.nn.log_softmax(x[:, :3])
+
+
+PIPE = pipeline.Pipeline(sde=SDE, score_fn=Partial(_score), log_prob_fn=Partial(_log_probs),
+                         num_classes=3, image_shape=(4,), metadata={})
+
+test_bad_argument = raising_cases({
+    "generate-scalar-labels": (lambda: pipeline.generate(KEY, PIPE, 3, 1.0, n_steps=2),
+                               ValueError, r"labels: got shape \(\), accepted a 1-D sequence of "
+                               r"class indices"),
+    "generate-2d-labels": (lambda: pipeline.generate(KEY, PIPE, [[0, 1]], 1.0, n_steps=2),
+                           ValueError, r"labels: got shape \(1, 2\), accepted a 1-D sequence"),
+    "generate-no-labels": (lambda: pipeline.generate(KEY, PIPE, [], 1.0, n_steps=2),
+                           ValueError, r"labels: got an empty sequence, accepted at least one"),
+    "generate-string-labels": (lambda: pipeline.generate(KEY, PIPE, ["3"], 1.0, n_steps=2),
+                               ValueError, r"labels: got \['3'\], accepted a 1-D sequence"),
+    "generate-ragged-labels": (lambda: pipeline.generate(KEY, PIPE, [[1, 2], [3]], 1.0, n_steps=2),
+                               ValueError, r"labels: .*inhomogeneous.*; accepted a 1-D sequence"),
+    "generate-huge-label": (lambda: pipeline.generate(KEY, PIPE, [2**40], 1.0, n_steps=2),
+                            ValueError, r"labels: got 1099511627776, accepted \[0, "),
+    "generate-fractional-label": (lambda: pipeline.generate(KEY, PIPE, [3.5], 1.0, n_steps=2),
+                                  ValueError, r"labels: got \[3\.5\] .*accepted integer class"),
+    "generate-pipe-none": (lambda: pipeline.generate(KEY, None, [1], 1.0, n_steps=2),
+                           TypeError, r"pipe: got NoneType, accepted a Pipeline"),
+    "load_pipeline-none": (lambda: pipeline.load_pipeline(None),
+                           TypeError, r"checkpoint_dir: got None, accepted a path"),
+    "load_pipeline-missing": (lambda: pipeline.load_pipeline("/nonexistent/jaxguide-ck"),
+                              CheckpointError, r"/nonexistent/jaxguide-ck: not found"),
+})
+
+
+def test_generate_checks_labels_before_sampling(tiny_checkpoints, monkeypatch):
+    pipe = pipeline.load_pipeline(tiny_checkpoints)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the labels")
+
+    monkeypatch.setattr(pipeline, "sample", no_sampling)
+    with pytest.raises(ValueError, match=r"labels: got 10, accepted \[0, 9\]"):
+        pipeline.generate(KEY, pipe, jnp.array([3, 10]), 4.0, n_steps=2)
+    with pytest.raises(ValueError, match=r"scale: got -1\.0"):
+        pipeline.generate(KEY, pipe, jnp.array([3]), -1.0, n_steps=2)
+
+
+def test_generate_defaults_to_sample_py_steps(monkeypatch):
+    """generate needs no n_steps: it takes DEFAULT_STEPS, sample.py's --steps default."""
+    seen = {}
+
+    def recording_sample(key, score_fn, sde, shape, *, n_steps, **kwargs):
+        seen["n_steps"] = n_steps
+        return jnp.zeros(shape)
+
+    monkeypatch.setattr(pipeline, "sample", recording_sample)
+    pipeline.generate(KEY, PIPE, [0, 2], 1.0)
+    assert seen["n_steps"] == pipeline.DEFAULT_STEPS == 50
+    assert load_script("sample.py").parse_args([]).steps == pipeline.DEFAULT_STEPS
+
+
+def test_network_evaluations_count_what_generate_computes():
+    count = lambda **kw: pipeline.network_evaluations(PIPE, 1.0, n_steps=4, **kw)
+    assert count(guidance="classifier") == {"nfe": 4, "classifier_nfe": 4}
+    assert count(guidance="free") == {"nfe": 8, "classifier_nfe": 0}
+    # Uniform grid: the steps start at t = 1, 0.75, 0.5, 0.25.
+    assert count(guidance="free", interval=(0.5, 1.0)) == {"nfe": 7, "classifier_nfe": 0}
+    assert count(guidance="both", interval=(0.0, 0.3)) == {"nfe": 5, "classifier_nfe": 1}
+    assert count(guidance="classifier", method="heun") == {"nfe": 8, "classifier_nfe": 8}
+    assert pipeline.network_evaluations(PIPE, 0.0, guidance="free", n_steps=4)["nfe"] == 4
