@@ -21,6 +21,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from jaxguide import checkpoint
+from jaxguide.checks import check_target_labels
 from jaxguide.nets import apply_fn
 from jaxguide.samplers import evaluation_times, sample
 from jaxguide.scores import classifier_free_guidance, classifier_guidance, score_from_eps
@@ -149,20 +150,23 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
     Returns:
       images (B, H, W, C), or (images, trajectory (F, B, H, W, C)) with `record_every`.
     """
+    labels = _check_generate_args(pipe, labels, guidance, classifier_scale)
+    score_fn = guided_score(pipe, labels, scale, guidance, classifier_scale, interval)
+    out = sample(key, score_fn, pipe.sde, (labels.shape[0],) + pipe.image_shape, n_steps=n_steps,
+                 method=method, indices=indices, record_every=record_every, **sampler_kwargs)
+    if record_every:
+        return jnp.clip(out[0], -1, 1), jnp.clip(out[1], -1, 1)
+    return jnp.clip(out, -1, 1)
+
+
+def _check_generate_args(pipe, labels, guidance, classifier_scale) -> jax.Array:
+    """generate's own arguments (the scores and the sampler check theirs); labels as int32."""
     if not isinstance(pipe, Pipeline):
         raise TypeError(f"pipe: got {type(pipe).__name__}, accepted a Pipeline (load_pipeline)")
-    accepted = f"a 1-D sequence of class indices 0..{pipe.num_classes - 1}"
-    if not isinstance(labels, jax.Array):  # Lists, tuples, NumPy arrays: checked here.
-        try:
-            labels = np.asarray(labels)
-        except ValueError as e:  # Ragged.
-            raise ValueError(f"labels: {e}; accepted {accepted}") from e
-        if labels.dtype.kind not in "iuf":
-            raise ValueError(f"labels: got {str(labels.tolist())[:80]}, accepted {accepted}")
-    if labels.ndim != 1:
-        raise ValueError(f"labels: got shape {labels.shape}, accepted {accepted}")
-    if not labels.shape[0]:
-        raise ValueError("labels: got an empty sequence, accepted at least one label")
+    labels = check_target_labels(labels, pipe.num_classes)
+    if labels.ndim != 1 or not labels.shape[0]:
+        raise ValueError(f"labels: got shape {labels.shape}, accepted a 1-D sequence of at least "
+                         f"one class index in 0..{pipe.num_classes - 1}")
     if guidance not in GUIDANCE:
         raise ValueError(f"guidance: got {guidance!r}, accepted {', '.join(GUIDANCE)}")
     if guidance != "classifier" and not pipe.conditional:
@@ -171,9 +175,4 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
     if (guidance == "both") != (classifier_scale is not None):
         raise ValueError(f"classifier_scale: got {classifier_scale!r} with guidance "
                          f"{guidance!r}; accepted a scale >= 0 with 'both' only")
-    score_fn = guided_score(pipe, labels, scale, guidance, classifier_scale, interval)
-    out = sample(key, score_fn, pipe.sde, (labels.shape[0],) + pipe.image_shape, n_steps=n_steps,
-                 method=method, indices=indices, record_every=record_every, **sampler_kwargs)
-    if record_every:
-        return jnp.clip(out[0], -1, 1), jnp.clip(out[1], -1, 1)
-    return jnp.clip(out, -1, 1)
+    return labels

@@ -242,6 +242,22 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
     Returns:
       x (B, ...) at t_min, or (x, trajectory) when `record_every` is given.
     """
+    score_fn, shape, n_steps, grid, clip, t_min, denoise_last, snr, record_every, indices = (
+        _check_sample_args(key, score_fn, sde, shape, n_steps, method, grid, init, clip, t_min,
+                           denoise_last, snr, record_every, indices, mesh))
+    if mesh is not None:
+        key, score_fn = parallel.replicate(mesh, (key, score_fn))
+        indices = parallel.shard_batch(mesh, indices)
+    return _sample(key, score_fn, sde, indices,
+                   shape=shape, n_steps=n_steps, method=method, grid=grid, init=init,
+                   clip=clip, t_min=t_min, denoise_last=denoise_last, snr=snr,
+                   record_every=record_every, mesh=mesh)
+
+
+def _check_sample_args(key, score_fn, sde, shape, n_steps, method, grid, init, clip, t_min,
+                       denoise_last, snr, record_every, indices, mesh):
+    """`sample`'s arguments checked, as the values `_sample` takes (static ones as Python
+    numbers, grid resolved, indices as an int32 array)."""
     check_key(key)
     score_fn = as_partial(score_fn, "score_fn")
     check_sde(sde)
@@ -269,13 +285,9 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
             raise TypeError(f"mesh: got {type(mesh).__name__}, accepted a jax.sharding.Mesh "
                             "(jaxguide.parallel.make_mesh)")
         parallel.check_divisible("batch size (shape[0])", shape[0], mesh)
-        key, score_fn = parallel.replicate(mesh, (key, score_fn))
-        indices = parallel.shard_batch(mesh, indices)
-    return _sample(key, score_fn, sde, indices,
-                   shape=shape, n_steps=n_steps, method=method, grid=grid, init=init,
-                   clip=None if clip is None else float(as_scalar(clip)), t_min=t_min,
-                   denoise_last=denoise_last, snr=float(as_scalar(snr)), record_every=record_every,
-                   mesh=mesh)
+    clip = None if clip is None else float(as_scalar(clip))
+    return (score_fn, shape, n_steps, grid, clip, t_min, denoise_last, float(as_scalar(snr)),
+            record_every, indices)
 
 
 def _check_indices(indices, batch: int) -> jax.Array:
