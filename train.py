@@ -86,7 +86,7 @@ def main(argv):
             raise ValueError(f"--epochs: got {args.epochs}, accepted a finite number > 0")
     for name in ("workdir", "data_dir", "init_from"):
         cli.check_path("--" + name.replace("_", "-"), getattr(args, name))
-    if cfg.init_from:
+    if cfg.init_from and not training.has_checkpoint(args.workdir):  # Else unused: resumed.
         try:
             training.check_init_from(cfg)
         except ValueError as e:  # CheckpointError included.

@@ -47,7 +47,7 @@ from jaxguide.configs import get_config  # noqa: E402
 from jaxguide.scores import classifier_guidance  # noqa: E402
 from jaxguide.nets import SeedUNet, make_model  # noqa: E402
 from jaxguide.nets.conv import conv_impl, prefers_batch_minor  # noqa: E402
-from jaxguide.samplers import sample  # noqa: E402
+from jaxguide.samplers import sample, time_grid  # noqa: E402
 
 
 def best_time(fn, repeats):
@@ -121,12 +121,13 @@ def section_compile(pipe, args):
         labels = jnp.arange(80) % pipe.num_classes
         score = classifier_guidance(pipe.score_fn, pipe.log_prob_fn, labels, 32.0)
         kwargs = dict(shape=(80,) + pipe.image_shape, n_steps=steps, method="euler_maruyama",
-                      grid="uniform", init="prior", clip=10.0, t_min=1e-3, denoise_last=True,
-                      snr=0.16, record_every=None, mesh=None)
+                      init="prior", clip=10.0, denoise_last=True, snr=0.16, record_every=None,
+                      mesh=None)
         jax.clear_caches()  # Measure a compilation, not a cache hit from the sample section.
         t0 = time.perf_counter()
         lowered = _sample.lower(jax.random.key(0), score, pipe.sde,
-                                jnp.arange(80, dtype=jnp.uint32), **kwargs)
+                                jnp.arange(80, dtype=jnp.uint32),
+                                time_grid(pipe.sde, steps, 1e-3, "uniform"), **kwargs)
         t1 = time.perf_counter()
         compiled = lowered.compile()
         t2 = time.perf_counter()

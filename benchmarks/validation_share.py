@@ -38,7 +38,8 @@ def code_lines(src: str, tree: ast.Module) -> set[int]:
 
 
 def is_check(name: str) -> bool:
-    return name.lstrip("_").startswith("check")
+    name = name.lstrip("_")
+    return name == "check" or name.startswith("check_")
 
 
 def validation_lines(tree: ast.Module) -> set[int]:

@@ -224,7 +224,7 @@ def check_target_labels(labels, num_classes):
 
 def check_scale(scale):
     """A real scale >= 0, () or (B,), finite in float32 (the dtype it is applied in); a traced
-    one must be real (a negative one makes its images NaN)."""
+    one must be real (where applied, a negative one makes its images NaN)."""
     dtype = getattr(scale, "dtype", None)
     if not is_concrete(scale) and not (jnp.issubdtype(dtype, jnp.floating)
                                        or jnp.issubdtype(dtype, jnp.integer)):

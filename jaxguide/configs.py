@@ -19,6 +19,8 @@ PRESETS = ("default", "tiny")
 
 # Fields that change how a run is watched, not what it computes: they may differ on resume.
 OPERATIONAL_FIELDS = ("log_every", "eval_every", "ckpt_every", "keep")
+# Fields that matter only to a run's first step: a resumed run goes on from its checkpoint.
+START_FIELDS = ("init_from",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +84,12 @@ class TrainConfig:
             raise ValueError(f"label_dropout: got {self.label_dropout} for an unconditional "
                              "model; accepted 0, or a class-conditional model (model_kwargs "
                              "num_classes)")
-        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
+        if self.init_from is not None and not isinstance(self.init_from, str):
             raise TypeError(f"init_from: got {self.init_from!r}, accepted a model directory "
                             "(a path, as a str) or None")
+        if self.init_from is not None and not self.init_from.strip():
+            raise ValueError(f"init_from: got {self.init_from!r}, accepted a model directory "
+                             "or None")
         self._check_real("beta_min", "a finite number > 0", lambda v: finite(v) and v > 0)
         self._check_real("beta_max", f"a finite number >= beta_min={self.beta_min}",
                          lambda v: finite(v) and v >= self.beta_min)
@@ -119,10 +124,11 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def differences(self, other: "TrainConfig") -> list[str]:
-        """Names and values of the fields (operational ones excepted) that differ."""
+        """Names and values of the fields (operational and start-only ones excepted) that
+        differ."""
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {json.dumps(a[k])} vs {json.dumps(b[k])}" for k in a
-                if k not in OPERATIONAL_FIELDS and a[k] != b[k]]
+                if k not in OPERATIONAL_FIELDS + START_FIELDS and a[k] != b[k]]
 
 
 def _frozen_kwargs(model: str, kwargs) -> tuple[tuple[str, Any], ...]:

@@ -141,7 +141,8 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
         (classifier-free: needs a class-conditional denoiser) or "both" (classifier-free
         with weight `scale`, plus the classifier's term with scale `classifier_scale`).
       interval: (t_lo, t_hi): guidance only there; outside, the unguided score
-        ("classifier") or the conditional denoiser alone ("free"); "both": either term.
+        ("classifier") or the conditional denoiser alone ("free" and "both", whose two
+        terms are both off there).
       n_steps: reverse-SDE steps (default DEFAULT_STEPS, 50, as sample.py's --steps).
       indices: (B,) global sample indices (noise of image i depends only on key and i).
       sampler_kwargs: the rest of `sample`'s options, e.g. `mesh=make_mesh()` to split the

@@ -172,19 +172,18 @@ _STEPS = {"euler_maruyama": _euler_maruyama, "predictor_corrector": _predictor_c
           "heun": _heun, "dpm_solver_2m": _dpm_solver_2m, "dpm_solver_2m_sde": _dpm_solver_2m_sde}
 
 
-_STATIC_ARGNAMES = ("shape", "n_steps", "method", "grid", "init", "clip", "t_min",
-                    "denoise_last", "snr", "record_every", "mesh")
+_STATIC_ARGNAMES = ("shape", "n_steps", "method", "init", "clip", "denoise_last", "snr",
+                    "record_every", "mesh")
 
 
 @functools.partial(jit, static_argnames=_STATIC_ARGNAMES)
-def _sample(key, score_fn, sde, indices, *, shape, n_steps, method, grid, init, clip, t_min,
+def _sample(key, score_fn, sde, indices, ts, *, shape, n_steps, method, init, clip,
             denoise_last, snr, record_every, mesh):
     tail = shape[1:]
     sample_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, indices)
     x = parallel.constrain_batch(_noise(sample_keys, 0, tail), mesh)
     if init == "clipped":
         x = jnp.clip(x, -1.0, 1.0)
-    ts = time_grid(sde, n_steps, t_min, grid)
     score_fn = functools.partial(_checked_score, score_fn)
     step_fn = functools.partial(_STEPS[method], denoise_last=denoise_last, snr=snr)
     state = (jnp.zeros_like(x), jnp.float32(0.0)) if method.startswith("dpm_solver") else ()
@@ -245,12 +244,13 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
     score_fn, shape, n_steps, grid, clip, t_min, denoise_last, snr, record_every, indices = (
         _check_sample_args(key, score_fn, sde, shape, n_steps, method, grid, init, clip, t_min,
                            denoise_last, snr, record_every, indices, mesh))
+    # The grid is made here, outside jit, so that it is bitwise `evaluation_times`'s.
+    ts = time_grid(sde, n_steps, t_min, grid)
     if mesh is not None:
-        key, score_fn = parallel.replicate(mesh, (key, score_fn))
+        key, score_fn, ts = parallel.replicate(mesh, (key, score_fn, ts))
         indices = parallel.shard_batch(mesh, indices)
-    return _sample(key, score_fn, sde, indices,
-                   shape=shape, n_steps=n_steps, method=method, grid=grid, init=init,
-                   clip=clip, t_min=t_min, denoise_last=denoise_last, snr=snr,
+    return _sample(key, score_fn, sde, indices, ts, shape=shape, n_steps=n_steps, method=method,
+                   init=init, clip=clip, denoise_last=denoise_last, snr=snr,
                    record_every=record_every, mesh=mesh)
 
 

@@ -57,13 +57,14 @@ def score_from_eps(eps_fn, sde: VPSDE, min_std: float = 0.01) -> Partial:
 def _free_guided_eps(null_class, eps_fn, labels, scale, lo, hi, x, t):
     b = x.shape[0]
     labels = jnp.broadcast_to(labels, (b,))
-    w = jnp.where((t >= lo) & (t <= hi), scale, 0.0)
+    # A traced w cannot raise when negative: it makes its images NaN instead.
+    w = jnp.where((t >= lo) & (t <= hi), jnp.where(scale >= 0, scale, jnp.nan), 0.0)
 
     def guided():
         y = jnp.concatenate([labels, jnp.full((b,), null_class, jnp.int32)])
         eps = eps_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)  # One call of 2B.
         cond, uncond = eps[:b], eps[b:]
-        return cond + per_example(w, x) * (cond - uncond)
+        return (cond + per_example(w, x) * (cond - uncond)).astype(cond.dtype)
 
     # lax.cond: where no example is guided (w = 0, or t outside the interval) the
     # unconditional prediction is not computed at all.

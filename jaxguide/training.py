@@ -84,6 +84,12 @@ def check_init_from(cfg: TrainConfig) -> dict:
     return meta
 
 
+def has_checkpoint(workdir: str | Path) -> bool:
+    """Whether `workdir` holds a training checkpoint to resume from (a step folder)."""
+    folder = Path(workdir) / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
 def warm_start(cfg: TrainConfig, state: TrainState) -> TrainState:
     """`state` with its parameters (and EMA, batch_stats) those of the model at cfg.init_from."""
     check_init_from(cfg)

@@ -118,7 +118,7 @@ def test_guidance_interval(sample_script, tiny_checkpoints, tmp_path, capsys):
                    "--classes", "3", "--per-class", 1, "--no-gif", "--interval", 0.5, 1,
                    "--out", out)
     d = load_npz(out)
-    # Steps start at t = 1, 0.75, 0.5, 0.25: three guided (2 evaluations), one not.
+    # Steps start at t = 1, 0.75025, 0.5005, 0.25075: three guided (2 evaluations), one not.
     assert d["interval"].tolist() == [0.5, 1.0] and int(d["nfe"]) == 7
     assert cli.run(sample_script.main, ["--interval", "0.5", "0.2"]) == 2
     assert "--interval: got 0.5 0.2, accepted T_LO T_HI with 0 <= T_LO <= T_HI" in \

@@ -266,6 +266,11 @@ TRAIN_BASE = ["denoiser", "--workdir", "{workdir}/run", "--data-dir", "{missing}
 
 TRAIN_CASES = {
     "steps-0": (["--steps", "0"], ["--steps", "got 0", "accepted an integer >= 1"]),
+    "init-from-missing": (["--init-from", "{missing}"], ["--init-from", "not found"]),
+    "init-from-another-model": (["--init-from", "{ck}/classifier"],
+                                ["--init-from", "holds the classifier", "accepted a model of"]),
+    "init-from-empty": (["--init-from", ""], ["--init-from", "got ''"]),
+    "warmup-frac-1": (["--warmup-frac", "1"], ["--warmup-frac", "got 1.0", "accepted a number in [0, 1)"]),
     "batch-size-0": (["--batch-size", "0"], ["--batch-size", "got 0", ">= 1"]),
     "lr-0": (["--lr", "0"], ["--lr", "got 0.0", "accepted a number in [1.2e-38, 1)"]),
     "lr-nan": (["--lr", "nan"], ["--lr", "got nan", "accepted a number in [1.2e-38, 1)"]),

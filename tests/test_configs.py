@@ -29,6 +29,10 @@ def test_numpy_scalars_and_dict_kwargs_are_accepted():
 
 
 test_bad_argument = raising_cases({
+    "init_from-not-a-str": (lambda: config(init_from=3), TypeError,
+                            r"init_from: got 3, accepted a model directory"),
+    "init_from-blank": (lambda: config(init_from=" "), ValueError,
+                        r"init_from: got ' ', accepted a model directory or None"),
     "TrainConfig-lr-zero-in-float32": (lambda: TrainConfig(lr=1e-320), ValueError,
                                        r"lr: got 1e-320, accepted a number in \[1\.2e-38, 1\)"),
     "get_config-task": (lambda: get_config("generator"),

@@ -145,6 +145,7 @@ test_bad_argument = raising_cases({
     "seed-dim_mults": (lambda: SeedUNet(base_dim=6, dim_mults=(1,)), ValueError,
                        r"dim_mults: got \(1,\) for base_dim=6"),
     "seed-temp": (lambda: SeedUNet(temp=math.nan), ValueError, r"temp: got nan"),
+    "seed-layout-type": (lambda: SeedUNet(layout=3), TypeError, r"layout: got 3, accepted auto"),
     "seed-layout": (lambda: SeedUNet(layout="NCHW"), ValueError,
                     r"layout: got 'NCHW', accepted auto, NHWC, CHWB"),
     "shuffle-axis": (lambda: shuffle_concat(jnp.zeros((2, 3)), jnp.zeros((2, 3)), axis=2),

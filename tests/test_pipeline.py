@@ -10,6 +10,7 @@ from jax.tree_util import Partial
 from conftest import load_script, raising_cases
 from jaxguide import pipeline
 from jaxguide.checkpoint import CheckpointError
+from jaxguide.samplers import evaluation_times
 from jaxguide.sde import VPSDE
 
 KEY = jax.random.key(0)
@@ -77,8 +78,10 @@ def test_network_evaluations_count_what_generate_computes():
     count = lambda **kw: pipeline.network_evaluations(PIPE, 1.0, n_steps=4, **kw)
     assert count(guidance="classifier") == {"nfe": 4, "classifier_nfe": 4}
     assert count(guidance="free") == {"nfe": 8, "classifier_nfe": 0}
-    # Uniform grid: the steps start at t = 1, 0.75, 0.5, 0.25.
+    # Uniform grid from T = 1 to t_min = 1e-3: the steps start at t = 1, 0.75025, 0.5005, 0.25075.
     assert count(guidance="free", interval=(0.5, 1.0)) == {"nfe": 7, "classifier_nfe": 0}
     assert count(guidance="both", interval=(0.0, 0.3)) == {"nfe": 5, "classifier_nfe": 1}
     assert count(guidance="classifier", method="heun") == {"nfe": 8, "classifier_nfe": 8}
     assert pipeline.network_evaluations(PIPE, 0.0, guidance="free", n_steps=4)["nfe"] == 4
+    ts = evaluation_times(SDE, 4)  # An interval's ends are in it, to the float32 bit.
+    assert count(guidance="free", interval=(ts[2], ts[1]))["nfe"] == 6

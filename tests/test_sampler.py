@@ -17,7 +17,7 @@ from jax.tree_util import Partial
 
 from conftest import raising_cases
 from jaxguide.configs import TrainConfig
-from jaxguide.samplers import sample, time_grid
+from jaxguide.samplers import METHODS, NFE_PER_STEP, evaluation_times, sample, time_grid
 from jaxguide.scores import classifier_guidance, score_from_eps
 from jaxguide.sde import VPSDE
 
@@ -324,6 +324,16 @@ test_bad_argument = raising_cases({
         lambda: sample(jax.random.key(0), lambda x, t: (-x).astype(jnp.complex64), VPSDE(), (1, 2),
                        n_steps=2),
         ValueError, r"score_fn: returned dtype complex64, accepted a real floating array"),
+    "score-not-an-array": (lambda: _sample(score_fn=lambda x, t: (x, x)),
+                           TypeError, r"score_fn: returned a tuple for x of shape \(2, 4\), "
+                           r"accepted an array of the shape of x"),
+    "n_steps-beyond-int32": (lambda: _sample(n_steps=10**12),
+                             ValueError, r"n_steps: got 1000000000000, accepted an integer >= 1 "
+                             r"and <= 2147483646"),
+    "indices-not-integers": (lambda: _sample(shape=(1, 4), indices=[0.5]),
+                             ValueError, r"indices: got \[0\.5\], accepted integers"),
+    "time_grid-sde": (lambda: time_grid(None, 2), TypeError, r"sde: expected a jaxguide\.VPSDE"),
+    "time_grid-n_steps": (lambda: time_grid(SDE, 0), ValueError, r"n_steps: got 0, accepted"),
     "sample-traced-float-indices": (  # They were cast: two images got the same noise.
         lambda: jax.jit(lambda i: sample(jax.random.key(0), _score, VPSDE(), (2, 3), n_steps=2,
                                          indices=i))(jnp.array([0.7, -1.0])),
@@ -349,3 +359,17 @@ def test_zero_d_jax_numbers_are_accepted_as_numbers():
     assert grid.shape == (5,) and float(grid[-1]) == pytest.approx(0.01)
     cfg = TrainConfig(lr=jnp.float32(1e-3), steps=jnp.int32(5))
     assert (cfg.lr, cfg.steps) == (pytest.approx(1e-3), 5) and type(cfg.steps) is int
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_evaluation_times_are_the_times_sample_calls_the_score_at(method):
+    seen = []
+
+    def recording_score(x, t):
+        jax.debug.callback(lambda t: seen.append(float(np.asarray(t)[0])), t)
+        return -x
+
+    sample(KEY, recording_score, SDE, (2, 3), n_steps=7, method=method).block_until_ready()
+    expected = evaluation_times(SDE, 7, method)
+    assert expected.shape == (7 * NFE_PER_STEP[method],)
+    assert sorted(seen) == sorted(expected.tolist())  # Bitwise: the same grid.

@@ -402,6 +402,21 @@ test_bad_argument = raising_cases({
     "score_from_eps-t-batch": (
         lambda: score_from_eps(lambda x, t: x, VPSDE())(jnp.ones((2, 4)), jnp.full(3, 0.5)),
         ValueError, r"t: got shape \(3,\) for a batch of 2 images, accepted \(\) or \(2,\)"),
+    "scale-other-batch": (
+        lambda: samplers.sample(KEY, classifier_guidance(_score, _ten_classes, 1, jnp.ones(3)),
+                                VPSDE(), (2, 4), n_steps=2),
+        ValueError, r"scale: got shape \(3,\) for a batch of 2 images, accepted \(\) or \(2,\)"),
+    "guided-integer-x": (
+        lambda: classifier_guidance(_score, _ten_classes, 1, 1.0)(jnp.ones((2, 4), jnp.int32),
+                                                                  jnp.full(2, 0.5)),
+        ValueError, r"x: got dtype int32, accepted a floating dtype"),
+    "guidance_term-integer-x": (
+        lambda: guidance_term(lambda x, t: x.sum(1), 1.0)(jnp.ones((2, 4), jnp.int32),
+                                                          jnp.full(2, 0.5)),
+        ValueError, r"x: got dtype int32, accepted a floating dtype"),
+    "interval-not-a-pair": (
+        lambda: classifier_free_guidance(ToyEps(), SDE, 1, 1.0, num_classes=K, interval=0.5),
+        ValueError, r"interval: got 0\.5, accepted a pair \(t_lo, t_hi\) or None"),
     "guidance-ragged-labels": (
         lambda: classifier_guidance(_score, _ten_classes, [[0], [1, 2]], 1.0),
         ValueError, r"labels: got \[\[0\], \[1, 2\]\], accepted integer class indices"),
@@ -450,6 +465,12 @@ def test_min_std_floors_sigma():
     x, t = jnp.ones((2, 4)), jnp.array([1e-4, 1.0])
     score = score_from_eps(lambda x, t: x, SDE, min_std=1.0)(x, t)
     np.testing.assert_allclose(score, -x)  # σ(t) <= 1 everywhere: the floor replaces it.
+
+
+def test_a_traced_negative_classifier_free_weight_makes_its_images_nan():
+    w = jnp.array([-1.0, 1.0, 0.5])
+    out = jax.jit(lambda w: classifier_free_guidance(ToyEps(), SDE, 1, w, num_classes=K)(X, T))(w)
+    assert bool(jnp.all(jnp.isnan(out[0]))) and bool(jnp.all(jnp.isfinite(out[1:])))
 
 
 def test_a_traced_negative_scale_makes_its_images_nan():

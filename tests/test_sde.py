@@ -274,6 +274,8 @@ test_bad_argument = raising_cases({
                 TypeError, r"key: expected a typed key"),
     "prior-shape-negative": (lambda: SDE.prior(KEY, (2, -1)),
                              ValueError, r"shape: got \(2, -1\), accepted a tuple of positive"),
+    "prior-dtype-not-a-dtype": (lambda: SDE.prior(KEY, (2,), "bogus"),
+                                TypeError, r"dtype: got 'bogus', accepted a floating dtype"),
     "prior-dtype-int": (lambda: SDE.prior(KEY, (2,), jnp.int32),
                         ValueError, r"dtype: got dtype int32, accepted a floating dtype"),
     "field-not-a-number": (lambda: VPSDE(beta_min=True),

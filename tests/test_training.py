@@ -907,6 +907,8 @@ def test_warm_start_from_a_model_and_resume_without_it(ref, tmp_path):
     shutil.rmtree(init)  # A resumed warm-started run needs only its own checkpoints.
     training.train(cfg.replace(steps=4), workdir, dataset=synthetic_data(), progress=False)
     assert checkpoint.read_model_metadata(workdir / "model")["config"]["init_from"] == str(init)
+    training.train(cfg.replace(steps=4, init_from=None), workdir, dataset=synthetic_data(),
+                   progress=False)  # init_from matters to a run's start only.
 
 
 def test_warm_start_from_another_model_is_refused(ref, tmp_path):
