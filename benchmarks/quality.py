@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py --data-dir ../shared/data/mnist          # full sweep
     python benchmarks/quality.py --data-dir ../shared/data/mnist --quick  # a smoke run
+    python benchmarks/quality.py --points '[{"guidance": "free", "scale": 0.5, "seed": 1}]'
 
 For each point: accuracy of the independent evaluator on the requested labels, Fréchet
 distance (FD) to the test set in evaluator features, class-conditional FD (mean over digits),
@@ -104,6 +105,9 @@ def main():
     p.add_argument("--repeat-seeds", type=int, default=3,
                    help="run the default point with this many seeds (FD spread)")
     p.add_argument("--quick", action="store_true", help="few points, few samples")
+    p.add_argument("--points", help="instead of the sweeps, these points: a JSON list of objects "
+                   "with guidance, scale and optionally interval, method, steps, seed; one JSON "
+                   "line each (worst digit included)")
     args = p.parse_args()
     if args.quick:
         args.n, args.batch = 100, 50
@@ -114,6 +118,8 @@ def main():
     pipe = pipeline.load_pipeline(args.checkpoint_dir)
     evaluator = metrics.Evaluator(Path(args.checkpoint_dir) / "evaluator")
     ref = evaluator.reference()
+    if args.points:
+        return run_points(pipe, evaluator, ref, json.loads(args.points), args)
     rows = []
     if args.data_dir:
         rows.append({**floor(evaluator, ref, *data.load_mnist("train", args.data_dir), args.n, args.seed),
@@ -140,6 +146,16 @@ def main():
     (out / "quality.json").write_text(json.dumps({"n": args.n, "seed": args.seed, "rows": rows}, indent=1))
     plot(rows, out / "quality.png")
     print(f"wrote {out / 'quality.json'} and {out / 'quality.png'}")
+
+
+def run_points(pipe, evaluator, ref, points, args):
+    for point in points:
+        r = run_point(pipe, evaluator, ref, method=point.get("method", "euler_maruyama"),
+                      steps=point.get("steps", pipeline.DEFAULT_STEPS), scale=point["scale"],
+                      n=args.n, batch=args.batch, seed=point.get("seed", args.seed),
+                      guidance=point["guidance"], interval=point.get("interval"))
+        worst = min(r.pop("per_class_accuracy").values())
+        print(json.dumps({**point, **r, "worst_digit": worst}), flush=True)
 
 
 def _print(r):
