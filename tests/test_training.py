@@ -407,11 +407,10 @@ def test_sigkill_during_checkpoint_commit_then_restart(ref, spawn, tmp_path):
     rc, out, err = finish(spawn(workdir))
     assert rc == 0, err[-3000:]
     assert step_dirs(workdir) == [2, 4, 6]
-    recs = records(workdir)
-    # Step 4 was logged before the crash and again after resuming from step 2: same loss.
-    assert record_steps(recs) == [(2, "loss"), (3, "eval"), (4, "loss"), (3, "eval"),
-                                  (4, "loss"), (6, "loss"), (6, "eval")]
-    assert recs[2]["loss"] == recs[4]["loss"]
+    # Steps 3 and 4 were logged before the crash; the run resumed from step 2 dropped them
+    # and logged them again, once.
+    assert record_steps(records(workdir)) == [(2, "loss"), (3, "eval"), (4, "loss"),
+                                              (6, "loss"), (6, "eval")]
     assert_states_equal(restore_final(workdir, final), final)
 
 
