@@ -10,7 +10,10 @@ Two kinds, both plain directories of arrays (no pickle: restoring never runs cod
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
+import inspect
 import json
 import logging
 import os
@@ -20,6 +23,7 @@ import reprlib
 import shutil
 import sys
 import traceback
+import types
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -107,8 +111,11 @@ def _drop_abandoned_read_reports() -> None:
     Orbax then closes its event loop with its other reads still in flight. As each one ends
     it reports, after the error: to `sys.unraisablehook` (its TensorStore callback finds the
     event loop closed, or its coroutine raises as it is collected) or to the "asyncio" logger
-    (a future whose exception was never retrieved). Installs (once) a wrapper of the hook
-    and a filter of that logger which drop such reports from Orbax's code; all others pass.
+    (a future whose exception was never retrieved); a read that never started is collected as
+    the interpreter exits, with a RuntimeWarning "coroutine ... was never awaited" that no
+    warnings filter stops by then. Installs (once) a wrapper of the hook and a filter of that
+    logger which drop such reports from Orbax's code, and an exit handler that closes Orbax's
+    unstarted reads (closing a coroutine that never ran runs none of it); all others pass.
     """
     hook = sys.unraisablehook
     if getattr(hook, "drops_abandoned_reads", False):
@@ -124,6 +131,15 @@ def _drop_abandoned_read_reports() -> None:
     filtered.drops_abandoned_reads = True
     sys.unraisablehook = filtered
     logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
+    atexit.register(_close_unstarted_reads)
+
+
+def _close_unstarted_reads() -> None:
+    for obj in gc.get_objects():
+        if (isinstance(obj, types.CoroutineType)
+                and obj.cr_code.co_filename.startswith(_ORBAX_DIR)
+                and inspect.getcoroutinestate(obj) == inspect.CORO_CREATED):
+            obj.close()
 
 
 def _not_an_abandoned_read(record: logging.LogRecord) -> bool:

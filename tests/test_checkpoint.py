@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -254,6 +255,26 @@ def test_asyncio_filter_drops_only_abandoned_orbax_reads():
     assert _not_an_abandoned_read(record(never, ValueError("set by a user's callback")))
     assert _not_an_abandoned_read(record(never, from_python))
     assert _not_an_abandoned_read(record("Task was destroyed but it is pending!", None))
+
+
+UNSTARTED_AT_EXIT = """
+import os, sys
+from jaxguide import checkpoint
+checkpoint._drop_abandoned_read_reports()
+orbax, elsewhere = {}, {}
+exec(compile("async def read(): pass", os.path.join(checkpoint._ORBAX_DIR, "x.py"), "exec"), orbax)
+exec(compile("async def mine(): pass", "mine.py", "exec"), elsewhere)
+sys.modules["__main__"].held = [orbax["read"](), elsewhere["mine"]()]  # Collected at exit.
+"""
+
+
+def test_unstarted_reads_are_closed_at_exit():
+    """An Orbax read that never started is closed silently at exit; any other coroutine still
+    warns that it was never awaited."""
+    proc = subprocess.run([sys.executable, "-c", UNSTARTED_AT_EXIT], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "'mine' was never awaited" in proc.stderr and "'read'" not in proc.stderr
 
 
 def test_corrupt_state_cli_subprocess(tiny_checkpoints, tmp_path):
