@@ -34,7 +34,7 @@ STEPS = {"euler_maruyama": (50, 100, 250, 1000), "predictor_corrector": (25, 50,
 
 
 def run_point(pipe, evaluator, ref, *, method, steps, scale, n, batch, seed,
-              guidance="classifier", interval=None):
+              guidance="classifier", classifier_scale=None, interval=None):
     labels = np.arange(n, dtype=np.int32) % pipe.num_classes
     key = jax.random.key(seed)
     t0 = time.perf_counter()
@@ -43,13 +43,14 @@ def run_point(pipe, evaluator, ref, *, method, steps, scale, n, batch, seed,
         idx = np.arange(lo, lo + batch)
         images.append(np.asarray(pipeline.generate(key, pipe, labels[idx], scale, n_steps=steps,
                                                    method=method, indices=idx,
-                                                   guidance=guidance, interval=interval)))
+                                                   guidance=guidance, interval=interval,
+                                                   classifier_scale=classifier_scale)))
     seconds = time.perf_counter() - t0
     res = metrics.evaluate_samples(evaluator, np.concatenate(images), labels, ref)
     nfe = pipeline.network_evaluations(pipe, scale, guidance=guidance, interval=interval,
                                        n_steps=steps, method=method)
     return {"method": method, "guidance": guidance, "steps": steps, **nfe, "scale": scale,
-            "interval": interval, "seconds": seconds, **res}
+            "classifier_scale": classifier_scale, "interval": interval, "seconds": seconds, **res}
 
 
 def floor(evaluator, ref, train_images, train_labels, n, seed):
@@ -106,8 +107,8 @@ def main():
                    help="run the default point with this many seeds (FD spread)")
     p.add_argument("--quick", action="store_true", help="few points, few samples")
     p.add_argument("--points", help="instead of the sweeps, these points: a JSON list of objects "
-                   "with guidance, scale and optionally interval, method, steps, seed; one JSON "
-                   "line each (worst digit included)")
+                   "with guidance, scale and optionally classifier_scale (guidance both), "
+                   "interval, method, steps, seed; one JSON line each (worst digit included)")
     args = p.parse_args()
     if args.quick:
         args.n, args.batch = 100, 50
@@ -153,7 +154,8 @@ def run_points(pipe, evaluator, ref, points, args):
         r = run_point(pipe, evaluator, ref, method=point.get("method", "euler_maruyama"),
                       steps=point.get("steps", pipeline.DEFAULT_STEPS), scale=point["scale"],
                       n=args.n, batch=args.batch, seed=point.get("seed", args.seed),
-                      guidance=point["guidance"], interval=point.get("interval"))
+                      guidance=point["guidance"], interval=point.get("interval"),
+                      classifier_scale=point.get("classifier_scale"))
         worst = min(r.pop("per_class_accuracy").values())
         print(json.dumps({**point, **r, "worst_digit": worst}), flush=True)
 

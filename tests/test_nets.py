@@ -26,9 +26,8 @@ def _random_params(module, *args):
     """module's variables with every leaf drawn from N(0, 0.1²) (zero-initialised
     projections included), so that no branch is the identity by construction."""
     variables = module.init(jax.random.key(0), *args)
-    leaves, tree = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    return tree.unflatten([0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+    rng = np.random.default_rng(1)
+    return jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.1, x.shape), x.dtype), variables)
 
 
 def test_self_attention_is_equivariant_to_permuting_positions():

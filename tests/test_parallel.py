@@ -122,6 +122,7 @@ def four_devices(one_device, tiny_checkpoints, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # The 4-device worker process: about a minute.
 def test_sharded_sampling_equals_one_device(four_devices, tiny_checkpoints):
     """Same noise, same images to float32 rounding, on one device of the 4-device process and
     on all 4: XLA:CPU's convolutions sum in an order that depends on the per-device batch
@@ -137,6 +138,7 @@ def test_sharded_sampling_equals_one_device(four_devices, tiny_checkpoints):
         np.testing.assert_allclose(arrays[f"traj{n}"], np.asarray(traj), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # The 4-device worker process: about a minute.
 def test_sample_cli_on_four_devices_equals_one(four_devices, tiny_checkpoints, tmp_path):
     from conftest import load_script
 
@@ -148,6 +150,7 @@ def test_sample_cli_on_four_devices_equals_one(four_devices, tiny_checkpoints, t
     np.testing.assert_allclose(four["images"], one["images"], rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # The 4-device worker process: about a minute.
 def test_sharded_training_matches_one_device(four_devices, one_device):
     w1, state1 = one_device
     np.testing.assert_allclose(losses(four_devices / "w4"), losses(w1), rtol=1e-5)
@@ -155,6 +158,7 @@ def test_sharded_training_matches_one_device(four_devices, one_device):
     assert_states_close(restore(four_devices / "w4", 6, state1), state1)
 
 
+@pytest.mark.slow  # The 4-device worker process: about a minute.
 def test_checkpoints_move_between_device_counts(four_devices, one_device, tmp_path):
     w1, state1 = one_device
     # 1 -> 4: the worker resumed the 1-device checkpoint 2 on 4 devices and finished.

@@ -414,6 +414,7 @@ def test_sigkill_during_checkpoint_commit_then_restart(ref, spawn, tmp_path):
     assert_states_equal(restore_final(workdir, final), final)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_finish(ref, spawn, tmp_path):
     """Several SIGKILLs at random times while steps, checkpoints and the export are written.
 
