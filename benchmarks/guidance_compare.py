@@ -20,12 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from jaxguide import data, metrics, pipeline  # noqa: E402
+from jaxguide import data, metrics, pipeline, training  # noqa: E402
 from quality import floor, run_point  # noqa: E402
-
-
-def training_images(meta) -> int:
-    return meta["step"] * meta["config"]["batch_size"]
 
 
 def plot(rows, floor_row, path: Path) -> None:
@@ -81,7 +77,8 @@ def main():
             print(json.dumps({k: row[k] for k in ("guidance", "scale", "nfe", "accuracy", "fd",
                                                   "class_fd", "seconds")}), flush=True)
     den, cls = pipe.metadata["denoiser"], pipe.metadata["classifier"]
-    compute = {"denoiser_images": training_images(den), "classifier_images": training_images(cls),
+    compute = {"denoiser_images": training.trained_images(den),
+               "classifier_images": training.trained_images(cls),
                "classifier_guidance_needs": "denoiser + classifier",
                "classifier_free_needs": "denoiser (trained with label dropout)"}
     out = Path(args.out)

@@ -266,12 +266,15 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
     check_disk_space(workdir, state, cfg.keep)
     state = parallel.replicate(mesh, state)
     mgr = checkpoint.manager(workdir, cfg.keep)
-    state, last_eval = _maybe_resume(mgr, cfg, state)  # Exported even if no step is left.
+    state, saved = _maybe_resume(mgr, cfg, state)
+    last_eval = saved.get("metrics", {})  # Exported even if no step is left.
     if cfg.init_from and int(state.step) == 0:  # A resumed run does not need it any more.
         state = parallel.replicate(mesh, warm_start(cfg, state))
+        saved = {"images_before": trained_images(checkpoint.read_model_metadata(cfg.init_from))}
     train_step = make_train_step(cfg, model, tx, mesh)
     evaluate = make_evaluate(cfg, model, x_test, y_test)
-    meta = model_metadata(cfg, x_train.shape[1:])
+    meta = {**model_metadata(cfg, x_train.shape[1:]),
+            "images_before": saved.get("images_before", 0)}
     start = int(state.step)
     log = _Log(workdir / LOG_FILE, after=start, header=_log_header(cfg))
     out, err = Console(sys.stdout), Console(sys.stderr)
@@ -363,7 +366,8 @@ def export(workdir: str | Path, step: int | None = None, out: str | Path | None 
         tx = make_optimizer(cfg)
         abstract = jax.eval_shape(lambda: create_state(cfg, model, tx, tuple(meta["image_shape"])))
         state = checkpoint.restore_train(mgr, step, checkpoint.abstract(abstract))
-    keep = ("task", "model", "model_kwargs", "config", "image_shape", "sde", "step", "metrics")
+    keep = ("task", "model", "model_kwargs", "config", "image_shape", "sde", "step",
+            "images_before", "metrics")
     return checkpoint.save_model(out, eval_variables(state),
                                  {k: meta[k] for k in keep if k in meta})
 
@@ -388,6 +392,12 @@ def _diverged(what: str, mgr) -> TrainingError:
     return TrainingError(f"{what}; stopped. {last} (try a lower learning rate)")
 
 
+def trained_images(meta: dict[str, Any]) -> int:
+    """The training images behind a checkpoint with metadata `meta`: its run's steps × batch,
+    plus those of the model it started from (`images_before`, recorded by --init-from)."""
+    return meta.get("images_before", 0) + meta["step"] * meta["config"]["batch_size"]
+
+
 def model_metadata(cfg: TrainConfig, image_shape) -> dict[str, Any]:
     """What a checkpoint records to rebuild its model: task, model, kwargs, config, SDE."""
     return {"task": cfg.task, "model": cfg.model, "model_kwargs": cfg.to_dict()["model_kwargs"],
@@ -396,7 +406,7 @@ def model_metadata(cfg: TrainConfig, image_shape) -> dict[str, Any]:
 
 
 def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> tuple[TrainState, dict]:
-    """(the state of the latest checkpoint, its held-out metrics), or (state, {}) if none."""
+    """(the state of the latest checkpoint, its metrics and images_before), or (state, {})."""
     step = mgr.latest_step()
     if step is None:
         return state, {}
@@ -406,9 +416,10 @@ def _maybe_resume(mgr, cfg: TrainConfig, state: TrainState) -> tuple[TrainState,
         raise TrainingError(f"{mgr.directory}/{step} was written with another config; "
                             f"differs in {'; '.join(diffs)} (requested vs saved). "
                             "Use another work dir or the same settings")
-    metrics = saved.get("metrics")
     state = checkpoint.restore_train(mgr, step, checkpoint.abstract(state))
-    return state, metrics if isinstance(metrics, dict) else {}
+    metrics = saved.get("metrics")
+    return state, {"metrics": metrics if isinstance(metrics, dict) else {},
+                   "images_before": int(saved.get("images_before", 0))}
 
 
 LOG_FILE, PLOT_FILE = "metrics.jsonl", "loss.png"

@@ -906,7 +906,11 @@ def test_warm_start_from_a_model_and_resume_without_it(ref, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
     shutil.rmtree(init)  # A resumed warm-started run needs only its own checkpoints.
     training.train(cfg.replace(steps=4), workdir, dataset=synthetic_data(), progress=False)
-    assert checkpoint.read_model_metadata(workdir / "model")["config"]["init_from"] == str(init)
+    meta = checkpoint.read_model_metadata(workdir / "model")
+    assert meta["config"]["init_from"] == str(init)
+    before = training.trained_images(checkpoint.read_model_metadata(ref_dir / "model"))
+    assert before > 0 and meta["images_before"] == before  # Also after the resume.
+    assert training.trained_images(meta) == before + 4 * cfg.batch_size
     training.train(cfg.replace(steps=4, init_from=None), workdir, dataset=synthetic_data(),
                    progress=False)  # init_from matters to a run's start only.
 
