@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import gc
 import inspect
 import json
@@ -100,6 +101,7 @@ def _reading(what: str):
     try:
         yield
     except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
+        _close_unstarted_reads_at_exit()
         raise CheckpointError(f"{what} ({_reason(e)})") from e
     finally:
         absl.setLevel(level)
@@ -111,11 +113,8 @@ def _drop_abandoned_read_reports() -> None:
     Orbax then closes its event loop with its other reads still in flight. As each one ends
     it reports, after the error: to `sys.unraisablehook` (its TensorStore callback finds the
     event loop closed, or its coroutine raises as it is collected) or to the "asyncio" logger
-    (a future whose exception was never retrieved); a read that never started is collected as
-    the interpreter exits, with a RuntimeWarning "coroutine ... was never awaited" that no
-    warnings filter stops by then. Installs (once) a wrapper of the hook and a filter of that
-    logger which drop such reports from Orbax's code, and an exit handler that closes Orbax's
-    unstarted reads (closing a coroutine that never ran runs none of it); all others pass.
+    (a future whose exception was never retrieved). Installs (once) a wrapper of the hook
+    and a filter of that logger which drop such reports from Orbax's code; all others pass.
     """
     hook = sys.unraisablehook
     if getattr(hook, "drops_abandoned_reads", False):
@@ -131,6 +130,14 @@ def _drop_abandoned_read_reports() -> None:
     filtered.drops_abandoned_reads = True
     sys.unraisablehook = filtered
     logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
+
+
+@functools.cache
+def _close_unstarted_reads_at_exit() -> None:
+    """After a failed Orbax read, its reads that never started are collected as the
+    interpreter exits, each with a RuntimeWarning "coroutine ... was never awaited" that no
+    warnings filter stops by then. Registers (once) an exit handler that closes them first
+    (closing a coroutine that never ran runs none of it); other coroutines still warn."""
     atexit.register(_close_unstarted_reads)
 
 

@@ -268,13 +268,13 @@ def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
     mgr = checkpoint.manager(workdir, cfg.keep)
     state, saved = _maybe_resume(mgr, cfg, state)
     last_eval = saved.get("metrics", {})  # Exported even if no step is left.
+    images_before = saved.get("images_before", 0)
     if cfg.init_from and int(state.step) == 0:  # A resumed run does not need it any more.
         state = parallel.replicate(mesh, warm_start(cfg, state))
-        saved = {"images_before": trained_images(checkpoint.read_model_metadata(cfg.init_from))}
+        images_before = trained_images(checkpoint.read_model_metadata(cfg.init_from))
     train_step = make_train_step(cfg, model, tx, mesh)
     evaluate = make_evaluate(cfg, model, x_test, y_test)
-    meta = {**model_metadata(cfg, x_train.shape[1:]),
-            "images_before": saved.get("images_before", 0)}
+    meta = {**model_metadata(cfg, x_train.shape[1:]), "images_before": images_before}
     start = int(state.step)
     log = _Log(workdir / LOG_FILE, after=start, header=_log_header(cfg))
     out, err = Console(sys.stdout), Console(sys.stderr)

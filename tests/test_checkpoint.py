@@ -260,7 +260,7 @@ def test_asyncio_filter_drops_only_abandoned_orbax_reads():
 UNSTARTED_AT_EXIT = """
 import os, sys
 from jaxguide import checkpoint
-checkpoint._drop_abandoned_read_reports()
+checkpoint._close_unstarted_reads_at_exit()  # As after a failed read.
 orbax, elsewhere = {}, {}
 exec(compile("async def read(): pass", os.path.join(checkpoint._ORBAX_DIR, "x.py"), "exec"), orbax)
 exec(compile("async def mine(): pass", "mine.py", "exec"), elsewhere)
