@@ -22,14 +22,13 @@ from __future__ import annotations
 import functools
 import gzip
 import math
-import operator
 import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from jaxguide.checks import check_pixels
+from jaxguide.checks import check_int, check_pixels
 
 __all__ = [
     "DataError",
@@ -124,39 +123,28 @@ def _read_idx_bytes(path: Path) -> bytes:
 def _parse_idx(path: Path, data: bytes) -> np.ndarray:
     """The array an IDX file's bytes hold (see `read_idx`); `path` is for the messages."""
     if len(data) < 4:
-        raise DataError(
-            f"IDX file {path}: too short for an IDX header ({len(data)} bytes)"
-        )
+        raise DataError(f"IDX file {path}: too short for an IDX header ({len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")
     if magic not in _IDX_KINDS:
         expected = ", ".join(f"0x{m:08x} ({d})" for m, (_, d) in _IDX_KINDS.items())
         hint = " (is it gzip data without a .gz name?)" if data[:2] == b"\x1f\x8b" else ""
-        raise DataError(
-            f"IDX file {path}: bad magic number 0x{magic:08x}; expected {expected}{hint}"
-        )
+        raise DataError(f"IDX file {path}: bad magic number 0x{magic:08x}; expected "
+                        f"{expected}{hint}")
     ndim, _ = _IDX_KINDS[magic]
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise DataError(
-            f"IDX file {path}: truncated header ({len(data)} bytes, need {header_len} "
-            f"for {ndim} dimension(s))"
-        )
-    dims = tuple(
-        int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
-    )
+        raise DataError(f"IDX file {path}: truncated header ({len(data)} bytes, need "
+                        f"{header_len} for {ndim} dimension(s))")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected_len = math.prod(dims)  # Python ints: a forged header cannot overflow it.
     body_len = len(data) - header_len
     dims_str = "x".join(map(str, dims))
     if body_len < expected_len:
-        raise DataError(
-            f"IDX file {path}: truncated: header says {dims_str} = {expected_len} bytes "
-            f"of data, file has {body_len}"
-        )
+        raise DataError(f"IDX file {path}: truncated: header says {dims_str} = "
+                        f"{expected_len} bytes of data, file has {body_len}")
     if body_len > expected_len:
-        raise DataError(
-            f"IDX file {path}: trailing garbage: {body_len - expected_len} bytes after "
-            f"the {dims_str} = {expected_len} bytes of data the header announces"
-        )
+        raise DataError(f"IDX file {path}: trailing garbage: {body_len - expected_len} bytes "
+                        f"after the {dims_str} = {expected_len} bytes of data the header announces")
     arr = np.frombuffer(data, dtype=np.uint8, count=expected_len, offset=header_len)
     return arr.reshape(dims).copy()
 
@@ -178,28 +166,18 @@ def _load_idx_split(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]
     images_base, labels_base = _IDX_FILES[split]
     images_path = _find_idx(data_dir, images_base)
     labels_path = _find_idx(data_dir, labels_base)
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
-    if images.ndim != 3:
-        raise DataError(
-            f"MNIST file {images_path}: expected images (magic 0x{_MAGIC_IMAGES:08x}), "
-            f"found an array of shape {images.shape}"
-        )
-    if labels.ndim != 1:
-        raise DataError(
-            f"MNIST file {labels_path}: expected labels (magic 0x{_MAGIC_LABELS:08x}), "
-            f"found an array of shape {labels.shape}"
-        )
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    for path, arr, magic in ((images_path, images, _MAGIC_IMAGES),
+                             (labels_path, labels, _MAGIC_LABELS)):
+        if arr.ndim != _IDX_KINDS[magic][0]:
+            raise DataError(f"MNIST file {path}: expected {_IDX_KINDS[magic][1]} (magic "
+                            f"0x{magic:08x}), found an array of shape {arr.shape}")
     if images.shape[1:] != IMAGE_SHAPE[:2]:
-        raise DataError(
-            f"MNIST file {images_path}: images are {images.shape[1]}x{images.shape[2]}, "
-            f"expected {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}"
-        )
+        raise DataError(f"MNIST file {images_path}: images are {images.shape[1]}x"
+                        f"{images.shape[2]}, expected {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}")
     if images.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"MNIST count mismatch: {images_path} has {images.shape[0]} images but "
-            f"{labels_path} has {labels.shape[0]} labels"
-        )
+        raise DataError(f"MNIST count mismatch: {images_path} has {images.shape[0]} images but "
+                        f"{labels_path} has {labels.shape[0]} labels")
     if not len(images):
         raise DataError(f"MNIST data dir {data_dir}: the {split} split holds 0 images "
                         f"({images_path}), accepted at least 1")
@@ -210,10 +188,8 @@ def _load_idx_split(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]
 def _check_labels(labels: np.ndarray, where: str) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
-        raise DataError(
-            f"MNIST labels in {where}: {bad.size} label(s) outside 0..{NUM_CLASSES - 1} "
-            f"(first: {int(bad[0])})"
-        )
+        raise DataError(f"MNIST labels in {where}: {bad.size} label(s) outside "
+                        f"0..{NUM_CLASSES - 1} (first: {int(bad[0])})")
 
 
 # -------------------------------------------------------------------------- tfds
@@ -268,10 +244,8 @@ def _load_tfds_split(
         rec = ds[i]
         img = np.asarray(rec["image"])
         if img.shape not in (IMAGE_SHAPE, IMAGE_SHAPE[:2]):
-            raise DataError(
-                f"MNIST (tfds {split}) record {i}: image shape {img.shape}, "
-                f"expected {IMAGE_SHAPE}"
-            )
+            raise DataError(f"MNIST (tfds {split}) record {i}: image shape {img.shape}, "
+                            f"expected {IMAGE_SHAPE}")
         images[i] = img.reshape(IMAGE_SHAPE[:2])
         labels[i] = int(rec["label"])
     _check_labels(labels, f"tfds mnist {split}")
@@ -391,40 +365,15 @@ def _to_model_arrays(
 # ---------------------------------------------------------------------- batching
 
 
-def _as_int(value, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {value!r}") from None
-
-
-def _nonneg_int(value, name: str) -> int:
-    v = _as_int(value, name)
-    if v < 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
-    return v
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Number of full batches per epoch (remainder dropped): ``n // batch_size``.
 
     Raises:
-      ValueError: ``n <= 0``, ``batch_size <= 0`` or ``batch_size > n``.
-      TypeError: ``n`` or ``batch_size`` is not an int.
+      ValueError or TypeError: ``n`` is not an integer >= 1, or ``batch_size`` not one in
+        ``[1, n]``.
     """
-    n = _as_int(n, "n")
-    if n <= 0:
-        raise ValueError(f"n (number of examples) must be > 0, got {n}")
-    batch_size = _as_int(batch_size, "batch_size")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0, got {batch_size}")
-    if batch_size > n:
-        raise ValueError(
-            f"batch_size ({batch_size}) must be <= n, the number of examples ({n})"
-        )
-    return n // batch_size
+    n = check_int("n", n, 1)
+    return n // check_int("batch_size", batch_size, 1, n)
 
 
 @functools.lru_cache(maxsize=4)
@@ -444,9 +393,7 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     Returns:
       ``int64 (n,)`` array holding each of ``0..n-1`` exactly once.
     """
-    seed = _nonneg_int(seed, "seed")
-    epoch = _nonneg_int(epoch, "epoch")
-    n = _nonneg_int(n, "n")
+    seed, epoch, n = check_int("seed", seed, 0), check_int("epoch", epoch, 0), check_int("n", n, 0)
     return _cached_permutation(seed, epoch, n).copy()
 
 
@@ -468,8 +415,7 @@ def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
         ``step`` (negative).
     """
     spe = steps_per_epoch(n, batch_size)
-    step = _nonneg_int(step, "step")
-    seed = _nonneg_int(seed, "seed")
+    step, seed = check_int("step", step, 0), check_int("seed", seed, 0)
     epoch, pos = divmod(step, spe)
     perm = _cached_permutation(seed, epoch, int(n))
     return perm[pos * batch_size : (pos + 1) * batch_size].copy()
