@@ -36,12 +36,11 @@ if __name__ == "__main__":
 
 from jaxguide import cli, runtime  # noqa: E402
 from jaxguide.checks import SEED_MAX, check_int  # noqa: E402
-from jaxguide.pipeline import DEFAULT_STEPS, GUIDANCE  # noqa: E402
+from jaxguide.pipeline import DEFAULT_SCALES, DEFAULT_STEPS, GUIDANCE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-# The measured best weight per guidance; --guidance defaults to "free" for a class-conditional
-# denoiser, else "classifier". With "both", --scale is w and --classifier-scale is s.
-DEFAULT_SCALES = {"classifier": 4.0, "free": 0.75}
+# --guidance defaults to "free" for a class-conditional denoiser, else "classifier". With
+# "both", --scale is w and --classifier-scale is s.
 MAX_CLASSES = 1000  # Bound on class indices before the classifier says how many it has.
 MAX_STEPS = 100_000
 MAX_IMAGES = 100_000
@@ -348,7 +347,8 @@ def run_sample(args, mesh):
     if evaluator is not None:
         res = metrics.evaluate_samples(evaluator, images, labels, reference)
         print(f"evaluator accuracy {res['accuracy']:.4f} on {res['n']} samples; FD {res['fd']:.2f}, "
-              f"class-FD {res['class_fd']:.2f} (few samples per class inflate FDs)", file=console)
+              f"class-FD {res['class_fd']:.2f} (few samples per class inflate FDs); background "
+              f"noise {res['background_noise']:.3f} (real digits 0.009)", file=console)
 
 
 def run_figures(args, mesh):

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jaxguide import data, metrics, pipeline  # noqa: E402
-from jaxguide.samplers import NFE_PER_STEP  # noqa: E402
+from jaxguide.samplers import DEFAULT_GRID, NFE_PER_STEP  # noqa: E402
 
 SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 STEPS = {"euler_maruyama": (50, 100, 250, 1000), "predictor_corrector": (25, 50, 125),
@@ -34,7 +34,7 @@ STEPS = {"euler_maruyama": (50, 100, 250, 1000), "predictor_corrector": (25, 50,
 
 
 def run_point(pipe, evaluator, ref, *, method, steps, scale, n, batch, seed,
-              guidance="classifier", classifier_scale=None, interval=None):
+              guidance="classifier", classifier_scale=None, interval=None, grid=None):
     labels = np.arange(n, dtype=np.int32) % pipe.num_classes
     key = jax.random.key(seed)
     t0 = time.perf_counter()
@@ -44,12 +44,13 @@ def run_point(pipe, evaluator, ref, *, method, steps, scale, n, batch, seed,
         images.append(np.asarray(pipeline.generate(key, pipe, labels[idx], scale, n_steps=steps,
                                                    method=method, indices=idx,
                                                    guidance=guidance, interval=interval,
-                                                   classifier_scale=classifier_scale)))
+                                                   classifier_scale=classifier_scale, grid=grid)))
     seconds = time.perf_counter() - t0
     res = metrics.evaluate_samples(evaluator, np.concatenate(images), labels, ref)
     nfe = pipeline.network_evaluations(pipe, scale, guidance=guidance, interval=interval,
-                                       n_steps=steps, method=method)
-    return {"method": method, "guidance": guidance, "steps": steps, **nfe, "scale": scale,
+                                       n_steps=steps, method=method, grid=grid)
+    return {"method": method, "grid": grid or DEFAULT_GRID[method], "guidance": guidance,
+            "steps": steps, **nfe, "scale": scale,
             "classifier_scale": classifier_scale, "interval": interval, "seconds": seconds, **res}
 
 

@@ -28,6 +28,7 @@ from jaxguide.scores import classifier_free_guidance, classifier_guidance, score
 from jaxguide.sde import VPSDE
 
 DEFAULT_STEPS = 50  # Reverse-SDE steps of `generate` and of sample.py's --steps.
+DEFAULT_SCALES = {"classifier": 4.0, "free": 0.75}  # sample.py's measured best weights.
 GUIDANCE = ("classifier", "free", "both")
 
 

@@ -196,3 +196,13 @@ test_bad_argument = raising_cases(METRICS_CASES)
 def test_reference_stats_keys_still_match_the_classes():
     assert sorted(REF) == ["cov", "cov_0", "cov_1", "cov_2", "mu", "mu_0", "mu_1", "mu_2"]
     assert metrics.class_frechet_distance(FEATS, LABELS, REF) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_background_noise_is_the_rms_of_the_black_border():
+    x = -np.ones((4, 28, 28, 1), np.float32)
+    x[:, 10:18, 10:18] = 1.0  # A digit in the middle is not background.
+    x[:, 0, :5] = 1.0  # Nor is a stroke that reaches the border.
+    assert metrics.background_noise(x) == 0.0
+    noise = np.random.default_rng(0).normal(0.0, 0.05, x.shape).astype(np.float32)
+    assert metrics.background_noise(np.clip(x + np.abs(noise), -1, 1)) == pytest.approx(0.05, rel=0.05)
+    assert np.isnan(metrics.background_noise(np.ones_like(x)))
