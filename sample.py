@@ -36,6 +36,7 @@ if __name__ == "__main__":
 
 from jaxguide import cli, runtime  # noqa: E402
 from jaxguide.checks import SEED_MAX, check_int  # noqa: E402
+from jaxguide.data import DATASETS  # noqa: E402
 from jaxguide.pipeline import DEFAULT_SCALES, DEFAULT_STEPS, GUIDANCE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -129,11 +130,13 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=40, help="images per jitted call, rounded "
                    "up to a multiple of --devices (default: %(default)s)")
     p.add_argument("--out", default="out", help="output folder (default: %(default)s)")
-    p.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints"),
-                   help="folder holding denoiser/, classifier/ "
-                   "and optionally evaluator/ (default: %(default)s)")
-    p.add_argument("--data-dir", help="figures: MNIST IDX folder for the test digit "
-                   "(default: a generated digit)")
+    p.add_argument("--dataset", choices=list(DATASETS), help="whose bundled checkpoints to "
+                   "use: checkpoints/ for mnist, checkpoints/<dataset>/ for the others "
+                   "(default: mnist, or what --checkpoint-dir holds)")
+    p.add_argument("--checkpoint-dir", help="folder holding denoiser/, classifier/ and "
+                   "optionally evaluator/ (default: --dataset's bundled checkpoints)")
+    p.add_argument("--data-dir", help="figures: the dataset's IDX folder for a test image "
+                   "(default: a generated one)")
     p.add_argument("--no-gif", action="store_true", help="write no trajectory.gif (and remove "
                    "the one an earlier run left in --out)")
     p.add_argument("--evaluate", action="store_true",
@@ -173,6 +176,13 @@ def check_args(args, num_classes: int | None = None) -> list[int]:
     Called before anything is loaded or written, and again once the classifier's number of
     classes is known: only then are classes checked against the range they must lie in.
     """
+    if args.checkpoint_dir is None:  # The bundled checkpoints of --dataset.
+        args.checkpoint_dir = str(ROOT / "checkpoints" / (
+            "" if args.dataset in (None, "mnist") else args.dataset))
+        if not Path(args.checkpoint_dir).is_dir():
+            raise ValueError(f"--dataset: got {args.dataset}, which has no bundled checkpoints "
+                             f"({args.checkpoint_dir}); accepted one with, or --checkpoint-dir "
+                             f"with models trained by train.py --dataset {args.dataset}")
     if num_classes is None:
         ranges = parse_class_ranges(args.classes) if args.classes is not None else []
         classes = None
@@ -223,9 +233,13 @@ def load_pipeline(args):
     from jaxguide import checkpoint, pipeline
 
     try:
-        return pipeline.load_pipeline(args.checkpoint_dir)
+        pipe = pipeline.load_pipeline(args.checkpoint_dir)
     except checkpoint.CheckpointError as e:
         raise cli.as_flag_error(e, ("checkpoint_dir",), "--checkpoint-dir") from e
+    if args.dataset not in (None, pipe.dataset.name):
+        raise ValueError(f"--dataset: got {args.dataset}, but --checkpoint-dir "
+                         f"{args.checkpoint_dir} holds models of {pipe.dataset.name}")
+    return pipe
 
 
 def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampling",
@@ -335,7 +349,8 @@ def run_sample(args, mesh):
         title = (f"{args.guidance} guidance, {weights}, {args.steps} {args.sampler} steps")
         with runtime.writing_to(out, "--out", [n for n in SAMPLE_OUTPUTS if n not in names],
                                 prefix=".sample.") as stage:
-            viz.save_grid(images, labels, stage("grid.png"), ncol=ncol, title=title)
+            viz.save_grid(images, labels, stage("grid.png"), ncol=ncol, title=title,
+                          class_names=pipe.dataset.class_names)
             if frames is not None:
                 viz.save_gif(frames, stage("trajectory.gif"), ncol=ncol)
             np.savez(stage("samples.npz"), images=images.astype(np.float32), labels=labels,
@@ -363,9 +378,10 @@ def run_figures(args, mesh):
     check_args(args, pipe.num_classes)
     evaluator = load_evaluator(args)  # Its errors before any figure.
     x_test = None
-    if args.data_dir or os.environ.get(data.ENV_DATA_DIR):  # Read before --out is made:
-        try:                                                # its errors leave nothing behind.
-            x_test, y_test = data.load_mnist("test", args.data_dir)
+    name = pipe.dataset.name
+    if args.data_dir or name == "mnist" and os.environ.get(data.ENV_DATA_DIR):
+        try:  # Read before --out is made: its errors leave nothing behind.
+            x_test, y_test = data.load_dataset(name, "test", args.data_dir)
         except data.DataError as e:
             raise cli.as_flag_error(e, ("data_dir",),
                                     "--data-dir" if args.data_dir else None) from e

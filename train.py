@@ -22,6 +22,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 from jaxguide import cli, configs  # noqa: E402
+from jaxguide.data import DATASETS  # noqa: E402
 
 
 def parse_args(argv):
@@ -30,8 +31,10 @@ def parse_args(argv):
     # --help shows every default: "(default: %(default)s)", or where it comes from.
     p.add_argument("task", choices=configs.TASKS, help="the model to train")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and the exported model")
-    p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: "
-                   "$JAXGUIDE_DATA_DIR, else tensorflow-datasets)")
+    p.add_argument("--dataset", choices=list(DATASETS), default="mnist",
+                   help="what to train on (default: %(default)s)")
+    p.add_argument("--data-dir", help="folder with the dataset's IDX files (default for MNIST: "
+                   "$JAXGUIDE_DATA_DIR; else tensorflow-datasets)")
     p.add_argument("--model", help="denoiser: unet (default) or seed (the tutorial's UNet)")
     p.add_argument("--config", default="default", choices=configs.PRESETS,
                    help="the preset of the task's settings (default: %(default)s)")
@@ -70,7 +73,8 @@ def main(argv):
     overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                        steps=args.steps, ckpt_every=args.ckpt_every, keep=args.keep,
                                        eval_every=args.eval_every, init_from=args.init_from,
-                                       warmup_frac=args.warmup_frac).items() if v is not None}
+                                       warmup_frac=args.warmup_frac, dataset=args.dataset,
+                                       ).items() if v is not None}
     try:
         cfg = cfg.replace(**overrides)
     except ValueError as e:
@@ -102,13 +106,13 @@ def main(argv):
 
 
 def _load_data(cfg, args):
-    """(cfg, MNIST's (train, test) splits): batch_size checked against the train split and
-    --epochs turned into steps."""
+    """(cfg, the dataset's (train, test) splits): batch_size checked against the train split
+    and --epochs turned into steps."""
     from jaxguide import data
 
     try:
-        train_set = data.load_mnist("train", args.data_dir)
-        test_set = data.load_mnist("test", args.data_dir)
+        train_set = data.load_dataset(cfg.dataset, "train", args.data_dir)
+        test_set = data.load_dataset(cfg.dataset, "test", args.data_dir)
     except data.DataError as e:
         raise cli.as_flag_error(e, ("data_dir",), "--data-dir" if args.data_dir else None) from e
     n = len(train_set[0])

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxguide.checks import F32_MAX, F32_TINY, INT32_MAX, SEED_MAX, check_int, check_number
+from jaxguide.data import get_dataset
 from jaxguide.sde import VPSDE
 
 TASKS = ("denoiser", "classifier", "evaluator")
@@ -37,6 +38,7 @@ class TrainConfig:
     """
 
     task: str = "denoiser"
+    dataset: str = "mnist"  # A name in data.DATASETS.
     model: str = "unet"
     model_kwargs: tuple[tuple[str, Any], ...] = ()
     steps: int = 6000
@@ -61,6 +63,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task: got {self.task!r}, accepted {', '.join(TASKS)}")
+        get_dataset(self.dataset)
         self._set("model", OLD_MODEL_NAMES.get(self.model, self.model))
         if self.model not in MODELS[self.task]:
             raise ValueError(f"model: got {self.model!r} for task {self.task!r}, "

@@ -1,14 +1,15 @@
-"""MNIST loading and stateless batching.
+"""Datasets: what each is to the models (`DatasetSpec`), loading, stateless batching.
 
-Two sources, same output:
+A dataset is named as tensorflow-datasets names it (`DATASETS`: mnist, fashion_mnist,
+cifar10). Two sources, same output:
 
-* **IDX files** (offline, numpy only): the four standard MNIST files
+* **IDX files** (offline, numpy only), for MNIST and Fashion-MNIST: the four standard files
   (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each raw or ``.gz``)
   in a directory given as ``data_dir`` (``--data-dir`` on the command line) or
   through the ``JAXGUIDE_DATA_DIR`` environment variable.
 * **tensorflow-datasets** (optional extra ``jaxguide[tfds]``), used when no data
-  directory is given. It is imported lazily, read through ``tfds.data_source``
+  directory is given (and for every dataset without IDX files). It is imported lazily, read through ``tfds.data_source``
   with ``download=False``: this module never touches the network.
 
 Batching is stateless: the batch of global training step ``s`` is
@@ -19,6 +20,7 @@ batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import math
@@ -31,22 +33,59 @@ import numpy as np
 from jaxguide.checks import check_int, check_pixels
 
 __all__ = [
+    "DATASETS",
     "DataError",
+    "DatasetSpec",
     "ENV_DATA_DIR",
     "IMAGE_SHAPE",
     "NUM_CLASSES",
     "SPLITS",
     "batch_indices",
     "epoch_permutation",
+    "get_dataset",
+    "load_dataset",
     "load_mnist",
     "read_idx",
     "steps_per_epoch",
 ]
 
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is to the models: its tensorflow-datasets name, a title for messages,
+    the image shape (H, W, C) and the class names (as many as classes). `idx`: whether it
+    also comes as the four MNIST-layout IDX files."""
+
+    name: str
+    title: str
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    idx: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+DATASETS = {spec.name: spec for spec in (
+    DatasetSpec("mnist", "MNIST", (28, 28, 1), tuple("0123456789"), idx=True),
+    DatasetSpec("fashion_mnist", "Fashion-MNIST", (28, 28, 1),
+                ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                 "Sneaker", "Bag", "Ankle boot"), idx=True),
+    DatasetSpec("cifar10", "CIFAR-10", (32, 32, 3),
+                ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                 "ship", "truck")),
+)}
 ENV_DATA_DIR = "JAXGUIDE_DATA_DIR"
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+IMAGE_SHAPE, NUM_CLASSES = DATASETS["mnist"].image_shape, DATASETS["mnist"].num_classes
 SPLITS = ("train", "test")
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The spec of a dataset in DATASETS."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset: got {name!r}, accepted {', '.join(DATASETS)}")
+    return DATASETS[name]
 
 # split -> (images file, labels file), without the optional ".gz".
 _IDX_FILES = {
@@ -63,12 +102,12 @@ _IDX_KINDS = {
 }
 
 
-def _tfds_prepare_cmd(tfds_data_dir: str | os.PathLike | None) -> str:
-    """The one-off shell command that prepares MNIST for ``tfds.data_source``."""
+def _tfds_prepare_cmd(name: str, tfds_data_dir: str | os.PathLike | None) -> str:
+    """The one-off shell command that prepares a dataset for ``tfds.data_source``."""
     dd = "" if tfds_data_dir is None else f", data_dir={os.fspath(tfds_data_dir)!r}"
     return (
         "python -c \"import tensorflow_datasets as tfds; "
-        f"tfds.builder('mnist', file_format='array_record'{dd}).download_and_prepare()\""
+        f"tfds.builder({name!r}, file_format='array_record'{dd}).download_and_prepare()\""
     )
 
 
@@ -149,68 +188,69 @@ def _parse_idx(path: Path, data: bytes) -> np.ndarray:
     return arr.reshape(dims).copy()
 
 
-def _find_idx(data_dir: Path, base: str) -> Path:
+def _find_idx(spec: DatasetSpec, data_dir: Path, base: str) -> Path:
     """Return ``data_dir/base`` or ``data_dir/base.gz`` (raw preferred)."""
     for name in (base, base + ".gz"):
         p = data_dir / name
         if p.is_file():
             return p
-    raise DataError(f"MNIST file {base} (or {base}.gz) not found in {data_dir}")
+    raise DataError(f"{spec.title} file {base} (or {base}.gz) not found in {data_dir}")
 
 
-def _load_idx_split(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, 28, 28) and labels (N,) of one split from IDX files."""
+def _load_idx_split(spec: DatasetSpec, split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W) and labels (N,) of one split from IDX files."""
     if not data_dir.is_dir():
         what = "is not a directory" if data_dir.exists() else "not found"
-        raise DataError(f"MNIST data dir {data_dir} {what}")
+        raise DataError(f"{spec.title} data dir {data_dir} {what}")
     images_base, labels_base = _IDX_FILES[split]
-    images_path = _find_idx(data_dir, images_base)
-    labels_path = _find_idx(data_dir, labels_base)
+    images_path = _find_idx(spec, data_dir, images_base)
+    labels_path = _find_idx(spec, data_dir, labels_base)
     images, labels = read_idx(images_path), read_idx(labels_path)
     for path, arr, magic in ((images_path, images, _MAGIC_IMAGES),
                              (labels_path, labels, _MAGIC_LABELS)):
         if arr.ndim != _IDX_KINDS[magic][0]:
-            raise DataError(f"MNIST file {path}: expected {_IDX_KINDS[magic][1]} (magic "
+            raise DataError(f"{spec.title} file {path}: expected {_IDX_KINDS[magic][1]} (magic "
                             f"0x{magic:08x}), found an array of shape {arr.shape}")
-    if images.shape[1:] != IMAGE_SHAPE[:2]:
-        raise DataError(f"MNIST file {images_path}: images are {images.shape[1]}x"
-                        f"{images.shape[2]}, expected {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}")
+    h, w, _ = spec.image_shape
+    if images.shape[1:] != (h, w):
+        raise DataError(f"{spec.title} file {images_path}: images are {images.shape[1]}x"
+                        f"{images.shape[2]}, expected {h}x{w}")
     if images.shape[0] != labels.shape[0]:
-        raise DataError(f"MNIST count mismatch: {images_path} has {images.shape[0]} images but "
-                        f"{labels_path} has {labels.shape[0]} labels")
+        raise DataError(f"{spec.title} count mismatch: {images_path} has {images.shape[0]} "
+                        f"images but {labels_path} has {labels.shape[0]} labels")
     if not len(images):
-        raise DataError(f"MNIST data dir {data_dir}: the {split} split holds 0 images "
+        raise DataError(f"{spec.title} data dir {data_dir}: the {split} split holds 0 images "
                         f"({images_path}), accepted at least 1")
-    _check_labels(labels, str(labels_path))
+    _check_labels(spec, labels, str(labels_path))
     return images, labels
 
 
-def _check_labels(labels: np.ndarray, where: str) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
-        raise DataError(f"MNIST labels in {where}: {bad.size} label(s) outside "
-                        f"0..{NUM_CLASSES - 1} (first: {int(bad[0])})")
+def _check_labels(spec: DatasetSpec, labels: np.ndarray, where: str) -> None:
+    k = spec.num_classes
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        bad = labels[(labels < 0) | (labels >= k)]
+        raise DataError(f"{spec.title} labels in {where}: {bad.size} label(s) outside "
+                        f"0..{k - 1} (first: {int(bad[0])})")
 
 
 # -------------------------------------------------------------------------- tfds
 
 
-def _load_tfds_split(
-    split: str, tfds_data_dir: str | os.PathLike | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, 28, 28) and labels (N,) through ``tfds.data_source``."""
+def _load_tfds_split(spec: DatasetSpec, split: str, tfds_data_dir: str | os.PathLike | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W, C) and labels (N,) through ``tfds.data_source``."""
+    files = f"the folder of the {spec.title} IDX files, or " if spec.idx else ""
     try:
         import tensorflow_datasets as tfds  # lazy: optional extra
     except ImportError as e:
         if e.name == "tensorflow_datasets":
             raise DataError(
-                "data_dir: none given (nor JAXGUIDE_DATA_DIR) and tensorflow-datasets is "
-                "not installed, to read MNIST; accepted the folder of the MNIST IDX files, "
-                "or `pip install 'jaxguide[tfds]'`"
+                "data_dir: none given (nor JAXGUIDE_DATA_DIR) and tensorflow-datasets is not "
+                f"installed, to read {spec.title}; accepted {files}`pip install 'jaxguide[tfds]'`"
             ) from None
         raise DataError(
             f"data_dir: none given and tensorflow-datasets failed to import ({e}), to read "
-            "MNIST; accepted the folder of the MNIST IDX files, or reinstall `jaxguide[tfds]`"
+            f"{spec.title}; accepted {files}reinstall `jaxguide[tfds]`"
         ) from e
 
     where = str(tfds_data_dir) if tfds_data_dir is not None else "the default TFDS data dir"
@@ -219,7 +259,7 @@ def _load_tfds_split(
         # TensorFlow (tfds' default file format for a given data_dir is tfrecord,
         # which data_source cannot read).
         ds = tfds.data_source(
-            "mnist",
+            spec.name,
             split=split,
             download=False,
             data_dir=None if tfds_data_dir is None else os.fspath(tfds_data_dir),
@@ -229,80 +269,93 @@ def _load_tfds_split(
     except Exception as e:  # tfds raises KeyError/NotImplementedError/ValueError/...
         reason = (str(e).strip().splitlines() or [""])[0]
         raise DataError(
-            f"data_dir: none given and tensorflow-datasets has no prepared 'mnist' {split} "
-            f"split (array_record) in {where} ({type(e).__name__}: {reason}); accepted the "
-            "folder of the MNIST IDX files, or prepare that split once with "
-            f"{_tfds_prepare_cmd(tfds_data_dir)} (needs the jaxguide[tfds] extra, which "
-            "includes TensorFlow)"
+            f"data_dir: none given and tensorflow-datasets has no prepared {spec.name!r} "
+            f"{split} split (array_record) in {where} ({type(e).__name__}: {reason}); accepted "
+            f"{files}prepare that split once with {_tfds_prepare_cmd(spec.name, tfds_data_dir)} "
+            "(needs the jaxguide[tfds] extra, which includes TensorFlow)"
         ) from e
 
-    images = np.empty((n, *IMAGE_SHAPE[:2]), dtype=np.uint8)
+    images = np.empty((n, *spec.image_shape), dtype=np.uint8)
     labels = np.empty((n,), dtype=np.int64)
     # Record by record: tfds' mock data source breaks __getitems__, and decoding
     # (one PNG per record) dominates anyway.
     for i in range(n):
         rec = ds[i]
         img = np.asarray(rec["image"])
-        if img.shape not in (IMAGE_SHAPE, IMAGE_SHAPE[:2]):
-            raise DataError(f"MNIST (tfds {split}) record {i}: image shape {img.shape}, "
-                            f"expected {IMAGE_SHAPE}")
-        images[i] = img.reshape(IMAGE_SHAPE[:2])
+        if img.size != images[i].size or img.shape[:2] != spec.image_shape[:2]:
+            raise DataError(f"{spec.title} (tfds {split}) record {i}: image shape {img.shape}, "
+                            f"expected {spec.image_shape}")
+        images[i] = img.reshape(spec.image_shape)
         labels[i] = int(rec["label"])
-    _check_labels(labels, f"tfds mnist {split}")
+    _check_labels(spec, labels, f"tfds {spec.name} {split}")
     return images, labels
 
 
 # ------------------------------------------------------------------------ public
 
 
-def load_mnist(
+def load_dataset(
+    name: str,
     split: str,
     data_dir: str | os.PathLike | None = None,
     *,
     tfds_data_dir: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load one MNIST split into memory.
+    """Load one split of a dataset (a name in DATASETS) into memory.
 
     Args:
-      split: ``"train"`` (60,000 digits) or ``"test"`` (10,000 digits).
-      data_dir: directory holding the four IDX files (raw or ``.gz``). If None,
-        the ``JAXGUIDE_DATA_DIR`` environment variable is used when set and
-        non-empty; otherwise MNIST is read through tensorflow-datasets (never
-        downloading).
+      name: the dataset, e.g. ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``.
+      split: ``"train"`` or ``"test"``.
+      data_dir: directory holding the four IDX files (raw or ``.gz``), for datasets that
+        come as such (MNIST, Fashion-MNIST). If None, MNIST also looks at the
+        ``JAXGUIDE_DATA_DIR`` environment variable (when set and non-empty); otherwise
+        the split is read through tensorflow-datasets (never downloading).
       tfds_data_dir: TFDS data directory for the tensorflow-datasets path
         (None: TFDS' default, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
 
     Returns:
-      ``(images, labels)``: images ``float32 (N, 28, 28, 1)`` in ``[-1, 1]``
-      (``x / 127.5 - 1`` of the uint8 pixels), labels ``int32 (N,)`` in ``0..9``.
+      ``(images, labels)``: images ``float32 (N, H, W, C)`` in ``[-1, 1]``
+      (``x / 127.5 - 1`` of the uint8 pixels), labels ``int32 (N,)`` in
+      ``0..num_classes - 1``.
 
     Raises:
-      ValueError: ``split`` is not ``"train"`` or ``"test"``, or a directory is
-        ``""`` or blank.
+      ValueError: an unknown ``name``, ``split`` not ``"train"`` or ``"test"``, a
+        directory ``""`` or blank, or a ``data_dir`` for a dataset without IDX files.
       TypeError: ``data_dir`` or ``tfds_data_dir`` is neither a path nor None.
       DataError: a file is missing or malformed, the counts disagree, a split
         holds no images, or the tensorflow-datasets source is unavailable
         (one-line message saying what to do). A directory taken from
         ``JAXGUIDE_DATA_DIR`` is named as ``JAXGUIDE_DATA_DIR='<path>': ...``.
     """
+    spec = get_dataset(name)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS!r}, got {split!r}")
     _check_dir("data_dir", data_dir)
     _check_dir("tfds_data_dir", tfds_data_dir)
-    env = os.environ.get(ENV_DATA_DIR, "") if data_dir is None else ""
+    if data_dir is not None and not spec.idx:
+        raise ValueError(f"data_dir: got {os.fspath(data_dir)!r}, but {spec.title} has no IDX "
+                         "files; accepted None (it is read through tensorflow-datasets)")
+    env = os.environ.get(ENV_DATA_DIR, "") if data_dir is None and name == "mnist" else ""
     if env:
         if not env.strip():
             raise DataError(f"{ENV_DATA_DIR}: got {env!r}, accepted a folder path, or unset "
                             "or empty for tensorflow-datasets")
         try:
-            images, labels = _load_idx_split(split, Path(env))
+            images, labels = _load_idx_split(spec, split, Path(env))
         except DataError as e:
             raise DataError(f"{ENV_DATA_DIR}={env!r}: {e}") from e
     elif data_dir is not None:
-        images, labels = _load_idx_split(split, Path(data_dir))
+        images, labels = _load_idx_split(spec, split, Path(data_dir))
     else:
-        images, labels = _load_tfds_split(split, tfds_data_dir)
-    return _to_model_arrays(images, labels)
+        images, labels = _load_tfds_split(spec, split, tfds_data_dir)
+    return _to_model_arrays(spec, images, labels)
+
+
+def load_mnist(split: str, data_dir: str | os.PathLike | None = None, *,
+               tfds_data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`load_dataset("mnist", ...)`: images float32 (N, 28, 28, 1), labels int32 (N,) in 0..9;
+    ``JAXGUIDE_DATA_DIR`` names the IDX files' folder when `data_dir` is None."""
+    return load_dataset("mnist", split, data_dir, tfds_data_dir=tfds_data_dir)
 
 
 def check_dataset(dataset, num_classes: int | None = None, min_test_per_class: int = 0):
@@ -352,14 +405,13 @@ def _check_dir(name: str, value) -> None:
         raise ValueError(f"{name}: got {value!r}, accepted a non-empty path or None")
 
 
-def _to_model_arrays(
-    images: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [-1, 1]; labels -> int32 (N,)."""
-    x = images.astype(np.float32)
+def _to_model_arrays(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, H, W[, C]) -> float32 (N, H, W, C) in [-1, 1]; labels -> int32 (N,)."""
+    x = images.reshape((len(images), *spec.image_shape)).astype(np.float32)
     x /= np.float32(127.5)
     x -= np.float32(1.0)
-    return x[..., None], labels.astype(np.int32)
+    return x, labels.astype(np.int32)
 
 
 # ---------------------------------------------------------------------- batching

@@ -22,6 +22,7 @@ from jax.tree_util import Partial
 
 from jaxguide import checkpoint
 from jaxguide.checks import check_target_labels
+from jaxguide.data import DATASETS, DatasetSpec
 from jaxguide.nets import apply_fn
 from jaxguide.samplers import evaluation_times, sample
 from jaxguide.scores import classifier_free_guidance, classifier_guidance, score_from_eps
@@ -39,6 +40,8 @@ class Pipeline:
     score_fn(x, t) -> (B, H, W, C), the unconditional score; log_prob_fn(x, t) ->
     (B, num_classes); eps_fn(x, t, y) -> (B, H, W, C), the noise prediction of a
     class-conditional denoiser (y in 0..num_classes, num_classes the null class), else None.
+    dataset: what the models were trained on (`data.DATASETS`; checkpoints that do not say
+    are MNIST's).
     """
 
     sde: VPSDE
@@ -48,6 +51,7 @@ class Pipeline:
     image_shape: tuple[int, ...]
     metadata: dict[str, Any]
     eps_fn: Partial | None = None
+    dataset: DatasetSpec = DATASETS["mnist"]
 
     @property
     def conditional(self) -> bool:
@@ -80,6 +84,11 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         raise checkpoint.CheckpointError(
             f"{root}: the classifier was trained on images of shape {cls_meta['image_shape']}, "
             f"the denoiser on {den_meta['image_shape']}")
+    names = [meta.get("dataset", "mnist") for meta in (den_meta, cls_meta)]
+    if names[0] != names[1] or names[0] not in DATASETS:
+        raise checkpoint.CheckpointError(
+            f"{root}: the denoiser was trained on dataset {names[0]!r}, the classifier on "
+            f"{names[1]!r}; accepted models of one dataset of {', '.join(DATASETS)}")
     den_k = getattr(den_model, "num_classes", None)
     if den_k not in (None, cls_model.num_classes):
         raise checkpoint.CheckpointError(
@@ -94,6 +103,7 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         image_shape=tuple(den_meta["image_shape"]),
         metadata={"denoiser": den_meta, "classifier": cls_meta},
         eps_fn=eps_fn if den_k is not None else None,
+        dataset=DATASETS[names[0]],
     )
 
 

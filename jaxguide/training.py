@@ -227,7 +227,8 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
     Args:
       cfg: the configuration (a resumed run must match it, operational fields aside).
       workdir: holds checkpoints/, metrics.jsonl, loss.png and the exported model/.
-      data_dir: MNIST IDX files (else $JAXGUIDE_DATA_DIR, else tensorflow-datasets).
+      data_dir: the IDX files of cfg.dataset (for MNIST else $JAXGUIDE_DATA_DIR; else
+        tensorflow-datasets).
       dataset: ((train_images, train_labels), (test_images, test_labels)) to use instead.
       progress: show a progress bar.
       devices: split each batch over this many devices (default: all, of all processes);
@@ -252,7 +253,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
 def _train(cfg, workdir, mesh, data_dir, dataset, progress) -> TrainState:
     model = make_model(cfg.model, cfg.kwargs)
     if dataset is None:
-        dataset = data.load_mnist("train", data_dir), data.load_mnist("test", data_dir)
+        dataset = tuple(data.load_dataset(cfg.dataset, split, data_dir) for split in data.SPLITS)
     (x_train, y_train), (x_test, y_test) = data.check_dataset(
         dataset, getattr(model, "num_classes", None),
         min_test_per_class=2 if cfg.task == "evaluator" else 0)  # Its reference statistics.
@@ -400,7 +401,8 @@ def trained_images(meta: dict[str, Any]) -> int:
 
 def model_metadata(cfg: TrainConfig, image_shape) -> dict[str, Any]:
     """What a checkpoint records to rebuild its model: task, model, kwargs, config, SDE."""
-    return {"task": cfg.task, "model": cfg.model, "model_kwargs": cfg.to_dict()["model_kwargs"],
+    return {"task": cfg.task, "dataset": cfg.dataset, "model": cfg.model,
+            "model_kwargs": cfg.to_dict()["model_kwargs"],
             "config": cfg.to_dict(), "image_shape": list(image_shape),
             "sde": {"beta_min": cfg.beta_min, "beta_max": cfg.beta_max, "T": cfg.T}}
 

@@ -108,13 +108,22 @@ def _tile(imgs: np.ndarray, ncol: int, pad: int = 2) -> np.ndarray:
     return canvas
 
 
-def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = None) -> Path:
+def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = None,
+              class_names=None) -> Path:
     """A labelled grid of images (N, H, W, 1), labels (N,): each run of equal labels (images
-    in label order) fills a block of rows of its own, ncol per row, headed by its label."""
+    in label order) fills a block of rows of its own, ncol per row, headed by its label, or
+    by class_names[label] when given."""
     ncol = check_int("ncol", ncol, 1)
     images = _check_images("images", images, "(N, H, W, 1)")
     labels = _check_length("labels", labels, len(images), "image")
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if labels.min() < 0 or labels.max() >= len(class_names):
+            raise ValueError(f"labels: got values in [{labels.min()}, {labels.max()}], accepted "
+                             f"[0, {len(class_names) - 1}] (class_names has {len(class_names)})")
     slots, blocks = _label_blocks(labels, ncol)
+    names = [str(label) if class_names is None else class_names[label] for _, _, label in blocks]
+    left = max(0.5, 0.1 + 0.08 * max(map(len, names)))  # Inches for the row headers.
     imgs = _to_uint8(images)
     n_rows, h = sum(rows for _, rows, _ in blocks), images.shape[1]
     placed = np.full((n_rows * ncol,) + imgs.shape[1:], 255, np.uint8)
@@ -122,14 +131,15 @@ def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = N
     pad = 2
     canvas = _tile(placed, ncol, pad)  # One image: fast, unlike N subplots.
     head = 0.3 if title else 0.05  # Inches above the grid, whatever the number of rows.
-    width, height = ncol * 0.75 + 0.6, n_rows * 0.75 + 0.05 + head
+    width, height = ncol * 0.75 + left + 0.1, n_rows * 0.75 + 0.05 + head
     fig = plt.figure(figsize=(width, height))
-    ax = fig.add_axes((0.5 / width, 0.05 / height, 1 - 0.55 / width, 1 - (0.05 + head) / height))
+    ax = fig.add_axes((left / width, 0.05 / height, 1 - (left + 0.05) / width,
+                       1 - (0.05 + head) / height))
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.axis("off")
-    for first, rows, label in blocks:
-        ax.text(-2 * pad, pad + first * (h + pad) + (rows * (h + pad) - pad) / 2, str(label),
-                ha="right", va="center", fontsize=12)
+    for (first, rows, _), name in zip(blocks, names):
+        ax.text(-2 * pad, pad + first * (h + pad) + (rows * (h + pad) - pad) / 2, name,
+                ha="right", va="center", fontsize=12 if class_names is None else 10)
     if title:
         fig.suptitle(title, fontsize=9)
     return _save_png(fig, path, dpi=100)

@@ -457,3 +457,24 @@ def test_an_empty_split_names_the_data_dir_and_the_split(tmp_path, env_dir, spli
     with pytest.raises(DataError, match=prefix + rf"MNIST data dir {tmp_path}: the {split} split "
                                                  r"holds 0 images .*accepted at least 1"):
         data.load_mnist(split, None if from_env else tmp_path)
+
+
+def test_a_dataset_is_read_by_its_spec(tmp_path):
+    write_dataset(tmp_path, gz=False)
+    x, y = data.load_dataset("fashion_mnist", "test", tmp_path)
+    assert x.shape[1:] == data.get_dataset("fashion_mnist").image_shape and x.dtype == np.float32
+    x_m, y_m = load_mnist("test", tmp_path)  # The same files, read as MNIST.
+    np.testing.assert_array_equal(x, x_m)
+    with pytest.raises(ValueError, match=r"dataset: got 'svhn', accepted mnist, fashion_mnist"):
+        data.load_dataset("svhn", "test", tmp_path)
+    with pytest.raises(ValueError, match=r"data_dir: got .*, but CIFAR-10 has no IDX files"):
+        data.load_dataset("cifar10", "test", tmp_path)
+
+
+def test_only_mnist_reads_the_environment_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.ENV_DATA_DIR, "/nonexistent/mnist")
+    with pytest.raises(DataError, match="JAXGUIDE_DATA_DIR"):
+        load_mnist("test")
+    monkeypatch.setattr(data, "_load_tfds_split", lambda spec, split, tfds_dir: (
+        np.zeros((2, 28, 28), np.uint8), np.array([0, 1])))
+    assert data.load_dataset("fashion_mnist", "test")[0].shape == (2, 28, 28, 1)

@@ -85,3 +85,37 @@ def test_network_evaluations_count_what_generate_computes():
     assert pipeline.network_evaluations(PIPE, 0.0, guidance="free", n_steps=4)["nfe"] == 4
     ts = evaluation_times(SDE, 4)  # An interval's ends are in it, to the float32 bit.
     assert count(guidance="free", interval=(ts[2], ts[1]))["nfe"] == 6
+
+
+def _checkpoints_of(root, datasets):
+    """denoiser/ and classifier/ of the tiny presets, recorded as trained on `datasets`."""
+    from jaxguide import checkpoint, training
+    from jaxguide.configs import get_config
+    from jaxguide.nets import make_model
+
+    for task, dataset in zip(("denoiser", "classifier"), datasets):
+        cfg = get_config(task, preset="tiny").replace(dataset=dataset)
+        model = make_model(cfg.model, cfg.kwargs)
+        variables = jax.jit(model.init)(KEY, jnp.zeros((1, 28, 28, 1)), jnp.zeros(1))
+        checkpoint.save_model(root / task, variables,
+                              {**training.model_metadata(cfg, (28, 28, 1)), "step": 0})
+    return root
+
+
+def test_a_pipeline_knows_its_dataset(tiny_checkpoints, tmp_path):
+    assert pipeline.load_pipeline(tiny_checkpoints).dataset.name == "mnist"
+    pipe = pipeline.load_pipeline(_checkpoints_of(tmp_path / "f", ["fashion_mnist"] * 2))
+    assert pipe.dataset.class_names[9] == "Ankle boot" and pipe.dataset.num_classes == 10
+    with pytest.raises(CheckpointError, match="the denoiser was trained on dataset 'mnist', "
+                                              "the classifier on 'fashion_mnist'"):
+        pipeline.load_pipeline(_checkpoints_of(tmp_path / "m", ["mnist", "fashion_mnist"]))
+
+
+def test_sample_cli_takes_the_dataset_of_its_checkpoints(tmp_path):
+    from conftest import run_cli
+
+    ck = _checkpoints_of(tmp_path / "ck", ["fashion_mnist"] * 2)
+    r = run_cli("sample.py", "--dataset", "mnist", "--checkpoint-dir", str(ck), "--steps", "2")
+    assert r.returncode == 2 and "--dataset: got mnist, but --checkpoint-dir" in r.stderr
+    r = run_cli("sample.py", "--dataset", "cifar10")
+    assert r.returncode == 2 and "--dataset: got cifar10, which has no bundled checkpoints" in r.stderr
