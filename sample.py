@@ -5,7 +5,7 @@
     python sample.py figures                 # classifier over time, gradient maps
 
 Writes out/grid.png, out/trajectory.gif and out/samples.npz (images float32 (N, 28, 28, 1)
-in [-1, 1], labels int (N,), and the run's seed, scale, steps, sampler and library
+in [-1, 1], labels int (N,), and the run's seed, scale, steps, sampler, grid and library
 versions (a JSON string)); `figures` writes out/classifier_over_time.png,
 out/gradient_maps.png and, with an evaluator beside the checkpoints, out/accuracy_vs_scale.png.
 
@@ -38,6 +38,7 @@ from jaxguide import cli, runtime  # noqa: E402
 from jaxguide.checks import SEED_MAX, check_int  # noqa: E402
 from jaxguide.data import DATASETS  # noqa: E402
 from jaxguide.pipeline import DEFAULT_SCALES, DEFAULT_STEPS, GUIDANCE  # noqa: E402
+from jaxguide.samplers import DEFAULT_GRID, GRIDS, METHODS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 # --guidance defaults to "free" for a class-conditional denoiser, else "classifier". With
@@ -53,7 +54,7 @@ SAMPLE_ONLY = ("--classes", "--scale", "--no-gif", "--guidance", "--classifier-s
                "--interval")
 # Flags `figures` uses only for its accuracy sweep (with an evaluator) and, --per-class aside,
 # for the digit it generates (without --data-dir): refused where neither runs.
-SWEEP_FLAGS = ("--per-class", "--steps", "--sampler", "--batch-size")
+SWEEP_FLAGS = ("--per-class", "--steps", "--sampler", "--grid", "--batch-size")
 _CLASS_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")  # ASCII digits only.
 
 
@@ -125,6 +126,9 @@ def parse_args(argv):
     p.add_argument("--sampler", default="euler_maruyama",
                    help="euler_maruyama, predictor_corrector, heun, dpm_solver_2m or "
                    "dpm_solver_2m_sde (default: %(default)s)")
+    p.add_argument("--grid", choices=GRIDS, help="the time grid: uniform in t, quadratic "
+                   "(denser near t = 0) or uniform in log-SNR (default: the sampler's, "
+                   + ", ".join(f"{m} {g}" for m, g in DEFAULT_GRID.items()) + ")")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise "
                    "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=40, help="images per jitted call, rounded "
@@ -221,8 +225,6 @@ def check_args(args, num_classes: int | None = None) -> list[int]:
     if Path(args.checkpoint_dir).is_file():
         raise ValueError(f"--checkpoint-dir {args.checkpoint_dir}: is a file, accepted a "
                          "folder holding denoiser/ and classifier/")
-    from jaxguide.samplers import METHODS
-
     if args.sampler not in METHODS:
         raise ValueError(f"--sampler: got {args.sampler!r}, accepted {', '.join(METHODS)}")
     return classes
@@ -268,9 +270,8 @@ def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampl
             pad = np.concatenate([idx, np.full(batch - len(idx), idx[-1])])
             res = pipeline.generate(key, pipe, labels[pad], scale, guidance=guidance,
                                     classifier_scale=classifier_scale, interval=interval,
-                                    n_steps=args.steps,
-                                    method=args.sampler, indices=pad, record_every=record_every,
-                                    mesh=mesh)
+                                    n_steps=args.steps, method=args.sampler, grid=args.grid,
+                                    indices=pad, record_every=record_every, mesh=mesh)
             x, traj = res if record_every else (res, None)
             images.append(parallel.to_host(x)[:len(idx)])
             if traj is not None:
@@ -339,9 +340,10 @@ def run_sample(args, mesh):
                 **({"classifier_scale": args.classifier_scale} if args.guidance == "both" else {}),
                 **({"interval": args.interval} if args.interval else {}),
                 "steps": args.steps, "sampler": args.sampler,
+                "grid": args.grid or DEFAULT_GRID[args.sampler],
                 **pipeline.network_evaluations(pipe, args.scale, guidance=args.guidance,
                                                interval=args.interval, n_steps=args.steps,
-                                               method=args.sampler),
+                                               method=args.sampler, grid=args.grid),
                 "versions": checkpoint.versions()}
         ncol = min(args.per_class, 16)
         weights = (f"w {args.scale:g}, s {args.classifier_scale:g}" if args.guidance == "both"

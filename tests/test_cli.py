@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import help_entries, load_script, run_cli
 from jaxguide import cli
+from jaxguide.samplers import DEFAULT_GRID
 
 ARGS = ["--steps", "3", "--per-class", "2", "--classes", "0,3,7"]
 LABELS = [0, 0, 3, 3, 7, 7]
@@ -68,7 +69,7 @@ def test_subprocess_sample_writes_grid_gif_and_npz(subprocess_run):
     # The tiny denoiser is class-conditional: classifier-free guidance at its default weight.
     assert str(d["guidance"]) == "free"
     assert float(d["scale"]) == load_script("sample.py").DEFAULT_SCALES["free"]
-    assert str(d["sampler"]) == defaults.sampler
+    assert str(d["sampler"]) == defaults.sampler and str(d["grid"]) == DEFAULT_GRID[defaults.sampler]
     assert (int(d["nfe"]), int(d["classifier_nfe"])) == (2 * 3, 0)  # Guided: 2 per step.
     versions = json.loads(str(d["versions"]))
     assert {"python", "jax", "flax", "numpy", "jaxguide"} <= set(versions)
@@ -120,6 +121,11 @@ def test_guidance_interval(sample_script, tiny_checkpoints, tmp_path, capsys):
     d = load_npz(out)
     # Steps start at t = 1, 0.75025, 0.5005, 0.25075: three guided (2 evaluations), one not.
     assert d["interval"].tolist() == [0.5, 1.0] and int(d["nfe"]) == 7
+    run_in_process(sample_script, capsys, "--checkpoint-dir", tiny_checkpoints, "--steps", 4,
+                   "--classes", "3", "--per-class", 1, "--no-gif", "--interval", 0.5, 1,
+                   "--grid", "quadratic", "--out", out)
+    d = load_npz(out)  # Quadratic: t = 1, 0.5629, 0.2508, 0.0634: two guided.
+    assert str(d["grid"]) == "quadratic" and int(d["nfe"]) == 6
     assert cli.run(sample_script.main, ["--interval", "0.5", "0.2"]) == 2
     assert "--interval: got 0.5 0.2, accepted T_LO T_HI with 0 <= T_LO <= T_HI" in \
         capsys.readouterr().err
