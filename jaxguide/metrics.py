@@ -70,7 +70,7 @@ class Evaluator:
         return stats
 
     def __call__(self, images) -> Evaluation:
-        images = check_images(images)
+        images = check_images(images, tuple(self.metadata["image_shape"]))
         preds, feats = [], []
         for lo in range(0, len(images), self.batch_size):
             p, f = self._fn(self.variables, jnp.asarray(images[lo:lo + self.batch_size]))
@@ -79,11 +79,12 @@ class Evaluator:
         return Evaluation(np.concatenate(preds), np.concatenate(feats))
 
 
-def check_images(images) -> np.ndarray:
-    """Validates images: (N, 28, 28, 1), finite, in [−1, 1]; returns float32."""
+def check_images(images, image_shape: tuple[int, ...] | None = IMAGE_SHAPE) -> np.ndarray:
+    """Validates images: (N, *image_shape) (None: any (N, H, W, C)), finite, in [−1, 1];
+    returns float32."""
     x = np.asarray(images)
-    if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or len(x) == 0:
-        shape = ", ".join(map(str, IMAGE_SHAPE))
+    if x.ndim != 4 or x.shape[1:] != (image_shape or x.shape[1:]) or len(x) == 0:
+        shape = ", ".join(map(str, image_shape or ("H", "W", "C")))
         raise ValueError(f"images: got shape {x.shape}, accepted (N, {shape}) with N >= 1")
     if not jnp.issubdtype(x.dtype, jnp.floating):  # bfloat16 included
         raise ValueError(f"images: got dtype {x.dtype}, accepted floats in [-1, 1]")
@@ -246,7 +247,7 @@ def background_noise(images) -> float:
     The noise a sampler leaves where a digit's background is black, which the evaluator's
     features barely see. 1000 real MNIST test digits: 0.009.
     """
-    x = check_images(images)
+    x = check_images(images, None)
     border = np.ones(x.shape[1:3], bool)
     border[3:-3, 3:-3] = False
     d = x[:, border] + 1.0
@@ -258,9 +259,11 @@ def evaluate_samples(evaluator: "Evaluator", images, labels, ref: dict[str, np.n
     """Accuracy (overall and per class), FD and class-FD of guided samples against `ref`, and
     their `background_noise`.
 
-    Images (N, 28, 28, 1) and labels (N,) are checked, with `ref`, before the evaluator runs.
+    Images (N, H, W, C) of the evaluator's shape and labels (N,) are checked, with `ref`,
+    before the evaluator runs.
     """
-    images, num_classes = check_images(images), evaluator.model.num_classes
+    images = check_images(images, tuple(evaluator.metadata["image_shape"]))
+    num_classes = evaluator.model.num_classes
     _check_ref(ref, np.unique(_class_labels(labels, len(images), num_classes)), overall=True)
     ev = evaluator(images)
     acc, per_class = guided_accuracy(ev.predictions, labels, num_classes)

@@ -22,9 +22,9 @@ def _save_png(fig, path: str | Path, dpi: int) -> Path:
 
 
 def _check_images(name: str, images, form: str) -> np.ndarray:
-    """`images` as a floating array (its own dtype) of shape `form` (e.g. "(N, H, W, 1)"):
-    every dimension >= 1, the last 1, finite values; else a ValueError (TypeError: not
-    floating numbers; uint8 images would all clip to white) naming `name`."""
+    """`images` as a floating array (its own dtype) of shape `form` (e.g. "(N, H, W, C)"):
+    every dimension >= 1, the last C = 1 (grey) or 3 (RGB), finite values; else a ValueError
+    (TypeError: not floating numbers; uint8 images would all clip to white) naming `name`."""
     try:
         x = np.asarray(images)
     except ValueError:  # Ragged.
@@ -32,9 +32,9 @@ def _check_images(name: str, images, form: str) -> np.ndarray:
     if x.dtype.kind != "f":
         raise TypeError(f"{name}: got {type(images).__name__} of dtype {x.dtype}, accepted a "
                         f"numeric array {form} of floats in [-1, 1]")
-    if x.ndim != form.count(",") + 1 or x.shape[-1] != 1 or 0 in x.shape:
-        raise ValueError(f"{name}: got shape {x.shape}, accepted {form} with every "
-                         "dimension >= 1")
+    if x.ndim != form.count(",") + 1 or x.shape[-1] not in (1, 3) or 0 in x.shape:
+        raise ValueError(f"{name}: got shape {x.shape}, accepted {form} with C = 1 or 3 and "
+                         "every dimension >= 1")
     return _check_finite(name, x)
 
 
@@ -77,31 +77,35 @@ def plot_losses(records: list[dict], path: str | Path) -> Path:
 
 
 def to_uint8(images) -> np.ndarray:
-    """Images in [−1, 1], (..., H, W, 1) → uint8 (..., H, W)."""
+    """Images in [−1, 1], (..., H, W, C) → uint8 (..., H, W) for C = 1, (..., H, W, 3) for
+    C = 3."""
     x = np.asarray(images)
     if x.dtype.kind != "f":
         raise TypeError(f"images: got dtype {x.dtype}, accepted floats in [-1, 1]")
-    if x.ndim < 3 or x.shape[-1] != 1:
-        raise ValueError(f"images: got shape {x.shape}, accepted (..., H, W, 1)")
+    if x.ndim < 3 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"images: got shape {x.shape}, accepted (..., H, W, C), C = 1 or 3")
     return _to_uint8(_check_finite("images", x))
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.round((np.clip(x[..., 0], -1, 1) + 1) * 127.5).astype(np.uint8)
+    y = np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
+    return y[..., 0] if y.shape[-1] == 1 else y
 
 
 def tile(images, ncol: int, pad: int = 2) -> np.ndarray:
-    """(N, H, W, 1) in [−1, 1] → one uint8 image of ceil(N / ncol) rows × ncol, padded."""
+    """(N, H, W, C) in [−1, 1] → one uint8 image of ceil(N / ncol) rows × ncol, padded:
+    (rows, cols) for C = 1, (rows, cols, 3) for C = 3."""
     ncol = check_int("ncol", ncol, 1)
     pad = check_int("pad", pad, 0)
-    return _tile(_to_uint8(_check_images("images", images, "(N, H, W, 1)")), ncol, pad)
+    return _tile(_to_uint8(_check_images("images", images, "(N, H, W, C)")), ncol, pad)
 
 
 def _tile(imgs: np.ndarray, ncol: int, pad: int = 2) -> np.ndarray:
-    """`tile` of checked uint8 images (N, H, W)."""
-    n, h, w = imgs.shape
+    """`tile` of checked uint8 images (N, H, W[, 3])."""
+    n, h, w = imgs.shape[:3]
     nrow = -(-n // ncol)
-    canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, np.uint8)
+    canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad) + imgs.shape[3:], 255,
+                     np.uint8)
     for i, img in enumerate(imgs):
         r, c = divmod(i, ncol)
         canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
@@ -110,11 +114,11 @@ def _tile(imgs: np.ndarray, ncol: int, pad: int = 2) -> np.ndarray:
 
 def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = None,
               class_names=None) -> Path:
-    """A labelled grid of images (N, H, W, 1), labels (N,): each run of equal labels (images
+    """A labelled grid of images (N, H, W, C), labels (N,): each run of equal labels (images
     in label order) fills a block of rows of its own, ncol per row, headed by its label, or
     by class_names[label] when given."""
     ncol = check_int("ncol", ncol, 1)
-    images = _check_images("images", images, "(N, H, W, 1)")
+    images = _check_images("images", images, "(N, H, W, C)")
     labels = _check_length("labels", labels, len(images), "image")
     if class_names is not None:
         class_names = [str(c) for c in class_names]
@@ -159,14 +163,14 @@ def _label_blocks(labels: np.ndarray, ncol: int):
 
 def save_gif(frames, path: str | Path, ncol: int, hold: int = 10, scale: int = 2,
              duration_ms: int = 120) -> Path:
-    """Animates a trajectory (F, N, H, W, 1) as a GIF of grids, holding the last frame.
+    """Animates a trajectory (F, N, H, W, C) as a GIF of grids, holding the last frame.
 
     hold: extra copies of the last frame, 0..10 000; scale: pixel size, 1..64; duration_ms:
     per frame, 1..655 350 (GIF's limit).
     """
     from PIL import Image
 
-    frames = _check_images("frames", frames, "(F, N, H, W, 1)")
+    frames = _check_images("frames", frames, "(F, N, H, W, C)")
     hold, scale = check_int("hold", hold, 0, 10_000), check_int("scale", scale, 1, 64)
     duration_ms = check_int("duration_ms", duration_ms, 1, 655_350)
     ncol = check_int("ncol", ncol, 1)
@@ -179,9 +183,9 @@ def save_gif(frames, path: str | Path, ncol: int, hold: int = 10, scale: int = 2
 
 
 def plot_classifier_over_time(ts, x_ts, probs, path: str | Path, true_label: int) -> Path:
-    """Bar charts of q(y | x_t, t) (T, K) above the noised images x_t (T, H, W, 1), for times
+    """Bar charts of q(y | x_t, t) (T, K) above the noised images x_t (T, H, W, C), for times
     ts (T,)."""
-    x_ts = _check_images("x_ts", x_ts, "(T, H, W, 1)")
+    x_ts = _check_images("x_ts", x_ts, "(T, H, W, C)")
     n = len(x_ts)
     ts = _check_length("ts", ts, n, "image in x_ts")
     probs = np.asarray(probs)
@@ -205,10 +209,10 @@ def plot_classifier_over_time(ts, x_ts, probs, path: str | Path, true_label: int
 
 
 def plot_gradient_maps(ts, x_ts, grads, path: str | Path, labels) -> Path:
-    """Noised images x_t (T, H, W, 1) above ∇ₓ log q(y | x_t, t) maps (R, T, H, W, 1), one
-    row of maps per target class in `labels` (R,), for times ts (T,)."""
-    x_ts = _check_images("x_ts", x_ts, "(T, H, W, 1)")
-    grads = _check_images("grads", grads, "(R, T, H, W, 1)")
+    """Noised images x_t (T, H, W, C) above ∇ₓ log q(y | x_t, t) maps (R, T, H, W, C) (summed
+    over channels), one row of maps per target class in `labels` (R,), for times ts (T,)."""
+    x_ts = _check_images("x_ts", x_ts, "(T, H, W, C)")
+    grads = _check_images("grads", grads, "(R, T, H, W, C)")
     n, r = len(x_ts), len(grads)
     ts = _check_length("ts", ts, n, "image in x_ts")
     labels = _check_length("labels", labels, r, "row of grads")
@@ -220,7 +224,7 @@ def plot_gradient_maps(ts, x_ts, grads, path: str | Path, labels) -> Path:
         axes[0, i].imshow(_to_uint8(x_ts[i]), cmap="gray")
         axes[0, i].set_title(f"t={ts[i]:.2f}", fontsize=7)
         for j in range(r):
-            g = np.asarray(grads[j, i, ..., 0])
+            g = np.asarray(grads[j, i]).sum(-1)
             lim = np.abs(g).max() or 1.0
             axes[1 + j, i].imshow(g, cmap="RdBu_r", vmin=-lim, vmax=lim)
     for ax in axes.flat:

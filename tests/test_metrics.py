@@ -93,6 +93,7 @@ class _NeverRun:
     """An evaluator stand-in: argument errors must come before any evaluation."""
 
     model = nets.Evaluator()  # Read for its num_classes only.
+    metadata = {"image_shape": [28, 28, 1]}
 
     def __call__(self, images):
         raise AssertionError("the evaluator ran before the arguments were checked")

@@ -119,3 +119,35 @@ def test_sample_cli_takes_the_dataset_of_its_checkpoints(tmp_path):
     assert r.returncode == 2 and "--dataset: got mnist, but --checkpoint-dir" in r.stderr
     r = run_cli("sample.py", "--dataset", "cifar10")
     assert r.returncode == 2 and "--dataset: got cifar10, which has no bundled checkpoints" in r.stderr
+
+
+@pytest.mark.slow  # About a minute on 2 cores: three models compile for a new shape.
+def test_rgb_dataset_end_to_end(tmp_path):
+    """CIFAR-10's shape on fake data: one training step of each model, a 2-step guided sample,
+    the evaluator's metrics and an RGB grid: nothing assumes 28 x 28 x 1."""
+    import numpy as np
+
+    from jaxguide import metrics, training, viz
+    from jaxguide.configs import get_config
+
+    rng = np.random.default_rng(0)
+    split = lambda n: (rng.uniform(-1, 1, (n, 32, 32, 3)).astype(np.float32),
+                       np.arange(n, dtype=np.int32) % 10)
+    fake = (split(40), split(40))
+    for task in ("denoiser", "classifier", "evaluator"):
+        cfg = get_config(task, preset="tiny").replace(dataset="cifar10", steps=1, batch_size=8)
+        training.train(cfg, tmp_path / task, dataset=fake, progress=False)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for task in ("denoiser", "classifier", "evaluator"):
+        (tmp_path / task / "model").rename(ck / task)
+    pipe = pipeline.load_pipeline(ck)
+    assert pipe.dataset.name == "cifar10" and pipe.image_shape == (32, 32, 3)
+    labels = jnp.arange(20) % 10
+    images = np.asarray(pipeline.generate(KEY, pipe, labels, 0.5, guidance="free", n_steps=2))
+    assert images.shape == (20, 32, 32, 3) and np.all(np.isfinite(images))
+    evaluator = metrics.Evaluator(ck / "evaluator")
+    res = metrics.evaluate_samples(evaluator, images, labels, evaluator.reference())
+    assert 0 <= res["accuracy"] <= 1 and np.isfinite(res["fd"]) and np.isfinite(res["class_fd"])
+    viz.save_grid(images, np.asarray(labels), tmp_path / "grid.png", ncol=2,
+                  class_names=pipe.dataset.class_names)

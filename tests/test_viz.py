@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from conftest import raising_cases
 from jaxguide import viz
@@ -28,14 +29,14 @@ VIZ_CASES = {
     "save_grid-few-labels": (lambda: viz.save_grid(IMGS, [0], _in("g.png"), ncol=1),
                              ValueError, r"labels: got shape \(1,\), accepted \(2,\)"),
     "save_grid-no-images": (lambda: viz.save_grid(np.zeros((0, 28, 28, 1)), [], _in("g.png"), 2),
-                            ValueError, r"images: got shape \(0, 28, 28, 1\), accepted \(N, H, W, 1\)"),
+                            ValueError, r"images: got shape \(0, 28, 28, 1\), accepted \(N, H, W, C\)"),
     "save_grid-rank": (lambda: viz.save_grid(np.zeros((2, 28, 28)), [0, 1], _in("g.png"), 2),
-                       ValueError, r"images: got shape \(2, 28, 28\), accepted \(N, H, W, 1\)"),
+                       ValueError, r"images: got shape \(2, 28, 28\), accepted \(N, H, W, C\)"),
     "save_grid-not-numbers": (lambda: viz.save_grid([["a"]], [0], _in("g.png"), 1),
                               TypeError, r"images: got list of dtype <U1, accepted a numeric array"),
     "tile-uint8": (lambda: viz.tile(np.zeros((2, 28, 28, 1), np.uint8), 2),  # Was all white.
                    TypeError, r"images: got ndarray of dtype uint8, accepted a numeric array "
-                   r"\(N, H, W, 1\) of floats in \[-1, 1\]"),
+                   r"\(N, H, W, C\) of floats in \[-1, 1\]"),
     "to_uint8-uint8": (lambda: viz.to_uint8(np.zeros((2, 28, 28, 1), np.uint8)),
                        TypeError, r"images: got dtype uint8, accepted floats in \[-1, 1\]"),
     "save_gif-hold-huge": (lambda: viz.save_gif(IMGS[None], _in("t.gif"), 2, hold=10**12),
@@ -50,11 +51,11 @@ VIZ_CASES = {
                  ValueError, r"images: contain NaN or inf"),
     "to_uint8-nan": (lambda: viz.to_uint8(NAN_IMGS), ValueError, r"images: contain NaN or inf"),
     "to_uint8-rank": (lambda: viz.to_uint8(np.zeros((28, 28))),
-                      ValueError, r"images: got shape \(28, 28\), accepted \(\.\.\., H, W, 1\)"),
+                      ValueError, r"images: got shape \(28, 28\), accepted \(\.\.\., H, W, C\), C = 1 or 3"),
     "save_gif-no-frames": (lambda: viz.save_gif(np.zeros((0, 2, 28, 28, 1)), _in("t.gif"), 2),
-                           ValueError, r"frames: got shape \(0, 2, 28, 28, 1\), accepted \(F, N, H, W, 1\)"),
+                           ValueError, r"frames: got shape \(0, 2, 28, 28, 1\), accepted \(F, N, H, W, C\)"),
     "save_gif-rank": (lambda: viz.save_gif(IMGS, _in("t.gif"), 2),
-                      ValueError, r"frames: got shape \(2, 28, 28, 1\), accepted \(F, N, H, W, 1\)"),
+                      ValueError, r"frames: got shape \(2, 28, 28, 1\), accepted \(F, N, H, W, C\)"),
     "save_gif-nan": (lambda: viz.save_gif(NAN_IMGS[None], _in("t.gif"), 2),
                      ValueError, r"frames: contain NaN or inf"),
     "save_gif-ncol-0": (lambda: viz.save_gif(IMGS[None], _in("t.gif"), 0),
@@ -104,3 +105,16 @@ def test_viz_good_input_still_draws(tmp_path):
     assert viz.save_gif(np.stack([imgs, imgs]), tmp_path / "t.gif", ncol=2, hold=0).is_file()
     assert viz.tile(imgs, 2).shape == (2 * 30 + 2, 2 * 30 + 2)
 
+
+
+def test_rgb_images_make_rgb_grids_and_gifs(tmp_path):
+    rgb = -np.ones((4, 8, 8, 3), np.float32)
+    rgb[..., 0] = 1.0  # Red.
+    assert viz.tile(rgb, 2).shape == (2 * 10 + 2, 2 * 10 + 2, 3)
+    assert viz.tile(rgb, 2)[2, 2].tolist() == [255, 0, 0]
+    viz.save_grid(rgb, np.array([0, 0, 1, 1]), tmp_path / "grid.png", ncol=2,
+                  class_names=["airplane", "automobile"])
+    assert Image.open(tmp_path / "grid.png").mode in ("RGB", "RGBA")
+    viz.save_gif(np.stack([rgb, -rgb]), tmp_path / "t.gif", ncol=2)
+    gif = Image.open(tmp_path / "t.gif").convert("RGB")
+    assert gif.getpixel((4, 4)) == (255, 0, 0)  # The first frame, red at scale 2.

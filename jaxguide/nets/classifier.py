@@ -141,11 +141,12 @@ class ResNetClassifier(nn.Module):
 
 
 class Evaluator(nn.Module):
-    """A clean-MNIST CNN for measuring samples: x (B, 28, 28, 1) → log-probs (B, K).
+    """A clean-image CNN for measuring samples: x (B, H, W, C) → log-probs (B, K).
 
-    conv(32, 3×3) → pool → conv(64, 3×3) → pool → flatten(3136) → fc(128) → fc(K).
+    conv(32, 3×3) → pool → conv(64, 3×3) → pool → flatten(H/4 · W/4 · 64, 3136 for MNIST)
+    → fc(128) → fc(K); H and W multiples of 4, fixed (as C) by the variables.
     `features(x)` gives the penultimate activations (B, 128) used for Fréchet distances.
-    Independent of the guidance classifier by construction: trained on clean digits only.
+    Independent of the guidance classifier by construction: trained on clean images only.
     """
 
     num_classes: int = 10
@@ -163,11 +164,19 @@ class Evaluator(nn.Module):
         self.drop = nn.Dropout(self.dropout)
 
     def features(self, x, train: bool = False):
-        check_images(x, channels=fitted_channels(self, "conv1"), size=IMAGE_SIZE, fitted=True)
+        check_images(x, channels=fitted_channels(self, "conv1"), size=self._fitted_size(),
+                     multiple=4, fitted=True)
         h = max_pool_2x2(nn.relu(self.conv1(x)))
         h = max_pool_2x2(nn.relu(self.conv2(h)))
         h = self.drop(h.reshape(h.shape[0], -1), deterministic=not train)
         return nn.relu(self.fc(h))
+
+    def _fitted_size(self) -> tuple[int, int] | None:
+        """The square image size (H, W) that fc's variables were made for, or None (while
+        initializing, or for a size that is not square: then the flattening checks it)."""
+        kernel = self.variables.get("params", {}).get("fc", {}).get("kernel")
+        side = None if kernel is None else round((kernel.shape[0] / 64) ** 0.5)
+        return None if side is None or 64 * side * side != kernel.shape[0] else (4 * side,) * 2
 
     def __call__(self, x, t=None, train: bool = False):
         del t  # Clean images only; accepts t to share the training code.
