@@ -37,7 +37,8 @@ if __name__ == "__main__":
 from jaxguide import cli, runtime  # noqa: E402
 from jaxguide.checks import SEED_MAX, check_int  # noqa: E402
 from jaxguide.data import DATASETS  # noqa: E402
-from jaxguide.pipeline import DEFAULT_SCALES, DEFAULT_STEPS, GUIDANCE  # noqa: E402
+from jaxguide.pipeline import (DEFAULT_SAMPLING, DEFAULT_SCALES, DEFAULT_STEPS,  # noqa: E402
+                               GUIDANCE)
 from jaxguide.samplers import DEFAULT_GRID, GRIDS, METHODS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -109,8 +110,8 @@ def parse_args(argv):
                    "classifier's classes; not used by figures, which uses all)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class (default: "
                    "%(default)s; figures: in its accuracy-vs-scale sweep, with an evaluator)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                   help="reverse-SDE steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="reverse-SDE steps (default: " + ", ".join(
+        f"{k} {v[0]}" for k, v in DEFAULT_SAMPLING.items()) + f"; figures {DEFAULT_STEPS})")
     p.add_argument("--guidance", choices=GUIDANCE, help="classifier: the unconditional score "
                    "plus s * grad log q(y|x,t); free: classifier-free guidance of a conditional "
                    "denoiser with weight w; both: the two together (default: free when the "
@@ -127,8 +128,10 @@ def parse_args(argv):
                    help="euler_maruyama, predictor_corrector, heun, dpm_solver_2m or "
                    "dpm_solver_2m_sde (default: %(default)s)")
     p.add_argument("--grid", choices=GRIDS, help="the time grid: uniform in t, quadratic "
-                   "(denser near t = 0) or uniform in log-SNR (default: the sampler's, "
-                   + ", ".join(f"{m} {g}" for m, g in DEFAULT_GRID.items()) + ")")
+                   "(denser near t = 0) or uniform in log-SNR (default: euler_maruyama's for the "
+                   "guidance, " + ", ".join(f"{k} {v[1]}" for k, v in DEFAULT_SAMPLING.items())
+                   + "; other samplers' " + ", ".join(
+                       f"{m} {g}" for m, g in DEFAULT_GRID.items() if m != "euler_maruyama") + ")")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise "
                    "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=40, help="images per jitted call, rounded "
@@ -171,6 +174,11 @@ def set_guidance(args, conditional: bool) -> None:
         args.scale = DEFAULT_SCALES["classifier" if args.guidance == "classifier" else "free"]
     if args.guidance == "both" and args.classifier_scale is None:
         args.classifier_scale = DEFAULT_SCALES["classifier"]
+    steps, grid = DEFAULT_SAMPLING["classifier" if args.guidance == "classifier" else "free"]
+    if args.steps is None:
+        args.steps = steps
+    if args.grid is None and args.sampler == "euler_maruyama":
+        args.grid = grid
 
 
 def check_args(args, num_classes: int | None = None) -> list[int]:
@@ -201,7 +209,8 @@ def check_args(args, num_classes: int | None = None) -> list[int]:
     if n_classes is not None and n_classes * args.per_class > MAX_IMAGES:
         raise ValueError(f"--per-class: got {args.per_class} for {n_classes} classes, "
                          f"{n_classes * args.per_class} images; accepted at most {MAX_IMAGES}")
-    check_int("--steps", args.steps, 1, MAX_STEPS)
+    if args.steps is not None:
+        check_int("--steps", args.steps, 1, MAX_STEPS)
     check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
     for flag, value in (("--scale", args.scale), ("--classifier-scale", args.classifier_scale)):
         if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_SCALE):
@@ -348,7 +357,8 @@ def run_sample(args, mesh):
         ncol = min(args.per_class, 16)
         weights = (f"w {args.scale:g}, s {args.classifier_scale:g}" if args.guidance == "both"
                    else f"{'s' if args.guidance == 'classifier' else 'w'} {args.scale:g}")
-        title = (f"{args.guidance} guidance, {weights}, {args.steps} {args.sampler} steps")
+        title = (f"{args.guidance} guidance, {weights}, {args.steps} {args.sampler} steps"
+                 + (f" ({args.grid} grid)" if args.grid else ""))
         with runtime.writing_to(out, "--out", [n for n in SAMPLE_OUTPUTS if n not in names],
                                 prefix=".sample.") as stage:
             viz.save_grid(images, labels, stage("grid.png"), ncol=ncol, title=title,
@@ -378,6 +388,8 @@ def run_figures(args, mesh):
     check_args(args)
     pipe = load_pipeline(args)
     check_args(args, pipe.num_classes)
+    if args.steps is None:  # Figures guide with the classifier: generate's default.
+        args.steps = DEFAULT_STEPS
     evaluator = load_evaluator(args)  # Its errors before any figure.
     x_test = None
     name = pipe.dataset.name

@@ -28,8 +28,11 @@ from jaxguide.samplers import evaluation_times, sample
 from jaxguide.scores import classifier_free_guidance, classifier_guidance, score_from_eps
 from jaxguide.sde import VPSDE
 
-DEFAULT_STEPS = 50  # Reverse-SDE steps of `generate` and of sample.py's --steps.
-DEFAULT_SCALES = {"classifier": 4.0, "free": 0.75}  # sample.py's measured best weights.
+DEFAULT_STEPS = 50  # Reverse-SDE steps of `generate`.
+# sample.py's defaults per guidance ("both" takes "free"'s), the measured best
+# (docs/results.md): the weight, and the steps and time grid of Euler–Maruyama.
+DEFAULT_SCALES = {"classifier": 4.0, "free": 0.75}
+DEFAULT_SAMPLING = {"classifier": (50, "uniform"), "free": (25, "quadratic")}
 GUIDANCE = ("classifier", "free", "both")
 
 

@@ -17,7 +17,6 @@ from PIL import Image
 
 from conftest import help_entries, load_script, run_cli
 from jaxguide import cli
-from jaxguide.samplers import DEFAULT_GRID
 
 ARGS = ["--steps", "3", "--per-class", "2", "--classes", "0,3,7"]
 LABELS = [0, 0, 3, 3, 7, 7]
@@ -69,7 +68,7 @@ def test_subprocess_sample_writes_grid_gif_and_npz(subprocess_run):
     # The tiny denoiser is class-conditional: classifier-free guidance at its default weight.
     assert str(d["guidance"]) == "free"
     assert float(d["scale"]) == load_script("sample.py").DEFAULT_SCALES["free"]
-    assert str(d["sampler"]) == defaults.sampler and str(d["grid"]) == DEFAULT_GRID[defaults.sampler]
+    assert str(d["sampler"]) == defaults.sampler and str(d["grid"]) == "quadratic"  # Free's.
     assert (int(d["nfe"]), int(d["classifier_nfe"])) == (2 * 3, 0)  # Guided: 2 per step.
     versions = json.loads(str(d["versions"]))
     assert {"python", "jax", "flax", "numpy", "jaxguide"} <= set(versions)
@@ -117,7 +116,7 @@ def test_guidance_interval(sample_script, tiny_checkpoints, tmp_path, capsys):
     out = tmp_path / "interval"
     run_in_process(sample_script, capsys, "--checkpoint-dir", tiny_checkpoints, "--steps", 4,
                    "--classes", "3", "--per-class", 1, "--no-gif", "--interval", 0.5, 1,
-                   "--out", out)
+                   "--grid", "uniform", "--out", out)
     d = load_npz(out)
     # Steps start at t = 1, 0.75025, 0.5005, 0.25075: three guided (2 evaluations), one not.
     assert d["interval"].tolist() == [0.5, 1.0] and int(d["nfe"]) == 7
@@ -428,7 +427,7 @@ def test_help_shows_every_default(sample_script):
         text = f"{value:g}" if isinstance(value, float) else str(value)
         assert f"(default: {text}" in entries[key], (key, entries[key])
         shown += 1
-    assert shown >= 6
+    assert shown >= 5
     assert "(default: all the classifier's classes" in entries["--classes"]
     assert "(default: free when the denoiser is class" in entries["--guidance"]
     assert "(default: classifier 4, free" in entries["--scale"]
@@ -514,3 +513,15 @@ def test_sigterm_while_sampling_leaves_nothing_and_exits_143(tiny_checkpoints, t
     assert proc.returncode == 143, err[-3000:]
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # The folders it made, removed.
+
+
+@pytest.mark.parametrize("argv, conditional, expected", [
+    ([], True, ("free", 0.75, 25, "quadratic")),
+    ([], False, ("classifier", 4.0, 50, "uniform")),
+    (["--sampler", "heun"], True, ("free", 0.75, 25, None)),  # Heun's own grid.
+    (["--steps", "7", "--grid", "logsnr"], True, ("free", 0.75, 7, "logsnr")),
+])
+def test_sampling_defaults_follow_the_guidance(sample_script, argv, conditional, expected):
+    args = sample_script.parse_args(argv)
+    sample_script.set_guidance(args, conditional)
+    assert (args.guidance, args.scale, args.steps, args.grid) == expected

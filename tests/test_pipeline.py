@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 from jax.tree_util import Partial
 
-from conftest import load_script, raising_cases
+from conftest import raising_cases
 from jaxguide import pipeline
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.samplers import evaluation_times
@@ -71,7 +71,7 @@ def test_generate_defaults_to_sample_py_steps(monkeypatch):
     monkeypatch.setattr(pipeline, "sample", recording_sample)
     pipeline.generate(KEY, PIPE, [0, 2], 1.0)
     assert seen["n_steps"] == pipeline.DEFAULT_STEPS == 50
-    assert load_script("sample.py").parse_args([]).steps == pipeline.DEFAULT_STEPS
+    assert pipeline.DEFAULT_SAMPLING["classifier"] == (pipeline.DEFAULT_STEPS, "uniform")
 
 
 def test_network_evaluations_count_what_generate_computes():
