@@ -58,8 +58,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=pipeline.DEFAULT_STEPS)
     p.add_argument("--method", default="euler_maruyama")
-    p.add_argument("--classifier-scales", default="2,4,8,16")
-    p.add_argument("--free-scales", default="0,0.5,1,2,4")
+    p.add_argument("--classifier-scales", default="1,2,4,8")  # The published table's.
+    p.add_argument("--free-scales", default="0,0.35,0.5,0.75,1")
     args = p.parse_args()
 
     pipe = pipeline.load_pipeline(args.checkpoint_dir)
