@@ -9,8 +9,9 @@ cifar10). Two sources, same output:
   in a directory given as ``data_dir`` (``--data-dir`` on the command line) or
   through the ``JAXGUIDE_DATA_DIR`` environment variable.
 * **tensorflow-datasets** (optional extra ``jaxguide[tfds]``), used when no data
-  directory is given (and for every dataset without IDX files). It is imported lazily, read through ``tfds.data_source``
-  with ``download=False``: this module never touches the network.
+  directory is given (and for every dataset without IDX files). It is imported lazily,
+  read through ``tfds.data_source`` with ``download=False``: this module never touches
+  the network.
 
 Batching is stateless: the batch of global training step ``s`` is
 ``images[batch_indices(seed, s, n, batch_size)]``, a pure function of

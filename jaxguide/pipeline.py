@@ -22,7 +22,7 @@ from jax.tree_util import Partial
 
 from jaxguide import checkpoint
 from jaxguide.checks import check_target_labels
-from jaxguide.data import DATASETS, DatasetSpec
+from jaxguide.data import DATASETS, DatasetSpec, get_dataset
 from jaxguide.nets import apply_fn
 from jaxguide.samplers import evaluation_times, sample
 from jaxguide.scores import classifier_free_guidance, classifier_guidance, score_from_eps
@@ -88,10 +88,14 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
             f"{root}: the classifier was trained on images of shape {cls_meta['image_shape']}, "
             f"the denoiser on {den_meta['image_shape']}")
     names = [meta.get("dataset", "mnist") for meta in (den_meta, cls_meta)]
-    if names[0] != names[1] or names[0] not in DATASETS:
+    if names[0] != names[1]:
         raise checkpoint.CheckpointError(
             f"{root}: the denoiser was trained on dataset {names[0]!r}, the classifier on "
-            f"{names[1]!r}; accepted models of one dataset of {', '.join(DATASETS)}")
+            f"{names[1]!r}; accepted models of one dataset")
+    try:
+        dataset = get_dataset(names[0])
+    except ValueError as e:
+        raise checkpoint.CheckpointError(f"{root}: {e}") from e
     den_k = getattr(den_model, "num_classes", None)
     if den_k not in (None, cls_model.num_classes):
         raise checkpoint.CheckpointError(
@@ -106,7 +110,7 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         image_shape=tuple(den_meta["image_shape"]),
         metadata={"denoiser": den_meta, "classifier": cls_meta},
         eps_fn=eps_fn if den_k is not None else None,
-        dataset=DATASETS[names[0]],
+        dataset=dataset,
     )
 
 

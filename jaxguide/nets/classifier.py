@@ -172,8 +172,9 @@ class Evaluator(nn.Module):
         return nn.relu(self.fc(h))
 
     def _fitted_size(self) -> tuple[int, int] | None:
-        """The square image size (H, W) that fc's variables were made for, or None (while
-        initializing, or for a size that is not square: then the flattening checks it)."""
+        """The image size (H, W) that fc's variables were made for, or None while
+        initializing. Recovered from fc's input width H/4 · W/4 · 64, which fixes only square
+        sizes (every dataset in data.DATASETS is square); for another, None too."""
         kernel = self.variables.get("params", {}).get("fc", {}).get("kernel")
         side = None if kernel is None else round((kernel.shape[0] / 64) ** 0.5)
         return None if side is None or 64 * side * side != kernel.shape[0] else (4 * side,) * 2
