@@ -34,6 +34,19 @@ def as_scalar(value):
     return value
 
 
+def invalid(name: str, got: str, accepted: str, error: type[Exception] = ValueError) -> Exception:
+    """The error `name: got <got>, accepted <accepted>`, to raise; `got` is text (a repr, or
+    e.g. "shape (3,)")."""
+    return error(f"{name}: got {got}, accepted {accepted}")
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    """value, if it is one of the strings `choices`."""
+    if not (isinstance(value, str) and value in choices):
+        raise invalid(name, repr(value), ", ".join(choices))
+    return value
+
+
 def check_number(name: str, value, accepted: str, ok: Callable[[Any], bool], *,
                  integer: bool = False) -> int | float:
     """`value` as a Python int (`integer`) or float, if it is such a number for which `ok` holds.
