@@ -77,9 +77,8 @@ def check_format(metadata: Any, where: str) -> dict[str, Any]:
         raise CheckpointError(f"{where}: format_version: got {reprlib.repr(version)}; accepted "
                               f"an integer in 1..{FORMAT_VERSION}")
     if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{where}: format version {version} is newer than this jaxguide reads "
-            f"({FORMAT_VERSION}); upgrade jaxguide")
+        raise CheckpointError(f"{where}: format version {version} is newer than this jaxguide "
+                              f"reads ({FORMAT_VERSION}); upgrade jaxguide")
     return metadata
 
 
@@ -172,8 +171,8 @@ def manager(workdir: str | Path, keep: int = 2) -> ocp.CheckpointManager:
 
 def save_train(mgr: ocp.CheckpointManager, step: int, state, metadata: dict[str, Any]) -> None:
     """Saves the TrainState and its metadata atomically as checkpoint `step`."""
-    mgr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(stamp(metadata))), force=True)
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                           metadata=ocp.args.JsonSave(stamp(metadata))), force=True)
     mgr.wait_until_finished()
 
 
@@ -210,13 +209,13 @@ def _as_path(path) -> Path:
     return Path(path)
 
 
-def _is_model_checkpoint(path: Path) -> bool:
-    """Whether `path` is a folder (not a link) whose metadata.json has the jaxguide format."""
+def _model_checkpoint_metadata(path: Path) -> dict[str, Any] | None:
+    """The format-checked metadata of the model checkpoint folder (not a link) `path`, or None
+    if `path` is not one."""
     try:
-        _read_metadata_file(path)
+        return None if path.is_symlink() else _read_metadata_file(path)
     except CheckpointError:
-        return False
-    return not path.is_symlink()
+        return None
 
 
 def check_replaceable(path: str | Path, task: str | None = None) -> Path:
@@ -226,7 +225,8 @@ def check_replaceable(path: str | Path, task: str | None = None) -> Path:
     path = _as_path(path)
     if not os.path.lexists(path):
         return path
-    if not _is_model_checkpoint(path):
+    meta = _model_checkpoint_metadata(path)
+    if meta is None:
         raise CheckpointError(
             f"{path}: exists and is not a jaxguide model checkpoint, so it is not replaced; "
             "accepted a new path or a model checkpoint to overwrite")
@@ -234,10 +234,9 @@ def check_replaceable(path: str | Path, task: str | None = None) -> Path:
     if extra:
         raise CheckpointError(f"{path}: holds {', '.join(extra[:3])} besides the model, so it "
                               "is not replaced; accepted a new path or a model checkpoint alone")
-    old = _read_metadata_file(path).get("task")
-    if task is not None and old != task:
-        raise CheckpointError(f"{path}: holds a {old!r} model, not replaced by a {task!r} one; "
-                              "accepted a new path (another work dir)")
+    if task is not None and meta.get("task") != task:
+        raise CheckpointError(f"{path}: holds a {meta.get('task')!r} model, not replaced by a "
+                              f"{task!r} one; accepted a new path (another work dir)")
     return path
 
 
@@ -292,8 +291,7 @@ def _check_variables(variables) -> None:
     if not leaves or not all(isinstance(x, (jax.Array, np.ndarray)) for x in leaves):
         raise CheckpointError(f"variables: got {reprlib.repr(variables)}; accepted a non-empty "
                               "pytree of arrays")
-    if not all(bool(jnp.all(jnp.isfinite(x))) for x in leaves
-               if jnp.issubdtype(x.dtype, jnp.inexact)):
+    if any(jnp.issubdtype(x.dtype, jnp.inexact) and not jnp.isfinite(x).all() for x in leaves):
         raise CheckpointError("variables: contain NaN or inf; accepted finite values")
 
 

@@ -74,10 +74,10 @@ def check_ints(name: str, values, lo: int) -> tuple[int, ...]:
     """`values` as a tuple of Python ints, if it is a non-empty sequence of integers >= lo."""
     accepted = f"a non-empty sequence of integers >= {lo}"
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"{name}: got {values!r}, accepted {accepted}")
+        raise invalid(name, repr(values), accepted, TypeError)
     if not values or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
                              and v >= lo for v in values):
-        raise ValueError(f"{name}: got {values!r}, accepted {accepted}")
+        raise invalid(name, repr(values), accepted)
     return tuple(int(v) for v in values)
 
 
@@ -100,10 +100,10 @@ def check_shape(shape) -> tuple[int, ...]:
         dims = ()
     if not dims or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
                        for d in dims):
-        raise ValueError(f"shape: got {shape!r}, accepted a tuple of positive integers (B, ...)")
+        raise invalid("shape", repr(shape), "a tuple of positive integers (B, ...)")
     if math.prod(dims) > MAX_ELEMENTS:
-        raise ValueError(f"shape: got {shape!r}, {math.prod(dims)} elements; accepted at most "
-                         f"{MAX_ELEMENTS} in one batch (sample in batches: `indices`)")
+        raise invalid("shape", f"{shape!r}, {math.prod(dims)} elements", f"at most {MAX_ELEMENTS}"
+                      " in one batch (sample in batches: `indices`)")
     return tuple(int(d) for d in dims)
 
 
@@ -111,52 +111,51 @@ def check_bool(name: str, value) -> bool:
     """A Python, NumPy or concrete 0-d JAX bool."""
     value = as_scalar(value)
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: got {value!r}, accepted True or False")
+        raise invalid(name, repr(value), "True or False", TypeError)
     return bool(value)
 
 
 def check_output(name: str, out, x) -> None:
     """A function's output must be an array of x's shape (checked when traced)."""
+    what = f"{name}: returned"
     if not (hasattr(out, "shape") and hasattr(out, "dtype")):
-        raise TypeError(f"{name}: returned a {type(out).__name__} for x of shape {x.shape}, "
-                        "accepted an array of the shape of x")
+        raise TypeError(f"{what} a {type(out).__name__} for x of shape {x.shape}, accepted an "
+                        "array of the shape of x")
     if tuple(out.shape) != tuple(x.shape):
-        raise ValueError(f"{name}: returned shape {tuple(out.shape)} for x of shape {x.shape}, "
-                         "accepted the shape of x")
+        raise ValueError(f"{what} shape {out.shape} for x of shape {x.shape}, accepted x's shape")
     if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(f"{name}: returned dtype {out.dtype}, accepted a real floating array")
+        raise ValueError(f"{what} dtype {out.dtype}, accepted a real floating array")
 
 
 def check_key(key) -> None:
     """One typed PRNG key, shape ()."""
+    accepted = "a single typed key from jax.random.key(seed)"
     if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-        raise TypeError("key: expected a typed key from jax.random.key(seed), got "
-                        f"{type(key).__name__}")
+        raise invalid("key", type(key).__name__, accepted, TypeError)
     if key.shape != ():
-        raise ValueError(f"key: got keys of shape {key.shape}, accepted a single key (shape ()) "
-                         "from jax.random.key(seed)")
+        raise invalid("key", f"keys of shape {key.shape}", accepted)
 
 
 def check_batch(name, value, x) -> None:
     """A per-example value must be () or (B,) for x (B, ...): checked when traced."""
-    if jnp.ndim(value) > 1 or (jnp.ndim(value) == 1 and jnp.shape(value)[0] != x.shape[0]):
-        raise ValueError(f"{name}: got shape {jnp.shape(value)} for a batch of {x.shape[0]} "
-                         f"images, accepted () or ({x.shape[0]},)")
+    b = x.shape[0]
+    if jnp.shape(value) not in ((), (b,)):
+        raise invalid(name, f"shape {jnp.shape(value)} for a batch of {b} images", f"() or ({b},)")
 
 
 def check_float_dtype(name, dtype) -> None:
     try:
         dtype = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"{name}: got {dtype!r}, accepted a floating dtype") from None
+        raise invalid(name, repr(dtype), "a floating dtype", TypeError) from None
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"{name}: got dtype {dtype.name}, accepted a floating dtype")
+        raise invalid(name, f"dtype {dtype.name}", "a floating dtype")
 
 
 def check_array(name: str, x) -> None:
     """x must be an array (JAX or NumPy), not a list or a number."""
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-        raise TypeError(f"{name}: got a {type(x).__name__}, accepted an array")
+        raise invalid(name, f"a {type(x).__name__}", "an array", TypeError)
 
 
 def check_float_array(name: str, x) -> None:
@@ -167,24 +166,19 @@ def check_float_array(name: str, x) -> None:
 
 def check_times(t, hi=math.inf) -> None:
     """Times are a real number or a real array (checked when traced); concrete ones must be
-    finite and in [0, hi] (compared in t's own precision)."""
-    dtype = getattr(t, "dtype", None)
-    if isinstance(t, bool) or not (isinstance(t, numbers.Real) or dtype is not None
-                                   and np.dtype(dtype).kind in "iuf"):
-        raise TypeError(f"t: got {reprlib.repr(t)}, accepted a real number or a real array of "
-                        "times")
+    finite and in [0, hi] (compared in t's own precision), and finite in float32."""
+    if isinstance(t, bool) or not (isinstance(t, numbers.Real)
+                                   or np.dtype(getattr(t, "dtype", object)).kind in "iuf"):
+        raise invalid("t", reprlib.repr(t), "a real number or a real array of times", TypeError)
     if not is_concrete(t):
         return
     arr = np.asarray(t)
-    if arr.dtype not in (np.float16, np.float32, np.float64):
-        arr = arr.astype(np.float64)
+    arr = arr if arr.dtype.kind == "f" else arr.astype(np.float64)
     with np.errstate(over="ignore"):  # Networks take times in float32: 1e300 is inf there.
-        in_f32 = np.isfinite(arr.astype(np.float32))
-    bad = ~(np.isfinite(arr) & in_f32 & (arr >= 0) & (arr <= arr.dtype.type(hi)))
-    if np.any(bad):
-        accepted = ("a finite time >= 0 (in float32)" if hi == math.inf
-                    else f"a time in [0, T={hi}]")
-        raise ValueError(f"t: got {arr[bad].ravel()[0]}, accepted {accepted}")
+        ok = (arr >= 0) & (arr <= arr.dtype.type(hi)) & np.isfinite(arr.astype(np.float32))
+    if not np.all(ok):
+        accepted = "a finite time >= 0 (in float32)" if hi == math.inf else f"a time in [0, T={hi}]"
+        raise invalid("t", str(arr[~ok].ravel()[0]), accepted)
 
 
 def check_pixels(name: str, x: np.ndarray) -> None:
@@ -206,51 +200,44 @@ def check_num_classes(num_classes, log_prob_fn):
         return model_k
     num_classes = check_int("num_classes", num_classes, 1, INT32_MAX)
     if model_k is not None and num_classes != model_k:
-        raise ValueError(f"num_classes: got {num_classes}, accepted {model_k} (the classes of "
-                         "log_prob_fn's model)")
+        raise invalid("num_classes", num_classes, f"{model_k} (the classes of log_prob_fn's model)")
     return num_classes
 
 
 def check_target_labels(labels, num_classes):
     """The classes to guide towards, () or (B,) integers in [0, num_classes), as int32; a
     traced array must be of an integer dtype (its values are checked where applied)."""
-    dtype = getattr(labels, "dtype", None)
-    if not is_concrete(labels) and not jnp.issubdtype(dtype, jnp.integer):
-        raise ValueError(f"labels: got a traced array of dtype {dtype}, accepted integer class "
-                         "indices")
-    if is_concrete(labels):
-        try:
-            arr = np.asarray(labels)
-        except ValueError:  # Ragged.
-            raise ValueError(f"labels: got {reprlib.repr(labels)}, accepted integer class "
-                             "indices of shape () or (B,)") from None
-        if arr.ndim > 1 or not np.issubdtype(arr.dtype, np.integer) and not (
-                np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
-            raise ValueError(f"labels: got {repr(arr.tolist())[:80]} ({arr.dtype}, shape "
-                             f"{arr.shape}), accepted integer class indices of shape () or (B,)")
-        hi = num_classes if num_classes is not None else INT32_MAX + 1  # Applied as int32.
-        if arr.size and (arr.min() < 0 or arr.max() >= hi):
-            bad = arr[(arr < 0) | (arr >= hi)].ravel()[0]
-            raise ValueError(f"labels: got {bad}, accepted [0, {hi - 1}]")
+    if not is_concrete(labels):
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise invalid("labels", f"a traced array of dtype {labels.dtype}", "integer classes")
+        return jnp.asarray(labels, jnp.int32)
+    try:
+        arr = np.asarray(labels)
+    except ValueError:  # Ragged.
+        arr = np.asarray(None)
+    if arr.ndim > 1 or not (arr.dtype.kind in "iu" or arr.dtype.kind == "f"
+                            and np.all(arr == np.round(arr))):
+        raise invalid("labels", reprlib.repr(labels), "integer class indices of shape () or (B,)")
+    hi = num_classes if num_classes is not None else INT32_MAX + 1  # Applied as int32.
+    if arr.size and (arr.min() < 0 or arr.max() >= hi):
+        raise invalid("labels", str(arr[(arr < 0) | (arr >= hi)].ravel()[0]), f"[0, {hi - 1}]")
     return jnp.asarray(labels, jnp.int32)
 
 
 def check_scale(scale):
     """A real scale >= 0, () or (B,), finite in float32 (the dtype it is applied in); a traced
     one must be real (where applied, a negative one makes its images NaN)."""
-    dtype = getattr(scale, "dtype", None)
-    if not is_concrete(scale) and not (jnp.issubdtype(dtype, jnp.floating)
-                                       or jnp.issubdtype(dtype, jnp.integer)):
-        raise ValueError(f"scale: got a traced array of dtype {dtype}, accepted a real number "
-                         ">= 0")
-    if is_concrete(scale):
-        arr = np.asarray(scale)
-        real = jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
-        with np.errstate(over="ignore"):  # 1e39 becomes inf, and is rejected
-            as32 = arr.astype(np.float32) if real else np.float32(np.nan)
-        if arr.ndim > 1 or not np.all(np.isfinite(as32)) or np.any(as32 < 0):
-            raise ValueError(f"scale: got {scale!r}, accepted a finite number >= 0 that fits "
-                             "float32 (<= 3.4e38), a scalar or one per example")
+    if not is_concrete(scale):
+        if np.dtype(scale.dtype).kind not in "iuf":
+            raise invalid("scale", f"a traced array of dtype {scale.dtype}", "a real number >= 0")
+        return jnp.asarray(scale, jnp.float32)
+    arr = np.asarray(scale)
+    with np.errstate(over="ignore"):  # 1e39 becomes inf, and is rejected.
+        ok = arr.dtype.kind in "iuf" and arr.ndim <= 1 and np.all(arr.astype(np.float32) >= 0)
+        ok = ok and np.all(np.isfinite(arr.astype(np.float32)))
+    if not ok:
+        raise invalid("scale", repr(scale), "a finite number >= 0 that fits float32 "
+                      "(<= 3.4e38), a scalar or one per example")
     return jnp.asarray(scale, jnp.float32)
 
 
@@ -259,33 +246,26 @@ def check_interval(interval) -> tuple[jax.Array, jax.Array]:
     try:
         lo, hi = interval
     except (TypeError, ValueError):
-        raise ValueError(f"interval: got {reprlib.repr(interval)}, accepted a pair (t_lo, t_hi) "
-                         "or None") from None
-    if is_concrete(lo) and is_concrete(hi) and not (is_real(lo) and is_real(hi)
-                                                    and 0 <= lo <= hi):
-        raise ValueError(f"interval: got ({lo!r}, {hi!r}), accepted real times 0 <= t_lo <= t_hi")
+        raise invalid("interval", reprlib.repr(interval), "a pair (t_lo, t_hi) or None") from None
+    if is_concrete(lo) and is_concrete(hi) and not (is_real(lo) and is_real(hi) and 0 <= lo <= hi):
+        raise invalid("interval", f"({lo!r}, {hi!r})", "real times 0 <= t_lo <= t_hi")
     return jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
 
 
 def check_schedule_field(name: str, value) -> float:
     """beta_min, beta_max or T: a finite number > 0 in float32's normal range, as a float."""
-    if not is_real(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"VPSDE: {name} must be a finite number > 0, got {value!r}")
-    if not F32_TINY <= value <= F32_MAX:  # Else 0 or inf once cast to float32.
-        raise ValueError(f"VPSDE: {name} must lie in float32's normal range "
-                         f"[{F32_TINY:.3g}, {F32_MAX:.3g}], got {value!r}")
+    if not (is_real(value) and F32_TINY <= value <= F32_MAX):  # Else 0 or inf in float32.
+        raise invalid(f"VPSDE: {name}", repr(value),
+                      f"a number in float32's normal range [{F32_TINY:.3g}, {F32_MAX:.3g}]")
     return float(value)
 
 
 def check_schedule(beta_min: float, beta_max: float, T: float) -> None:
     """beta_max >= beta_min, and ∫₀ᵀβ small enough for float32 (MAX_INTEGRAL_BETA)."""
     if beta_max < beta_min:
-        raise ValueError(f"VPSDE: beta_max must be >= beta_min, got beta_min={beta_min}, "
-                         f"beta_max={beta_max}")
+        raise invalid("VPSDE: beta_max", f"{beta_max} < beta_min={beta_min}", ">= beta_min")
     total = beta_min * T + 0.5 * T * T * (beta_max - beta_min)
-    if total > MAX_INTEGRAL_BETA:
-        raise ValueError(
-            f"VPSDE: the schedule's integral of beta over [0, T] must be <= "
-            f"{MAX_INTEGRAL_BETA:g}, got {total:.6g} (beta_min={beta_min:g}, "
-            f"beta_max={beta_max:g}, T={T:g}); m(T) is already 0 in float32 "
-            "from about 207, and larger schedules overflow float32 in the samplers")
+    if total > MAX_INTEGRAL_BETA:  # m(T) is 0 in float32 from ∫β ≈ 207; beyond 1e4 it overflows.
+        raise invalid("VPSDE: the schedule's integral of beta over [0, T]", f"{total:.6g}",
+                      f"<= {MAX_INTEGRAL_BETA:g} (beta_min, beta_max, T = {beta_min:g}, "
+                      f"{beta_max:g}, {T:g})")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxguide.checks import check_int, check_pixels
+from jaxguide.checks import check_choice, check_int, check_pixels, invalid
 
 __all__ = [
     "DATASETS",
@@ -84,9 +84,7 @@ SPLITS = ("train", "test")
 
 def get_dataset(name: str) -> DatasetSpec:
     """The spec of a dataset in DATASETS."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset: got {name!r}, accepted {', '.join(DATASETS)}")
-    return DATASETS[name]
+    return DATASETS[check_choice("dataset", name, tuple(DATASETS))]
 
 # split -> (images file, labels file), without the optional ".gz".
 _IDX_FILES = {
@@ -227,11 +225,11 @@ def _load_idx_split(spec: DatasetSpec, split: str, data_dir: Path) -> tuple[np.n
 
 
 def _check_labels(spec: DatasetSpec, labels: np.ndarray, where: str) -> None:
-    k = spec.num_classes
-    if labels.size and (labels.min() < 0 or labels.max() >= k):
-        bad = labels[(labels < 0) | (labels >= k)]
+    """Labels (N,) must be classes of `spec`, 0..num_classes - 1."""
+    bad = labels[(labels < 0) | (labels >= spec.num_classes)]
+    if bad.size:
         raise DataError(f"{spec.title} labels in {where}: {bad.size} label(s) outside "
-                        f"0..{k - 1} (first: {int(bad[0])})")
+                        f"0..{spec.num_classes - 1} (first: {int(bad[0])})")
 
 
 # -------------------------------------------------------------------------- tfds
@@ -244,15 +242,10 @@ def _load_tfds_split(spec: DatasetSpec, split: str, tfds_data_dir: str | os.Path
     try:
         import tensorflow_datasets as tfds  # lazy: optional extra
     except ImportError as e:
-        if e.name == "tensorflow_datasets":
-            raise DataError(
-                "data_dir: none given (nor JAXGUIDE_DATA_DIR) and tensorflow-datasets is not "
-                f"installed, to read {spec.title}; accepted {files}`pip install 'jaxguide[tfds]'`"
-            ) from None
-        raise DataError(
-            f"data_dir: none given and tensorflow-datasets failed to import ({e}), to read "
-            f"{spec.title}; accepted {files}reinstall `jaxguide[tfds]`"
-        ) from e
+        why = "is not installed" if e.name == "tensorflow_datasets" else f"fails to import ({e})"
+        raise invalid("data_dir", f"none (nor {ENV_DATA_DIR}) to read {spec.title}, and "
+                      f"tensorflow-datasets {why}", f"{files}`pip install 'jaxguide[tfds]'`",
+                      DataError) from e
 
     where = str(tfds_data_dir) if tfds_data_dir is not None else "the default TFDS data dir"
     try:
@@ -269,12 +262,10 @@ def _load_tfds_split(spec: DatasetSpec, split: str, tfds_data_dir: str | os.Path
         n = len(ds)
     except Exception as e:  # tfds raises KeyError/NotImplementedError/ValueError/...
         reason = (str(e).strip().splitlines() or [""])[0]
-        raise DataError(
-            f"data_dir: none given and tensorflow-datasets has no prepared {spec.name!r} "
-            f"{split} split (array_record) in {where} ({type(e).__name__}: {reason}); accepted "
-            f"{files}prepare that split once with {_tfds_prepare_cmd(spec.name, tfds_data_dir)} "
-            "(needs the jaxguide[tfds] extra, which includes TensorFlow)"
-        ) from e
+        raise invalid("data_dir", f"none, and tensorflow-datasets has no prepared {spec.name!r} "
+                      f"{split} split (array_record) in {where} ({type(e).__name__}: {reason})",
+                      f"{files}that split, prepared once (with TensorFlow, in jaxguide[tfds]) by "
+                      f"{_tfds_prepare_cmd(spec.name, tfds_data_dir)}", DataError) from e
 
     images = np.empty((n, *spec.image_shape), dtype=np.uint8)
     labels = np.empty((n,), dtype=np.int64)
@@ -334,13 +325,12 @@ def load_dataset(
     _check_dir("data_dir", data_dir)
     _check_dir("tfds_data_dir", tfds_data_dir)
     if data_dir is not None and not spec.idx:
-        raise ValueError(f"data_dir: got {os.fspath(data_dir)!r}, but {spec.title} has no IDX "
-                         "files; accepted None (it is read through tensorflow-datasets)")
+        raise invalid("data_dir", f"{os.fspath(data_dir)!r}, but {spec.title} has no IDX files",
+                      "None (it is read through tensorflow-datasets)")
     env = os.environ.get(ENV_DATA_DIR, "") if data_dir is None and name == "mnist" else ""
     if env:
         if not env.strip():
-            raise DataError(f"{ENV_DATA_DIR}: got {env!r}, accepted a folder path, or unset "
-                            "or empty for tensorflow-datasets")
+            raise invalid(ENV_DATA_DIR, repr(env), "a folder path, or unset or empty", DataError)
         try:
             images, labels = _load_idx_split(spec, split, Path(env))
         except DataError as e:
@@ -372,24 +362,24 @@ def check_dataset(dataset, num_classes: int | None = None, min_test_per_class: i
     try:
         (x_train, y_train), (x_test, y_test) = dataset
     except (TypeError, ValueError):
-        raise TypeError(f"dataset: got {type(dataset).__name__}, accepted {form}") from None
+        raise invalid("dataset", type(dataset).__name__, form, TypeError) from None
+    hi = num_classes or np.iinfo(np.int32).max
     out = []
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         x, y = np.asarray(x), np.asarray(y)
-        where = f"dataset: {split} images"
+        images, labels = f"dataset: {split} images", f"dataset: {split} labels"
         if x.dtype.kind != "f" or x.ndim != 4 or not len(x):
-            raise ValueError(f"{where}: got {x.dtype} {x.shape}, accepted floating (N, H, W, C) "
-                             "with N >= 1, scaled to [-1, 1]")
+            raise invalid(images, f"{x.dtype} {x.shape}",
+                          "floating (N, H, W, C) with N >= 1, scaled to [-1, 1]")
         if out and x.shape[1:] != out[0][0].shape[1:]:
-            raise ValueError(f"{where}: got {x.shape}, the train images are {out[0][0].shape}")
-        check_pixels(where, x)
-        hi = num_classes or np.iinfo(np.int32).max
+            raise invalid(images, str(x.shape),
+                          f"the (H, W, C) of the train images, {out[0][0].shape[1:]}")
+        check_pixels(images, x)
         if y.dtype.kind not in "iu" or y.shape != x.shape[:1]:
-            raise ValueError(f"dataset: {split} labels: got {y.dtype} {y.shape}, accepted "
-                             f"integers ({len(x)},), one per {split} image")
+            raise invalid(labels, f"{y.dtype} {y.shape}",
+                          f"integers ({len(x)},), one per {split} image")
         if y.min() < 0 or y.max() >= hi:
-            raise ValueError(f"dataset: {split} labels: got values in [{y.min()}, {y.max()}], "
-                             f"accepted [0, {hi - 1}]")
+            raise invalid(labels, f"values in [{y.min()}, {y.max()}]", f"[0, {hi - 1}]")
         out.append((x, y))
     counts = np.bincount(out[1][1], minlength=num_classes or 0)
     if min_test_per_class and counts.min() < min_test_per_class:

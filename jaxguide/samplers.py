@@ -29,8 +29,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxguide import parallel
-from jaxguide.checks import (INT32_MAX, as_scalar, check_bool, check_int, check_key, check_output,
-                             check_shape, is_concrete, is_real)
+from jaxguide.checks import (INT32_MAX, check_bool, check_choice, check_int, check_key, check_number,
+                             check_output, check_shape, invalid, is_concrete)
 from jaxguide.compiler import jit
 from jaxguide.scores import as_partial
 from jaxguide.sde import VPSDE, check_sde
@@ -55,8 +55,7 @@ def time_grid(sde: VPSDE, n_steps: int, t_min: float = 1e-3, kind: str = "unifor
     n_steps = _check_n_steps(n_steps)
     if is_concrete(t_min):
         t_min = _check_t_min(sde, t_min)
-    if kind not in GRIDS:
-        raise ValueError(f"kind: got {kind!r}, accepted {', '.join(GRIDS)}")
+    check_choice("kind", kind, GRIDS)
     u = jnp.linspace(0.0, 1.0, n_steps + 1, dtype=jnp.float32)
     if kind == "uniform":
         return sde.T + (t_min - sde.T) * u
@@ -92,8 +91,7 @@ def evaluation_times(sde: VPSDE, n_steps: int, method: str = "euler_maruyama",
                      grid: str | None = None, t_min: float = 1e-3) -> np.ndarray:
     """The times at which `sample` calls score_fn, one per network evaluation, in call order
     per step: (n_steps · NFE_PER_STEP[method],). Two-evaluation steps call it at t and t_next."""
-    if method not in METHODS:
-        raise ValueError(f"method: got {method!r}, accepted {', '.join(METHODS)}")
+    check_choice("method", method, METHODS)
     ts = np.asarray(time_grid(sde, n_steps, t_min, DEFAULT_GRID[method] if grid is None else grid))
     if NFE_PER_STEP[method] == 1:
         return ts[:-1]
@@ -263,31 +261,22 @@ def _check_sample_args(key, score_fn, sde, shape, n_steps, method, grid, init, c
     check_sde(sde)
     shape = check_shape(shape)
     n_steps = _check_n_steps(n_steps)
-    if method not in METHODS:
-        raise ValueError(f"method: got {method!r}, accepted {', '.join(METHODS)}")
-    grid = DEFAULT_GRID[method] if grid is None else grid
-    if grid not in GRIDS:
-        raise ValueError(f"grid: got {grid!r}, accepted {', '.join(GRIDS)}")
-    if init not in INITS:
-        raise ValueError(f"init: got {init!r}, accepted {', '.join(INITS)}")
-    if clip is not None and not (is_real(clip) and clip >= 1):
-        raise ValueError(f"clip: got {clip!r}, accepted a number >= 1 (states span at least the "
-                         "data range [-1, 1]) or None")
+    check_choice("method", method, METHODS)
+    grid = check_choice("grid", DEFAULT_GRID[method] if grid is None else grid, GRIDS)
+    check_choice("init", init, INITS)
+    if clip is not None:  # States span at least the data range [-1, 1].
+        clip = check_number("clip", clip, "a number >= 1 or None", lambda v: v >= 1)
     t_min = _check_t_min(sde, t_min)
     denoise_last = check_bool("denoise_last", denoise_last)
-    if not (is_real(snr) and 0 < snr <= 1):
-        raise ValueError(f"snr: got {snr!r}, accepted a number in (0, 1]")
+    snr = check_number("snr", snr, "a number in (0, 1]", lambda v: 0 < v <= 1)
     if record_every is not None:
         record_every = check_int("record_every", record_every, 1, INT32_MAX)
     indices = _check_indices(indices, shape[0])
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise invalid("mesh", type(mesh).__name__, "a jax.sharding.Mesh (make_mesh)", TypeError)
     if mesh is not None:
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh: got {type(mesh).__name__}, accepted a jax.sharding.Mesh "
-                            "(jaxguide.parallel.make_mesh)")
         parallel.check_divisible("batch size (shape[0])", shape[0], mesh)
-    clip = None if clip is None else float(as_scalar(clip))
-    return (score_fn, shape, n_steps, grid, clip, t_min, denoise_last, float(as_scalar(snr)),
-            record_every, indices)
+    return score_fn, shape, n_steps, grid, clip, t_min, denoise_last, snr, record_every, indices
 
 
 def _check_indices(indices, batch: int) -> jax.Array:
@@ -295,16 +284,11 @@ def _check_indices(indices, batch: int) -> jax.Array:
     be integers in 0..2^32-1."""
     if indices is None:
         return jnp.arange(batch, dtype=jnp.uint32)
-    if np.shape(indices) != (batch,):
-        raise ValueError(f"indices: expected shape {(batch,)}, got {np.shape(indices)}")
-    if not is_concrete(indices) and np.dtype(indices.dtype).kind not in "iu":
-        raise ValueError(f"indices: got a traced array of dtype {indices.dtype}, accepted "
-                         "integers")
-    if is_concrete(indices):
-        idx = np.asarray(indices)
-        if idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() > np.iinfo(np.uint32).max:
-            raise ValueError(f"indices: got {str(idx.tolist())[:80]}, accepted integers in "
-                             f"0..{np.iinfo(np.uint32).max}")
+    dtype = np.dtype(indices.dtype if hasattr(indices, "dtype") else np.asarray(indices).dtype)
+    if np.shape(indices) != (batch,) or dtype.kind not in "iu":
+        raise invalid("indices", f"{dtype} of shape {np.shape(indices)}", f"({batch},) integers")
+    if is_concrete(indices) and not 0 <= np.min(indices) <= np.max(indices) <= 2**32 - 1:
+        raise invalid("indices", str(np.asarray(indices).tolist())[:80], "integers in 0..2^32-1")
     return jnp.asarray(indices, jnp.uint32)
 
 
@@ -314,8 +298,5 @@ def _check_n_steps(n_steps) -> int:
 
 def _check_t_min(sde: VPSDE, t_min) -> float:
     """t_min as a float in [T_MIN_FRACTION·T, T)."""
-    value = as_scalar(t_min)
-    if not (is_real(value) and T_MIN_FRACTION * sde.T <= value < sde.T):
-        raise ValueError(
-            f"t_min: got {t_min!r}, accepted [{T_MIN_FRACTION * sde.T:g}, T={sde.T:g})")
-    return float(value)
+    lo = T_MIN_FRACTION * sde.T
+    return check_number("t_min", t_min, f"[{lo:g}, T={sde.T:g})", lambda v: lo <= v < sde.T)

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxguide.checks import (check_batch, check_float_array, check_interval, check_num_classes,
-                             check_output, check_scale, check_target_labels, is_real)
+from jaxguide.checks import (F32_TINY, check_batch, check_float_array, check_interval, check_num_classes,
+                             check_number, check_output, check_scale, check_target_labels, invalid)
 from jaxguide.sde import VPSDE, check_sde, per_example
 
 
@@ -49,8 +49,7 @@ def score_from_eps(eps_fn, sde: VPSDE, min_std: float = 0.01) -> Partial:
     would replace σ everywhere).
     """
     check_sde(sde)
-    if not (is_real(min_std) and np.finfo(np.float32).tiny <= min_std <= 1):
-        raise ValueError(f"min_std: got {min_std!r}, accepted a number in [1.2e-38, 1]")
+    check_number("min_std", min_std, "a number in [1.2e-38, 1]", lambda v: F32_TINY <= v <= 1)
     return Partial(_eps_score, as_partial(eps_fn, "eps_fn"), sde, jnp.float32(min_std))
 
 
@@ -88,9 +87,8 @@ def classifier_free_guidance(eps_fn, sde: VPSDE, labels, scale, *, num_classes: 
     guided); labels, w and the interval are traced.
     """
     num_classes = check_num_classes(num_classes, eps_fn)
-    if num_classes is None:
-        raise ValueError("num_classes: got None and eps_fn's model has no num_classes; accepted "
-                         "the classes K of a class-conditional noise predictor (K is its null class)")
+    if num_classes is None:  # K, the null class of a class-conditional noise predictor.
+        raise invalid("num_classes", "None (eps_fn's model has none)", "an integer K >= 1")
     eps = Partial(_bound(_free_guided_eps, num_classes), as_partial(eps_fn, "eps_fn"),
                   check_target_labels(labels, num_classes), check_scale(scale),
                   *check_interval((0.0, np.inf) if interval is None else interval))
@@ -115,20 +113,18 @@ def _add(named_fns: dict[str, object]) -> Partial:
 def add_scores(*score_fns) -> Partial:
     """Returns the score function x, t ↦ Σᵢ score_fnᵢ(x, t); each term of x's shape."""
     if not score_fns:
-        raise ValueError("add_scores: needs at least one score function")
+        raise invalid("score_fns", "none", "at least one score function")
     return _add({f"score_fns[{i}]": f for i, f in enumerate(score_fns)})
 
 
 def _label_log_prob(num_classes, log_prob_fn, labels, x, t):
     check_batch("labels", labels, x)
     log_probs = log_prob_fn(x, t)
-    if jnp.ndim(log_probs) != 2 or jnp.shape(log_probs)[0] != x.shape[0] or not log_probs.shape[1]:
-        raise ValueError(f"log_prob_fn: returned shape {jnp.shape(log_probs)} for x of shape "
-                         f"{x.shape}, accepted ({x.shape[0]}, K) per-class log-probabilities")
-    k = log_probs.shape[1]
-    if num_classes not in (None, k):  # The labels were checked against num_classes.
-        raise ValueError(f"num_classes: got {num_classes}, but log_prob_fn returned {k} "
-                         f"classes (shape {log_probs.shape})")
+    shape = jnp.shape(log_probs)
+    k = num_classes or (shape[1] if len(shape) == 2 else None)  # Labels were checked against it.
+    if shape != (x.shape[0], k) or not k:
+        raise ValueError(f"log_prob_fn: returned shape {shape} for x of shape {x.shape}, "
+                         f"accepted ({x.shape[0]}, {k or 'K'}) per-class log-probabilities")
     labels = jnp.broadcast_to(labels, log_probs.shape[:1])
     picked = jnp.take_along_axis(log_probs, jnp.clip(labels, 0, k - 1)[:, None], axis=1)[:, 0]
     # Labels are traced, so a label outside [0, K) cannot raise here (an out-of-range gather
@@ -152,10 +148,9 @@ def label_log_prob(log_prob_fn, labels, *, num_classes: int | None = None) -> Pa
 def _checked_density(log_density_fn, x, t):
     """log_density_fn(x, t), which must be one value per example, (B,)."""
     out = log_density_fn(x, t)
-    if jnp.shape(out) != x.shape[:1]:
+    if jnp.shape(out) != x.shape[:1]:  # Per-class log-probabilities: classifier_guidance.
         raise ValueError(f"log_density_fn: returned shape {jnp.shape(out)} for x of shape "
-                         f"{x.shape}, accepted ({x.shape[0]},): one log-density per example "
-                         "(per-class log-probabilities go to classifier_guidance)")
+                         f"{x.shape}, accepted ({x.shape[0]},): one log-density per example")
     return out
 
 
@@ -224,5 +219,5 @@ def as_partial(fn, name) -> Partial:
     if isinstance(fn, Partial):
         return fn
     if not callable(fn):
-        raise TypeError(f"{name}: expected a function of (x, t), got {type(fn).__name__}")
+        raise invalid(name, type(fn).__name__, "a function of (x, t)", TypeError)
     return Partial(fn)

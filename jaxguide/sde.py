@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxguide.checks import (check_array, check_batch, check_float_dtype, check_key,
-                             check_schedule, check_schedule_field, check_shape, check_times)
+                             check_schedule, check_schedule_field, check_shape, check_times,
+                             invalid)
 
 
 def times_checked(closed_form):
@@ -91,7 +92,7 @@ class VPSDE:
         x0 = jnp.asarray(x0)
         check_float_dtype("x0", x0.dtype)
         if x0.ndim < 1:
-            raise ValueError(f"x0: got shape {x0.shape}, accepted (B, ...)")
+            raise invalid("x0", f"shape {x0.shape}", "(B, ...)")
         check_batch("t", t, x0)
         check_times(t, self.T)
         noise = jax.random.normal(key, x0.shape, x0.dtype)
@@ -109,7 +110,7 @@ class VPSDE:
 def check_sde(sde) -> None:
     """Samplers and scores integrate a `VPSDE` (its closed forms and static fields)."""
     if not isinstance(sde, VPSDE):
-        raise TypeError(f"sde: expected a jaxguide.VPSDE, got {type(sde).__name__}")
+        raise invalid("sde", type(sde).__name__, "a jaxguide.VPSDE", TypeError)
 
 
 def per_example(v: jax.Array, x: jax.Array) -> jax.Array:

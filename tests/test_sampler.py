@@ -289,9 +289,9 @@ test_bad_argument = raising_cases({
     "t_min-below-1e-5-T": (lambda: _sample(sde=VPSDE(T=10.0), t_min=5e-5),
                            ValueError, r"t_min: got 5e-05, accepted \[0\.0001, T=10\)"),
     "clip-0.5": (lambda: _sample(clip=0.5), ValueError, r"clip: got 0\.5, accepted a number >= 1"),
-    "sde-None": (lambda: _sample(sde=None), TypeError, r"sde: expected a jaxguide\.VPSDE"),
+    "sde-None": (lambda: _sample(sde=None), TypeError, r"sde: got NoneType, accepted a jaxguide\.VPSDE"),
     "key-split": (lambda: _sample(key=jax.random.split(KEY, 2)),
-                  ValueError, r"key: got keys of shape \(2,\), accepted a single key"),
+                  ValueError, r"key: got keys of shape \(2,\), accepted a single typed key"),
     "indices-negative": (lambda: _sample(shape=(1, 4), indices=[-1]),
                          ValueError, r"indices: got \[-1\], accepted integers in 0\.\."),
     "mesh-str": (lambda: _sample(mesh="cpu"),
@@ -303,15 +303,15 @@ test_bad_argument = raising_cases({
     "sample-method": (lambda: sample(KEY, _score, VPSDE(), (2, 4), n_steps=2, method="rk4"),
                       ValueError, r"method: got 'rk4', accepted euler_maruyama"),
     "sample-key-int": (lambda: sample(0, _score, VPSDE(), (2, 4), n_steps=2),
-                       TypeError, r"key: expected a typed key"),
+                       TypeError, r"key: got \w+, accepted a single typed key"),
     "sample-indices": (lambda: sample(KEY, _score, VPSDE(), (2, 4), n_steps=2,
                                       indices=jnp.arange(3)),
-                       ValueError, r"indices: expected shape \(2,\)"),
+                       ValueError, r"indices: got int32 of shape \(3,\), accepted \(2,\) integers"),
     "sample-score-shape": (lambda: sample(KEY, lambda x, t: x.sum(-1), VPSDE(), (2, 4), n_steps=2),
                            ValueError, r"score_fn: returned shape \(2,\) for x of shape \(2, 4\), "
-                           r"accepted the shape of x"),
+                           r"accepted x's shape"),
     "sample-shape-huge": (lambda: sample(KEY, _score, VPSDE(), (2**31, 4), n_steps=2),
-                          ValueError, r"shape: got \(2147483648, 4\), 8589934592 elements; "
+                          ValueError, r"shape: got \(2147483648, 4\), 8589934592 elements, "
                           r"accepted at most 2147483647"),
     "sample-denoise_last-string": (lambda: sample(KEY, _score, VPSDE(), (2, 4), n_steps=2,
                                                   denoise_last="no"),
@@ -330,14 +330,12 @@ test_bad_argument = raising_cases({
     "n_steps-beyond-int32": (lambda: _sample(n_steps=10**12),
                              ValueError, r"n_steps: got 1000000000000, accepted an integer >= 1 "
                              r"and <= 2147483646"),
-    "indices-not-integers": (lambda: _sample(shape=(1, 4), indices=[0.5]),
-                             ValueError, r"indices: got \[0\.5\], accepted integers"),
-    "time_grid-sde": (lambda: time_grid(None, 2), TypeError, r"sde: expected a jaxguide\.VPSDE"),
+    "time_grid-sde": (lambda: time_grid(None, 2), TypeError, r"sde: got NoneType, accepted a jaxguide\.VPSDE"),
     "time_grid-n_steps": (lambda: time_grid(SDE, 0), ValueError, r"n_steps: got 0, accepted"),
     "sample-traced-float-indices": (  # They were cast: two images got the same noise.
         lambda: jax.jit(lambda i: sample(jax.random.key(0), _score, VPSDE(), (2, 3), n_steps=2,
                                          indices=i))(jnp.array([0.7, -1.0])),
-        ValueError, r"indices: got a traced array of dtype float32, accepted integers"),
+        ValueError, r"indices: got float32 of shape \(2,\), accepted \(2,\) integers"),
 })
 
 

@@ -364,13 +364,13 @@ test_bad_argument = raising_cases({
     "scale-str": (lambda: classifier_guidance(_score, _log_probs, 0, "3"),
                   ValueError, r"scale: got '3', accepted a finite number"),
     "score_fn-int": (lambda: classifier_guidance(5, _log_probs, 0, 1.0),
-                     TypeError, r"score_fn: expected a function of \(x, t\), got int"),
+                     TypeError, r"score_fn: got int, accepted a function of \(x, t\)"),
     "add_scores-int": (lambda: add_scores(_score, 5),
-                       TypeError, r"score_fns\[1\]: expected a function"),
+                       TypeError, r"score_fns\[1\]: got \w+, accepted a function"),
     "min_std-2": (lambda: score_from_eps(_score, SDE, min_std=2.0),
                   ValueError, r"min_std: got 2\.0, accepted a number in \[1\.2e-38, 1\]"),
     "sde-None": (lambda: score_from_eps(_score, None),
-                 TypeError, r"sde: expected a jaxguide\.VPSDE, got NoneType"),
+                 TypeError, r"sde: got NoneType, accepted a jaxguide\.VPSDE"),
     "add_scores-term-shape": (
         lambda: samplers.sample(KEY, add_scores(_score, lambda x, t: x[:1]), VPSDE(), (2, 4), n_steps=2),
         ValueError, r"score_fns\[1\]: returned shape \(1, 4\) for x of shape \(2, 4\)"),
@@ -378,7 +378,7 @@ test_bad_argument = raising_cases({
         lambda: classifier_guidance(_score, _ten_classes, np.array([2**32 + 3]), 1.0),
         ValueError, r"labels: got 4294967299, accepted \[0, 2147483647\]"),
     "guidance-label-string": (lambda: classifier_guidance(_score, _ten_classes, "3", 1.0),
-                              ValueError, r"labels: got '3' \(<U1, shape \(\)\)"),
+                              ValueError, r"labels: got '3', accepted integer class indices"),
     "guidance-traced-float-labels": (
         lambda: jax.jit(lambda lab: classifier_guidance(_score, _ten_classes, lab, 1.0)(
             jnp.ones((2, 4)), jnp.full(2, 0.5)))(jnp.array([1.5, 2.0])),
@@ -425,7 +425,7 @@ test_bad_argument = raising_cases({
         TypeError, r"x: got a list, accepted an array"),
     "label_log_prob-num_classes-above-K": (  # Label 11 would only have made NaN.
         lambda: label_log_prob(_ten_classes, 11, num_classes=12)(jnp.ones((2, 4)), jnp.full(2, 0.5)),
-        ValueError, r"num_classes: got 12, but log_prob_fn returned 10 classes"),
+        ValueError, r"log_prob_fn: returned shape \(\d+, 10\) .*accepted \(\d+, 12\)"),
     "guidance-label-negative": (lambda: classifier_guidance(_score, _ten_classes, -1, 1.0),
                                 ValueError, r"labels: got -1, accepted \[0, 2147483647\]"),
     "guidance-scale-negative": (lambda: classifier_guidance(_score, _ten_classes, 1, -2.0),
