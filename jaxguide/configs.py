@@ -8,7 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from jaxguide.checks import F32_MAX, F32_TINY, INT32_MAX, SEED_MAX, check_int, check_number
+from jaxguide.checks import (F32_MAX, F32_TINY, INT32_MAX, SEED_MAX, check_choice, check_int,
+                             check_number, invalid)
 from jaxguide.data import get_dataset
 from jaxguide.sde import VPSDE
 
@@ -61,13 +62,10 @@ class TrainConfig:
     keep: int = 2
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task: got {self.task!r}, accepted {', '.join(TASKS)}")
+        check_choice("task", self.task, TASKS)
         get_dataset(self.dataset)
         self._set("model", OLD_MODEL_NAMES.get(self.model, self.model))
-        if self.model not in MODELS[self.task]:
-            raise ValueError(f"model: got {self.model!r} for task {self.task!r}, "
-                             f"accepted {', '.join(MODELS[self.task])}")
+        _check_model(self.task, self.model)
         self._set("model_kwargs", _frozen_kwargs(self.model, self.model_kwargs))
         for name, lo, hi in (("steps", 1, INT32_MAX), ("batch_size", 1, INT32_MAX),
                              ("seed", 0, SEED_MAX), ("log_every", 1, None),
@@ -84,15 +82,13 @@ class TrainConfig:
                          lambda v: 0 < v < 1, optional=True)
         self._check_real("label_dropout", "a number in [0, 1)", lambda v: 0 <= v < 1)
         if self.label_dropout and self.kwargs.get("num_classes") is None:
-            raise ValueError(f"label_dropout: got {self.label_dropout} for an unconditional "
-                             "model; accepted 0, or a class-conditional model (model_kwargs "
-                             "num_classes)")
-        if self.init_from is not None and not isinstance(self.init_from, str):
-            raise TypeError(f"init_from: got {self.init_from!r}, accepted a model directory "
-                            "(a path, as a str) or None")
-        if self.init_from is not None and not self.init_from.strip():
-            raise ValueError(f"init_from: got {self.init_from!r}, accepted a model directory "
-                             "or None")
+            raise invalid("label_dropout", f"{self.label_dropout} for an unconditional model",
+                          "0, or a class-conditional model (model_kwargs num_classes)")
+        init = self.init_from
+        if init is not None and not isinstance(init, str):
+            raise invalid("init_from", repr(init), "a model directory (a str) or None", TypeError)
+        if init is not None and not init.strip():
+            raise invalid("init_from", repr(init), "a model directory or None")
         self._check_real("beta_min", "a finite number > 0", lambda v: finite(v) and v > 0)
         self._check_real("beta_max", f"a finite number >= beta_min={self.beta_min}",
                          lambda v: finite(v) and v >= self.beta_min)
@@ -105,9 +101,9 @@ class TrainConfig:
 
     def _check_real(self, name: str, accepted: str, ok: Callable[[float], bool],
                     optional: bool = False) -> None:
-        value = getattr(self, name)
-        if not (optional and value is None):
-            self._set(name, check_number(name, value, accepted, ok))
+        """Sets field `name` to its value as a float, if `ok` (or it is an `optional` None)."""
+        if not (optional and getattr(self, name) is None):
+            self._set(name, check_number(name, getattr(self, name), accepted, ok))
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -134,6 +130,11 @@ class TrainConfig:
                 if k not in OPERATIONAL_FIELDS + START_FIELDS and a[k] != b[k]]
 
 
+def _check_model(task: str, model) -> None:
+    if model not in MODELS[task]:
+        raise invalid("model", f"{model!r} for task {task!r}", ", ".join(MODELS[task]))
+
+
 def _frozen_kwargs(model: str, kwargs) -> tuple[tuple[str, Any], ...]:
     """model_kwargs (a dict or (name, value) pairs) as sorted pairs, lists as tuples, after
     checking that `make_model(model, kwargs)` accepts them."""
@@ -152,14 +153,10 @@ def _frozen_kwargs(model: str, kwargs) -> tuple[tuple[str, Any], ...]:
 
 def get_config(task: str, model: str | None = None, preset: str = "default") -> TrainConfig:
     """The preset configuration for a task ("tiny" trains in seconds, for tests)."""
-    if task not in TASKS:
-        raise ValueError(f"task: got {task!r}, accepted {', '.join(TASKS)}")
-    if preset not in PRESETS:
-        raise ValueError(f"preset: got {preset!r}, accepted {', '.join(PRESETS)}")
+    check_choice("task", task, TASKS)
+    check_choice("preset", preset, PRESETS)
     model = model or MODELS[task][0]
-    if model not in MODELS[task]:
-        raise ValueError(f"model: got {model!r} for task {task!r}, "
-                         f"accepted {', '.join(MODELS[task])}")
+    _check_model(task, model)
     base = {
         "denoiser": dict(steps=6000, batch_size=128, lr=2e-3, ema_decay=0.999),
         "classifier": dict(steps=3000, batch_size=256, lr=1e-3, ema_decay=None, grad_clip=None,

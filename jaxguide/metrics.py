@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxguide import checkpoint
-from jaxguide.checks import check_int, check_pixels
+from jaxguide.checks import check_int, check_pixels, invalid
 from jaxguide.compiler import jit
 from jaxguide.data import IMAGE_SHAPE
 
@@ -51,18 +51,12 @@ class Evaluator:
         to hold those of every class in `classes`."""
         path = self.path / REFERENCE_FILE
         if not path.is_file():
-            raise checkpoint.CheckpointError(f"{path}: not found (train.py evaluator writes it "
-                                             "beside the model it exports)")
+            raise checkpoint.CheckpointError(f"{path}: not found (train.py evaluator writes it)")
         try:
             with np.load(path, allow_pickle=False) as f:
                 stats = dict(f)
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise checkpoint.CheckpointError(f"{path}: unreadable ({e})") from e
-        wanted = ["mu", "cov"] + [f"{s}_{c}" for c in classes for s in ("mu", "cov")]
-        missing = [k for k in wanted if k not in stats]
-        if missing:
-            raise checkpoint.CheckpointError(f"{path}: has no {missing[0]}; expected the "
-                                             "statistics mu, cov and mu_<c>, cov_<c> per class")
         try:
             _check_ref(stats, classes, overall=True)
         except (TypeError, ValueError) as e:
@@ -84,10 +78,10 @@ def check_images(images, image_shape: tuple[int, ...] | None = IMAGE_SHAPE) -> n
     returns float32."""
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[1:] != (image_shape or x.shape[1:]) or len(x) == 0:
-        shape = ", ".join(map(str, image_shape or ("H", "W", "C")))
-        raise ValueError(f"images: got shape {x.shape}, accepted (N, {shape}) with N >= 1")
+        shape = ", ".join(map(str, image_shape or "HWC"))
+        raise invalid("images", f"shape {x.shape}", f"(N, {shape}) with N >= 1")
     if not jnp.issubdtype(x.dtype, jnp.floating):  # bfloat16 included
-        raise ValueError(f"images: got dtype {x.dtype}, accepted floats in [-1, 1]")
+        raise invalid("images", f"dtype {x.dtype}", "floats in [-1, 1]")
     x = x.astype(np.float32)
     check_pixels("images", x)
     return x
@@ -97,10 +91,10 @@ def check_labels(labels, n: int, num_classes: int | None = 10) -> np.ndarray:
     """Validates labels: integers (n,) in [0, num_classes) (>= 0 when None)."""
     y = np.asarray(labels)
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels: got {y.dtype}{y.shape}, accepted integers of shape ({n},)")
+        raise invalid("labels", f"{y.dtype}{y.shape}", f"integers of shape ({n},)")
     if y.size and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
         accepted = "integers >= 0" if num_classes is None else f"[0, {num_classes - 1}]"
-        raise ValueError(f"labels: got values in [{y.min()}, {y.max()}], accepted {accepted}")
+        raise invalid("labels", f"values in [{y.min()}, {y.max()}]", accepted)
     return y
 
 
@@ -109,8 +103,8 @@ def _class_labels(labels, n: int, num_classes: int | None = None) -> np.ndarray:
     y = check_labels(labels, n, num_classes)
     classes, counts = np.unique(y, return_counts=True)
     if counts.min() < 2:
-        raise ValueError(f"labels: class {classes[counts.argmin()]} has 1 example, accepted "
-                         ">= 2 per class (a covariance per class)")
+        raise ValueError(f"labels: class {classes[counts.argmin()]} has 1 example, accepted >= 2 "
+                         "per class (a covariance each)")
     return y
 
 
@@ -120,8 +114,8 @@ def guided_accuracy(predictions, labels, num_classes: int = 10) -> tuple[float, 
     num_classes = check_int("num_classes", num_classes, 1)
     p = np.asarray(predictions)
     if p.ndim != 1 or len(p) < 1 or not np.issubdtype(p.dtype, np.integer):
-        raise ValueError(f"predictions: got {p.dtype}{p.shape}, accepted integer classes of "
-                         "shape (N,) with N >= 1 (Evaluation.predictions, not logits)")
+        raise invalid("predictions", f"{p.dtype}{p.shape}",
+                      "integer classes of shape (N,) with N >= 1 (predicted, not logits)")
     y = check_labels(labels, len(p), num_classes)
     per_class = {int(c): float(np.mean(p[y == c] == c)) for c in np.unique(y)}
     return float(np.mean(p == y)), per_class
@@ -132,25 +126,27 @@ def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
-def _float64(name: str, value, form: str) -> np.ndarray:
-    """`value` as a float64 array, else a TypeError naming `name` and the `form` accepted."""
+def _finite_float64(name: str, value, form: str) -> np.ndarray:
+    """`value` as a float64 array of finite numbers, else an error naming `name` and the `form`
+    accepted (TypeError: not real numbers)."""
     try:
         arr = np.asarray(value)
     except ValueError:  # Ragged.
         arr = np.asarray(None)
     if arr.dtype.kind not in "biuf":  # Strings would be parsed, complex lose their imaginary part.
-        raise TypeError(f"{name}: got {type(value).__name__} of dtype {arr.dtype}, accepted an "
-                        f"array {form} of real numbers")
-    return arr.astype(np.float64)
+        raise invalid(name, f"{type(value).__name__} of dtype {arr.dtype}",
+                      f"an array {form} of real numbers", TypeError)
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: contain NaN or inf, accepted finite values")
+    return arr
 
 
 def check_features(feats) -> np.ndarray:
     """Validates features: finite numbers (N, D), N >= 2, D >= 1; returns float64."""
-    f = _float64("features", feats, "(N, D)")
+    f = _finite_float64("features", feats, "(N, D)")
     if f.ndim != 2 or len(f) < 2 or f.shape[1] < 1:
-        raise ValueError(f"features: got shape {f.shape}, accepted (N, D) with N >= 2, D >= 1")
-    if not np.all(np.isfinite(f)):
-        raise ValueError("features: contain NaN or inf, accepted finite values")
+        raise invalid("features", f"shape {f.shape}", "(N, D) with N >= 2, D >= 1")
     return f
 
 
@@ -162,20 +158,16 @@ def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_stats(mu_name: str, mu, cov_name: str, cov) -> tuple[np.ndarray, np.ndarray]:
     """A Gaussian's finite mean (D,) and symmetric covariance (D, D) as float64 arrays."""
-    mu, cov = _float64(mu_name, mu, "(D,)"), _float64(cov_name, cov, "(D, D)")
+    mu, cov = _finite_float64(mu_name, mu, "(D,)"), _finite_float64(cov_name, cov, "(D, D)")
     if mu.ndim != 1 or len(mu) < 1:
-        raise ValueError(f"{mu_name}: got shape {mu.shape}, accepted a mean (D,) with D >= 1")
+        raise invalid(mu_name, f"shape {mu.shape}", "a mean (D,) with D >= 1")
     if cov.shape != (len(mu),) * 2:
-        raise ValueError(f"{cov_name}: got shape {cov.shape}, accepted a covariance (D, D) = "
-                         f"{(len(mu),) * 2} for {mu_name} of shape {mu.shape}")
-    for name, a in ((mu_name, mu), (cov_name, cov)):
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name}: contain NaN or inf, accepted finite values")
+        raise invalid(cov_name, f"shape {cov.shape}",
+                      f"a covariance (D, D) = {(len(mu),) * 2} for {mu_name} of shape {mu.shape}")
     if not np.allclose(cov, cov.T):
         raise ValueError(f"{cov_name}: not symmetric, accepted a covariance matrix")
     if np.linalg.eigvalsh(cov).min() < -1e-6 * max(1.0, np.abs(cov).max()):
-        raise ValueError(f"{cov_name}: has negative eigenvalues, accepted a covariance matrix "
-                         "(positive semi-definite)")
+        raise ValueError(f"{cov_name}: has negative eigenvalues, accepted a PSD covariance matrix")
     return mu, cov
 
 

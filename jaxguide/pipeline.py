@@ -21,7 +21,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from jaxguide import checkpoint
-from jaxguide.checks import check_target_labels
+from jaxguide.checks import check_choice, check_target_labels, invalid
 from jaxguide.data import DATASETS, DatasetSpec, get_dataset
 from jaxguide.nets import apply_fn
 from jaxguide.samplers import evaluation_times, sample
@@ -67,40 +67,27 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
     for name, value in (("checkpoint_dir", checkpoint_dir), ("denoiser", denoiser),
                         ("classifier", classifier)):
         if not isinstance(value, (str, os.PathLike)):
-            raise TypeError(f"{name}: got {value!r}, accepted a path")
+            raise invalid(name, repr(value), "a path", TypeError)
     root = Path(checkpoint_dir)
-    if not root.is_dir():
-        raise checkpoint.CheckpointError(f"checkpoint_dir {root}: not found")
-    for name in (denoiser, classifier):
-        if not (root / name).is_dir():
-            raise checkpoint.CheckpointError(
-                f"checkpoint_dir {root}: has no {name}/; accepted a folder holding {denoiser}/ "
-                f"and {classifier}/ model checkpoints (train.py writes each to <workdir>/model)")
+    for path in (root, root / denoiser, root / classifier):
+        if not path.is_dir():  # train.py writes each model to <workdir>/model.
+            raise checkpoint.CheckpointError(f"{path}: not found; accepted a folder holding "
+                                             f"{denoiser}/ and {classifier}/ model checkpoints")
     den_model, den_vars, den_meta = checkpoint.load_model(root / denoiser, task="denoiser")
     cls_model, cls_vars, cls_meta = checkpoint.load_model(root / classifier, task="classifier")
-    sde = VPSDE(**den_meta["sde"])
-    if cls_meta["sde"] != den_meta["sde"]:
-        raise checkpoint.CheckpointError(
-            f"{root}: the classifier was trained for SDE {cls_meta['sde']}, the denoiser for "
-            f"{den_meta['sde']}")
-    if cls_meta["image_shape"] != den_meta["image_shape"]:
-        raise checkpoint.CheckpointError(
-            f"{root}: the classifier was trained on images of shape {cls_meta['image_shape']}, "
-            f"the denoiser on {den_meta['image_shape']}")
-    names = [meta.get("dataset", "mnist") for meta in (den_meta, cls_meta)]
-    if names[0] != names[1]:
-        raise checkpoint.CheckpointError(
-            f"{root}: the denoiser was trained on dataset {names[0]!r}, the classifier on "
-            f"{names[1]!r}; accepted models of one dataset")
+    den_k = getattr(den_model, "num_classes", None)
+    den = _trained_for(den_meta, den_k or cls_model.num_classes)
+    cls = _trained_for(cls_meta, cls_model.num_classes)
+    for field in den:
+        if den[field] != cls[field]:
+            raise checkpoint.CheckpointError(
+                f"{root}: the denoiser was trained with {field} {den[field]!r}, the classifier "
+                f"with {cls[field]!r}; accepted models trained alike")
     try:
-        dataset = get_dataset(names[0])
+        dataset = get_dataset(den["dataset"])
     except ValueError as e:
         raise checkpoint.CheckpointError(f"{root}: {e}") from e
-    den_k = getattr(den_model, "num_classes", None)
-    if den_k not in (None, cls_model.num_classes):
-        raise checkpoint.CheckpointError(
-            f"{root}: the denoiser is conditional on {den_k} classes, the classifier has "
-            f"{cls_model.num_classes}")
+    sde = VPSDE(**den_meta["sde"])
     eps_fn = apply_fn(den_model, den_vars)
     return Pipeline(
         sde=sde,
@@ -112,6 +99,12 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         eps_fn=eps_fn if den_k is not None else None,
         dataset=dataset,
     )
+
+
+def _trained_for(meta: dict, num_classes: int) -> dict:
+    """What a denoiser and a classifier must share (checkpoints from before datasets: MNIST)."""
+    return {"sde": meta["sde"], "image_shape": meta["image_shape"],
+            "dataset": meta.get("dataset", "mnist"), "classes": num_classes}
 
 
 def guided_score(pipe: Pipeline, labels, scale, guidance: str = "classifier",
@@ -181,17 +174,13 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
 def _check_generate_args(pipe, labels, guidance, classifier_scale) -> jax.Array:
     """generate's own arguments (the scores and the sampler check theirs); labels as int32."""
     if not isinstance(pipe, Pipeline):
-        raise TypeError(f"pipe: got {type(pipe).__name__}, accepted a Pipeline (load_pipeline)")
+        raise invalid("pipe", type(pipe).__name__, "a Pipeline (load_pipeline)", TypeError)
     labels = check_target_labels(labels, pipe.num_classes)
     if labels.ndim != 1 or not labels.shape[0]:
-        raise ValueError(f"labels: got shape {labels.shape}, accepted a 1-D sequence of at least "
-                         f"one class index in 0..{pipe.num_classes - 1}")
-    if guidance not in GUIDANCE:
-        raise ValueError(f"guidance: got {guidance!r}, accepted {', '.join(GUIDANCE)}")
-    if guidance != "classifier" and not pipe.conditional:
-        raise ValueError(f"guidance: got {guidance!r}, which needs a class-conditional denoiser; "
-                         "this pipeline's denoiser is unconditional (accepted 'classifier')")
+        raise invalid("labels", f"shape {labels.shape}", "a 1-D sequence of at least one class "
+                      f"index in 0..{pipe.num_classes - 1}")
+    check_choice("guidance", guidance, GUIDANCE if pipe.conditional else ("classifier",))
     if (guidance == "both") != (classifier_scale is not None):
-        raise ValueError(f"classifier_scale: got {classifier_scale!r} with guidance "
-                         f"{guidance!r}; accepted a scale >= 0 with 'both' only")
+        raise invalid("classifier_scale", f"{classifier_scale!r} with guidance {guidance!r}",
+                      "a scale >= 0 with 'both' only")
     return labels

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxguide import checkpoint, configs, data, losses, parallel, runtime
-from jaxguide.checks import check_int
+from jaxguide.checks import check_int, invalid
 from jaxguide.cli import Console
 from jaxguide.compiler import jit
 from jaxguide.configs import TrainConfig
@@ -238,10 +238,9 @@ def train(cfg: TrainConfig, workdir: str | Path, *, data_dir=None, dataset=None,
       The final TrainState. The eval-mode variables are exported to `workdir/model`.
     """
     if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"cfg: got {type(cfg).__name__}, accepted a TrainConfig "
-                        "(jaxguide.configs.get_config)")
+        raise invalid("cfg", type(cfg).__name__, "a TrainConfig (configs.get_config)", TypeError)
     if not isinstance(workdir, (str, os.PathLike)):
-        raise TypeError(f"workdir: got {workdir!r}, accepted a path")
+        raise invalid("workdir", repr(workdir), "a path", TypeError)
     workdir = Path(workdir)
     mesh = parallel.make_mesh(devices)
     parallel.check_divisible("batch_size", cfg.batch_size, mesh)
@@ -339,18 +338,16 @@ def export(workdir: str | Path, step: int | None = None, out: str | Path | None 
     """Exports training checkpoint `step` (default: the latest) of `workdir` as a model
     checkpoint (EMA variables + metadata) in `out` (default `<workdir>/model`)."""
     if not isinstance(workdir, (str, os.PathLike)):
-        raise TypeError(f"workdir: got {workdir!r}, accepted a path")
+        raise invalid("workdir", repr(workdir), "a path", TypeError)
     if step is not None:
         step = check_int("step", step, 0)
     if out is not None and not (isinstance(out, (str, os.PathLike)) and os.fspath(out)):
-        raise ValueError(f"out: got {out!r}, accepted a non-empty path or None "
-                         "(<workdir>/model)")
+        raise invalid("out", repr(out), "a non-empty path or None (<workdir>/model)")
     workdir = Path(workdir)
     out = checkpoint.check_replaceable(out or workdir / "model")
     if (out / checkpoint.REFERENCE_FILE).exists():  # train() computes them from the test set.
         raise TrainingError(f"{out}: holds the {checkpoint.REFERENCE_FILE} of an evaluator, which "
-                            "export cannot recompute (no data), so it is not replaced; accepted "
-                            "a new path (out=...)")
+                            "export cannot recompute (no data); accepted a new path (out=...)")
     if not (workdir / "checkpoints").is_dir():
         raise TrainingError(f"workdir {workdir}: no checkpoints/ folder; accepted a work dir "
                             "that train.py wrote")
@@ -462,31 +459,33 @@ def check_workdir(workdir: str | Path, task: str) -> None:
     A user's file of the same name is never appended to or replaced."""
     workdir = Path(workdir)
     checkpoint.check_replaceable(workdir / "model", task)
-    if os.path.lexists(workdir / "checkpoints") and not (workdir / "checkpoints").is_dir():
-        raise TrainingError(f"workdir {workdir}: checkpoints is not a folder, so no checkpoint "
-                            "can be saved; accepted a new work dir or one of a jaxguide run")
-    log, plot = workdir / LOG_FILE, workdir / PLOT_FILE
+    folder, log, plot = workdir / "checkpoints", workdir / LOG_FILE, workdir / PLOT_FILE
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise _not_a_run(workdir, "checkpoints is not a folder, so no checkpoint can be saved")
     if os.path.lexists(log):
         owner = _log_task(_log_records(log) if log.is_file() else None)
         if owner is None:
-            raise TrainingError(f"workdir {workdir}: {LOG_FILE} is not a jaxguide training log "
-                                "(its first line is not jaxguide's header), so it is not "
-                                "written to; accepted a new work dir or one of a jaxguide run")
+            raise _not_a_run(workdir, f"{LOG_FILE} is not a jaxguide training log (its first "
+                                      "line is not jaxguide's header), so it is not written to")
         if owner != task:
             raise TrainingError(f"workdir {workdir}: {LOG_FILE} is the log of a {owner} run; "
                                 f"accepted a new work dir or one of a {task} run")
-    if os.path.lexists(plot):
-        _check_plot(workdir, plot)
+    if os.path.lexists(plot) and not _made_here(plot):
+        raise _not_a_run(workdir, f"{PLOT_FILE} is not a plot jaxguide made, so it is not replaced")
 
 
-def _check_plot(workdir: Path, plot: Path) -> None:
+def _not_a_run(workdir: Path, what: str) -> TrainingError:
+    """The error, to raise, for a `workdir` that holds `what` of no jaxguide run's."""
+    return TrainingError(f"workdir {workdir}: {what}; accepted a new work dir or one of a "
+                         "jaxguide run")
+
+
+def _made_here(path: Path) -> bool:
+    """Whether `path` is a file that jaxguide made (`runtime.made_here`); False if unreadable."""
     try:
-        ours = runtime.made_here(plot)
+        return runtime.made_here(path)
     except OSError:
-        ours = False
-    if not ours:
-        raise TrainingError(f"workdir {workdir}: {PLOT_FILE} is not a plot jaxguide made, so it "
-                            "is not replaced; accepted a new work dir or one of a jaxguide run")
+        return False
 
 
 class _Log:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxguide.checks import check_int  # noqa: E402
+from jaxguide.checks import check_int, invalid  # noqa: E402
 from jaxguide.runtime import SOFTWARE, made_here  # noqa: E402, F401 (viz.made_here)
 
 
@@ -30,11 +30,10 @@ def _check_images(name: str, images, form: str) -> np.ndarray:
     except ValueError:  # Ragged.
         x = np.asarray(None)
     if x.dtype.kind != "f":
-        raise TypeError(f"{name}: got {type(images).__name__} of dtype {x.dtype}, accepted a "
-                        f"numeric array {form} of floats in [-1, 1]")
+        raise invalid(name, f"{type(images).__name__} of dtype {x.dtype}",
+                      f"a numeric array {form} of floats in [-1, 1]", TypeError)
     if x.ndim != form.count(",") + 1 or x.shape[-1] not in (1, 3) or 0 in x.shape:
-        raise ValueError(f"{name}: got shape {x.shape}, accepted {form} with C = 1 or 3 and "
-                         "every dimension >= 1")
+        raise invalid(name, f"shape {x.shape}", f"{form} with C = 1 or 3, every dimension >= 1")
     return _check_finite(name, x)
 
 
@@ -48,15 +47,14 @@ def _check_length(name: str, values, n: int, what: str) -> np.ndarray:
     """`values` as an array of shape (n,), one per `what`, else a ValueError naming it."""
     v = np.asarray(values)
     if v.shape != (n,):
-        raise ValueError(f"{name}: got shape {v.shape}, accepted ({n},): one per {what}")
+        raise invalid(name, f"shape {v.shape}", f"({n},): one per {what}")
     return v
 
 
 def plot_losses(records: list[dict], path: str | Path) -> Path:
     """Training loss (and held-out metrics) against step, from metrics.jsonl records."""
     if not all(isinstance(r, dict) and "step" in r for r in records):
-        raise ValueError("records: accepted a list of dicts that each hold a 'step' (the "
-                         "lines of metrics.jsonl)")
+        raise ValueError("records: accepted a list of dicts that each hold a 'step' (log lines)")
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = {}
     for r in records:
@@ -81,9 +79,9 @@ def to_uint8(images) -> np.ndarray:
     C = 3."""
     x = np.asarray(images)
     if x.dtype.kind != "f":
-        raise TypeError(f"images: got dtype {x.dtype}, accepted floats in [-1, 1]")
+        raise invalid("images", f"dtype {x.dtype}", "floats in [-1, 1]", TypeError)
     if x.ndim < 3 or x.shape[-1] not in (1, 3):
-        raise ValueError(f"images: got shape {x.shape}, accepted (..., H, W, C), C = 1 or 3")
+        raise invalid("images", f"shape {x.shape}", "(..., H, W, C), C = 1 or 3")
     return _to_uint8(_check_finite("images", x))
 
 
@@ -123,8 +121,8 @@ def save_grid(images, labels, path: str | Path, ncol: int, title: str | None = N
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if labels.min() < 0 or labels.max() >= len(class_names):
-            raise ValueError(f"labels: got values in [{labels.min()}, {labels.max()}], accepted "
-                             f"[0, {len(class_names) - 1}] (class_names has {len(class_names)})")
+            raise invalid("labels", f"values in [{labels.min()}, {labels.max()}]",
+                          f"[0, {len(class_names) - 1}] (class_names has {len(class_names)})")
     slots, blocks = _label_blocks(labels, ncol)
     names = [str(label) if class_names is None else class_names[label] for _, _, label in blocks]
     left = max(0.5, 0.1 + 0.08 * max(map(len, names)))  # Inches for the row headers.
@@ -190,8 +188,7 @@ def plot_classifier_over_time(ts, x_ts, probs, path: str | Path, true_label: int
     ts = _check_length("ts", ts, n, "image in x_ts")
     probs = np.asarray(probs)
     if probs.ndim != 2 or len(probs) != n or probs.shape[1] < 1:
-        raise ValueError(f"probs: got shape {probs.shape}, accepted ({n}, K) with K >= 1: one "
-                         "row per image in x_ts")
+        raise invalid("probs", f"shape {probs.shape}", f"({n}, K), K >= 1: a row per image of x_ts")
     _check_finite("probs", probs)
     true_label = check_int("true_label", true_label, 0, probs.shape[1] - 1)
     fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6))
@@ -217,8 +214,7 @@ def plot_gradient_maps(ts, x_ts, grads, path: str | Path, labels) -> Path:
     ts = _check_length("ts", ts, n, "image in x_ts")
     labels = _check_length("labels", labels, r, "row of grads")
     if grads.shape[1:] != x_ts.shape:
-        raise ValueError(f"grads: got shape {grads.shape}, accepted (R, *x_ts.shape) = "
-                         f"({r}, {', '.join(map(str, x_ts.shape))})")
+        raise invalid("grads", f"shape {grads.shape}", f"(R, *x_ts.shape) = {(r, *x_ts.shape)}")
     fig, axes = plt.subplots(1 + r, n, figsize=(1.1 * n, 1.2 * (1 + r)), squeeze=False)
     for i in range(n):
         axes[0, i].imshow(_to_uint8(x_ts[i]), cmap="gray")
@@ -241,10 +237,10 @@ def plot_accuracy_vs_scale(scales, accuracies, path: str | Path, subtitle: str =
     """Evaluator accuracy of guided samples (S,) in [0, 1] against the guidance scales (S,)."""
     scales, accuracies = np.asarray(scales), np.asarray(accuracies)
     if scales.ndim != 1 or accuracies.shape != scales.shape:
-        raise ValueError(f"accuracies: got shape {accuracies.shape} for scales of shape "
-                         f"{scales.shape}, accepted one accuracy per scale, (S,)")
+        raise invalid("accuracies", f"shape {accuracies.shape} for scales of shape {scales.shape}",
+                      "one accuracy per scale, (S,)")
     if not np.all((accuracies >= 0) & (accuracies <= 1)):
-        raise ValueError(f"accuracies: got {accuracies}, accepted values in [0, 1]")
+        raise invalid("accuracies", str(accuracies), "values in [0, 1]")
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot(scales, accuracies, marker="o")
     ax.set(xlabel="guidance scale s", ylabel="evaluator accuracy", ylim=(0, 1.02),

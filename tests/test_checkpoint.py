@@ -153,8 +153,8 @@ def test_pipeline_refuses_models_of_different_image_shapes(tiny_checkpoints, tmp
     copy_model(tiny_checkpoints, tmp_path, "denoiser", {"image_shape": [32, 32, 1]})
     shutil.copytree(tiny_checkpoints / "classifier", tmp_path / "classifier")
     checkpoint.load_model(tmp_path / "denoiser")
-    with pytest.raises(CheckpointError, match=r"classifier was trained on images of shape "
-                       r"\[28, 28, 1\], the denoiser on \[32, 32, 1\]"):
+    with pytest.raises(CheckpointError, match=r"denoiser was trained with image_shape "
+                       r"\[32, 32, 1\], the classifier with \[28, 28, 1\]"):
         pipeline.load_pipeline(tmp_path)
 
 

@@ -53,7 +53,7 @@ test_bad_argument = raising_cases({
     "beta_max-below-min": (lambda: config(beta_max=0.001), ValueError,
                            r"beta_max: got 0\.001, accepted a finite number >= beta_min=0\.01"),
     "schedule-too-large": (lambda: config(beta_max=1e5), ValueError,
-                           r"integral of beta over \[0, T\] must be <= 10000, got 50000"),
+                           r"integral of beta over \[0, T\]: got 50000, accepted <= 10000"),
     "grad_clip-negative": (lambda: config(grad_clip=-1), ValueError,
                            r"grad_clip: got -1, accepted a number in \[1\.2e-38, 3\.4e38\] \(float32\), or None"),
     "weight_decay-nan": (lambda: config(weight_decay=math.nan), ValueError,

@@ -106,8 +106,8 @@ def test_a_pipeline_knows_its_dataset(tiny_checkpoints, tmp_path):
     assert pipeline.load_pipeline(tiny_checkpoints).dataset.name == "mnist"
     pipe = pipeline.load_pipeline(_checkpoints_of(tmp_path / "f", ["fashion_mnist"] * 2))
     assert pipe.dataset.class_names[9] == "Ankle boot" and pipe.dataset.num_classes == 10
-    with pytest.raises(CheckpointError, match="the denoiser was trained on dataset 'mnist', "
-                                              "the classifier on 'fashion_mnist'"):
+    with pytest.raises(CheckpointError, match="the denoiser was trained with dataset 'mnist', "
+                                              "the classifier with 'fashion_mnist'"):
         pipeline.load_pipeline(_checkpoints_of(tmp_path / "m", ["mnist", "fashion_mnist"]))
 
 
