@@ -69,10 +69,12 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         if not isinstance(value, (str, os.PathLike)):
             raise invalid(name, repr(value), "a path", TypeError)
     root = Path(checkpoint_dir)
-    for path in (root, root / denoiser, root / classifier):
-        if not path.is_dir():  # train.py writes each model to <workdir>/model.
-            raise checkpoint.CheckpointError(f"{path}: not found; accepted a folder holding "
-                                             f"{denoiser}/ and {classifier}/ model checkpoints")
+    if not root.is_dir():
+        raise checkpoint.CheckpointError(f"checkpoint_dir {root}: not found")
+    for name in (denoiser, classifier):
+        if not (root / name).is_dir():  # train.py writes each model to <workdir>/model.
+            raise checkpoint.CheckpointError(f"checkpoint_dir {root}: has no {name}/; accepted a "
+                                             f"folder holding {denoiser}/ and {classifier}/ models")
     den_model, den_vars, den_meta = checkpoint.load_model(root / denoiser, task="denoiser")
     cls_model, cls_vars, cls_meta = checkpoint.load_model(root / classifier, task="classifier")
     den_k = getattr(den_model, "num_classes", None)
