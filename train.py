@@ -67,14 +67,13 @@ def main(argv):
 
     # Every argument is validated before any data is read.
     try:
-        cfg = configs.get_config(args.task, args.model, args.config)
+        cfg = configs.get_config(args.task, args.model, args.config, args.dataset)
     except ValueError as e:
-        raise cli.as_flag_error(e, ("model",)) from e
+        raise cli.as_flag_error(e, ("model", "dataset")) from e
     overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                        steps=args.steps, ckpt_every=args.ckpt_every, keep=args.keep,
                                        eval_every=args.eval_every, init_from=args.init_from,
-                                       warmup_frac=args.warmup_frac, dataset=args.dataset,
-                                       ).items() if v is not None}
+                                       warmup_frac=args.warmup_frac).items() if v is not None}
     try:
         cfg = cfg.replace(**overrides)
     except ValueError as e:

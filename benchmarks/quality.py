@@ -3,11 +3,14 @@
     python benchmarks/quality.py --data-dir ../shared/data/mnist          # full sweep
     python benchmarks/quality.py --data-dir ../shared/data/mnist --quick  # a smoke run
     python benchmarks/quality.py --points '[{"guidance": "free", "scale": 0.5, "seed": 1}]'
+    python benchmarks/quality.py --checkpoint-dir checkpoints/fashion_mnist \
+        --data-dir ../shared/data/fashion_mnist --points '[{"guidance": "free", "scale": 0.75}]'
 
 For each point: accuracy of the independent evaluator on the requested labels, Fréchet
 distance (FD) to the test set in evaluator features, class-conditional FD (mean over digits),
 NFE and wall seconds (compilation included). Every point uses the same seed, hence the same
-initial noise per image. Also the real-data floor: the same metrics for N training digits.
+initial noise per image. Also the real-data floor (with --data-dir): the same metrics for N
+training images of the checkpoints' dataset, N / K per class.
 Writes <out>/quality.json and <out>/quality.png (accuracy against class-FD per sampler).
 """
 
@@ -55,13 +58,13 @@ def run_point(pipe, evaluator, ref, *, method, steps, scale, n, batch, seed,
 
 
 def floor(evaluator, ref, train_images, train_labels, n, seed):
-    """The metrics of n real training digits, n / K of each class (as the samples)."""
+    """The metrics of n real training images, n / K of each class (as the samples)."""
     rng = np.random.default_rng(seed)
     k = int(train_labels.max()) + 1
     idx = np.concatenate([rng.choice(np.flatnonzero(train_labels == c), n // k, replace=False)
                           for c in range(k)])
     res = metrics.evaluate_samples(evaluator, train_images[idx], train_labels[idx], ref)
-    return {"method": "real training digits", "steps": 0, "nfe": 0, "scale": None, "seconds": 0.0, **res}
+    return {"method": "real training images", "steps": 0, "nfe": 0, "scale": None, "seconds": 0.0, **res}
 
 
 def plot(rows, path):
@@ -93,7 +96,7 @@ def plot(rows, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", help="MNIST IDX files (for the real-data floor)")
+    p.add_argument("--data-dir", help="the dataset's IDX files (for the real-data floor)")
     p.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--n", type=int, default=1000, help="samples per point")
@@ -120,13 +123,13 @@ def main():
     pipe = pipeline.load_pipeline(args.checkpoint_dir)
     evaluator = metrics.Evaluator(Path(args.checkpoint_dir) / "evaluator")
     ref = evaluator.reference()
-    if args.points:
-        return run_points(pipe, evaluator, ref, json.loads(args.points), args)
     rows = []
     if args.data_dir:
-        rows.append({**floor(evaluator, ref, *data.load_mnist("train", args.data_dir), args.n, args.seed),
-                     "sweep": "floor"})
+        train = data.load_dataset(pipe.dataset.name, "train", args.data_dir)
+        rows.append({**floor(evaluator, ref, *train, args.n, args.seed), "sweep": "floor"})
         _print(rows[-1])
+    if args.points:
+        return run_points(pipe, evaluator, ref, json.loads(args.points), args)
     scales = (0.0, 8.0) if args.quick else SCALES
     for s in scales:
         rows.append({**run_point(pipe, evaluator, ref, method=args.scale_method, steps=args.scale_steps,
@@ -156,7 +159,7 @@ def run_points(pipe, evaluator, ref, points, args):
                       steps=point.get("steps", pipeline.DEFAULT_STEPS), scale=point["scale"],
                       n=args.n, batch=args.batch, seed=point.get("seed", args.seed),
                       guidance=point["guidance"], interval=point.get("interval"),
-                      classifier_scale=point.get("classifier_scale"))
+                      classifier_scale=point.get("classifier_scale"), grid=point.get("grid"))
         worst = min(r.pop("per_class_accuracy").values())
         print(json.dumps({**point, **r, "worst_digit": worst}), flush=True)
 

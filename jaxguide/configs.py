@@ -124,8 +124,12 @@ class TrainConfig:
 
     def differences(self, other: "TrainConfig") -> list[str]:
         """Names and values of the fields (operational and start-only ones excepted) that
-        differ."""
+        differ; model_kwargs that make the same model (a default spelled out or not) do not."""
+        from jaxguide.nets import make_model  # Local: jaxguide.nets imports this module.
+
         a, b = self.to_dict(), other.to_dict()
+        if make_model(self.model, self.kwargs) == make_model(other.model, other.kwargs):
+            b["model_kwargs"] = a["model_kwargs"]
         return [f"{k}: {json.dumps(a[k])} vs {json.dumps(b[k])}" for k in a
                 if k not in OPERATIONAL_FIELDS + START_FIELDS and a[k] != b[k]]
 
@@ -151,10 +155,13 @@ def _frozen_kwargs(model: str, kwargs) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in pairs.items()))
 
 
-def get_config(task: str, model: str | None = None, preset: str = "default") -> TrainConfig:
-    """The preset configuration for a task ("tiny" trains in seconds, for tests)."""
+def get_config(task: str, model: str | None = None, preset: str = "default",
+               dataset: str = "mnist") -> TrainConfig:
+    """The preset configuration for a task on a dataset of data.DATASETS ("tiny" trains in
+    seconds, for tests); class-aware models get the dataset's class count."""
     check_choice("task", task, TASKS)
     check_choice("preset", preset, PRESETS)
+    k = get_dataset(dataset).num_classes
     model = model or MODELS[task][0]
     _check_model(task, model)
     base = {
@@ -167,19 +174,20 @@ def get_config(task: str, model: str | None = None, preset: str = "default") -> 
     base.update({"unet": dict(label_dropout=0.2),
                  "resnet": dict(steps=3000, lr=2e-3, ema_decay=0.999)}.get(model, {}))
     kwargs = {
-        "unet": dict(channels=(32, 64), blocks=2, emb_dim=128, attention=True, num_classes=10),
+        "unet": dict(channels=(32, 64), blocks=2, emb_dim=128, attention=True, num_classes=k),
         "seed": {},
-        "resnet": dict(channels=(32, 64), blocks=2, emb_dim=64),
-        "tutorial": dict(time_embed="fourier", width=2),
-        "evaluator": {},
+        "resnet": dict(channels=(32, 64), blocks=2, emb_dim=64, num_classes=k),
+        "tutorial": dict(time_embed="fourier", width=2, num_classes=k),
+        "evaluator": dict(num_classes=k),
     }[model]
     if preset == "tiny":
         base.update(steps=6, batch_size=8, log_every=2, eval_every=3, ckpt_every=3)
         if model == "unet":
             kwargs = dict(channels=(8, 16), blocks=1, emb_dim=16, groups=4, attention=True,
-                          num_classes=10)
+                          num_classes=k)
         if model == "resnet":
-            kwargs = dict(channels=(8, 16), blocks=1, emb_dim=16, groups=4)
+            kwargs = dict(channels=(8, 16), blocks=1, emb_dim=16, groups=4, num_classes=k)
         if model == "tutorial":
-            kwargs = dict(time_embed="fourier", width=1)
-    return TrainConfig(task=task, model=model, model_kwargs=tuple(sorted(kwargs.items())), **base)
+            kwargs = dict(time_embed="fourier", width=1, num_classes=k)
+    return TrainConfig(task=task, dataset=dataset, model=model,
+                       model_kwargs=tuple(sorted(kwargs.items())), **base)

@@ -18,7 +18,6 @@ import numpy as np
 from jaxguide import checkpoint
 from jaxguide.checks import check_int, check_pixels, invalid
 from jaxguide.compiler import jit
-from jaxguide.data import IMAGE_SHAPE
 
 
 REFERENCE_FILE = checkpoint.REFERENCE_FILE
@@ -73,7 +72,7 @@ class Evaluator:
         return Evaluation(np.concatenate(preds), np.concatenate(feats))
 
 
-def check_images(images, image_shape: tuple[int, ...] | None = IMAGE_SHAPE) -> np.ndarray:
+def check_images(images, image_shape: tuple[int, ...] | None) -> np.ndarray:
     """Validates images: (N, *image_shape) (None: any (N, H, W, C)), finite, in [−1, 1];
     returns float32."""
     x = np.asarray(images)
@@ -87,7 +86,7 @@ def check_images(images, image_shape: tuple[int, ...] | None = IMAGE_SHAPE) -> n
     return x
 
 
-def check_labels(labels, n: int, num_classes: int | None = 10) -> np.ndarray:
+def check_labels(labels, n: int, num_classes: int | None = None) -> np.ndarray:
     """Validates labels: integers (n,) in [0, num_classes) (>= 0 when None)."""
     y = np.asarray(labels)
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
@@ -108,10 +107,12 @@ def _class_labels(labels, n: int, num_classes: int | None = None) -> np.ndarray:
     return y
 
 
-def guided_accuracy(predictions, labels, num_classes: int = 10) -> tuple[float, dict[int, float]]:
+def guided_accuracy(predictions, labels,
+                    num_classes: int | None = None) -> tuple[float, dict[int, float]]:
     """Fraction of samples whose predicted class (N,) is their requested label (N,): overall
-    and per class."""
-    num_classes = check_int("num_classes", num_classes, 1)
+    and per class; labels in [0, num_classes) (None: any integers >= 0)."""
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, 1)
     p = np.asarray(predictions)
     if p.ndim != 1 or len(p) < 1 or not np.issubdtype(p.dtype, np.integer):
         raise invalid("predictions", f"{p.dtype}{p.shape}",

@@ -61,9 +61,10 @@ def sde_of(cfg: TrainConfig) -> VPSDE:
     return VPSDE(beta_min=cfg.beta_min, beta_max=cfg.beta_max, T=cfg.T)
 
 
-def create_state(cfg: TrainConfig, model: nn.Module, tx, image_shape=data.IMAGE_SHAPE) -> TrainState:
-    """A fresh TrainState from `key(seed)`."""
-    variables = model.init(jax.random.key(cfg.seed), jnp.zeros((1,) + tuple(image_shape)),
+def create_state(cfg: TrainConfig, model: nn.Module, tx, image_shape=None) -> TrainState:
+    """A fresh TrainState from `key(seed)`, for images (H, W, C) (default: cfg.dataset's)."""
+    image_shape = tuple(image_shape or data.get_dataset(cfg.dataset).image_shape)
+    variables = model.init(jax.random.key(cfg.seed), jnp.zeros((1,) + image_shape),
                            jnp.zeros((1,)))
     params = variables["params"]
     return TrainState(step=jnp.array(0, jnp.int32), params=params,

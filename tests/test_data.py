@@ -478,3 +478,29 @@ def test_only_mnist_reads_the_environment_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_load_tfds_split", lambda spec, split, tfds_dir: (
         np.zeros((2, 28, 28), np.uint8), np.array([0, 1])))
     assert data.load_dataset("fashion_mnist", "test")[0].shape == (2, 28, 28, 1)
+
+
+FASHION_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist"
+
+
+@pytest.mark.slow
+def test_tfds_reads_fashion_mnist_image_for_image(tmp_path):
+    """The real tensorflow-datasets path, offline: tfds builds fashion_mnist from the genuine
+    files as its manual dir (needs TensorFlow, the jaxguide[tfds] extra); load_dataset reads
+    it back, and it holds the IDX files' images and labels (in tfds' own order)."""
+    pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    if not FASHION_MNIST.is_dir():
+        pytest.skip(f"needs {FASHION_MNIST}")
+    tfds.builder("fashion_mnist", data_dir=tmp_path).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(FASHION_MNIST),
+                                                     try_download_gcs=False),
+        file_format="array_record")
+    x, y = data.load_dataset("fashion_mnist", "test", tfds_data_dir=tmp_path)
+    x_idx, y_idx = data.load_dataset("fashion_mnist", "test", FASHION_MNIST)
+    assert x.shape == x_idx.shape == (10_000, 28, 28, 1) and y.dtype == y_idx.dtype
+
+    def rows(x, y):  # Each example as bytes, sorted: the split as a multiset.
+        return sorted(bytes([label]) + image.tobytes() for image, label in zip(x, y))
+
+    assert rows(x, y) == rows(x_idx, y_idx)

@@ -78,7 +78,7 @@ def test_bundled_evaluator_is_at_least_99_percent_on_the_test_set():
 
 def test_check_images_accepts_every_float_dtype():
     for dtype in (jnp.bfloat16, jnp.float16, jnp.float32, np.float64):
-        x = metrics.check_images(np.full((2, 28, 28, 1), 0.5, dtype))
+        x = metrics.check_images(np.full((2, 28, 28, 1), 0.5, dtype), (28, 28, 1))
         assert x.dtype == np.float32 and np.all(x == 0.5)
 
 
@@ -175,13 +175,13 @@ METRICS_CASES = {
     "guided_accuracy-num_classes-0": (lambda: metrics.guided_accuracy(np.array([1, 0]), [1, 0],
                                                                       num_classes=0),
                                       ValueError, r"num_classes: got 0, accepted an integer >= 1"),
-    "images-shape": (lambda: metrics.check_images(np.zeros((2, 28, 28))),
+    "images-shape": (lambda: metrics.check_images(np.zeros((2, 28, 28)), (28, 28, 1)),
                      ValueError, r"images: got shape \(2, 28, 28\), accepted \(N, 28, 28, 1\)"),
-    "images-nan": (lambda: metrics.check_images(np.full((1, 28, 28, 1), np.nan)),
+    "images-nan": (lambda: metrics.check_images(np.full((1, 28, 28, 1), np.nan), (28, 28, 1)),
                    ValueError, r"images: contain NaN or inf"),
-    "images-range": (lambda: metrics.check_images(np.full((1, 28, 28, 1), 255.0)),
+    "images-range": (lambda: metrics.check_images(np.full((1, 28, 28, 1), 255.0), (28, 28, 1)),
                      ValueError, r"images: values span \[255, 255\], accepted \[-1, 1\]"),
-    "images-uint8": (lambda: metrics.check_images(np.zeros((1, 28, 28, 1), np.uint8)),
+    "images-uint8": (lambda: metrics.check_images(np.zeros((1, 28, 28, 1), np.uint8), (28, 28, 1)),
                      ValueError, r"images: got dtype uint8"),
     "frechet-dims": (lambda: metrics.frechet_distance(np.random.rand(5, 3), np.random.rand(5, 4)),
                      ValueError, r"features: dimensions differ \(\(3,\) vs \(4,\)\)"),

@@ -7,11 +7,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxguide.checks import check_int, check_number
+from jaxguide.data import DATASETS
 from jaxguide.nets.conv import Conv
 from jaxguide.nets.unet import (TimeEmbedding, check_images, check_times, check_widths,
                                 fitted_channels, fourier_features, space_to_depth)
 
-IMAGE_SIZE = (28, 28)  # The flattened features (and so the parameters) fix the image size.
+# The tutorial's classifier flattens MNIST's features: its parameters fix the image size.
+IMAGE_SIZE = DATASETS["mnist"].image_shape[:2]
+NUM_CLASSES = DATASETS["mnist"].num_classes  # The default dataset's.
 TIME_EMBEDDINGS = ("add", "fourier")
 
 
@@ -46,7 +49,7 @@ class NoisyClassifier(nn.Module):
       width: channel multiplier (1 = the tutorial's 10 and 20 channels, 50 hidden units).
     """
 
-    num_classes: int = 10
+    num_classes: int = NUM_CLASSES
     time_embed: str = "add"
     width: int = 1
     dropout: float = 0.5
@@ -111,7 +114,7 @@ class ResNetClassifier(nn.Module):
     2 · 2^(len(channels) − 1).
     """
 
-    num_classes: int = 10
+    num_classes: int = NUM_CLASSES
     channels: tuple[int, ...] = (32, 64)
     blocks: int = 2
     emb_dim: int = 64
@@ -149,7 +152,7 @@ class Evaluator(nn.Module):
     Independent of the guidance classifier by construction: trained on clean images only.
     """
 
-    num_classes: int = 10
+    num_classes: int = NUM_CLASSES
     dropout: float = 0.3
 
     def __post_init__(self):
