@@ -31,8 +31,9 @@ def parse_args(argv):
     # --help shows every default: "(default: %(default)s)", or where it comes from.
     p.add_argument("task", choices=configs.TASKS, help="the model to train")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and the exported model")
-    p.add_argument("--dataset", choices=list(DATASETS), default="mnist",
-                   help="what to train on (default: %(default)s)")
+    p.add_argument("--dataset", default="mnist",
+                   help=f"what to train on: {', '.join(DATASETS)} or another tensorflow-datasets "
+                   "image-classification dataset by name (default: %(default)s)")
     p.add_argument("--data-dir", help="folder with the dataset's IDX files (default for MNIST: "
                    "$JAXGUIDE_DATA_DIR; else tensorflow-datasets)")
     p.add_argument("--model", help="denoiser: unet (default) or seed (the tutorial's UNet)")

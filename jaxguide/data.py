@@ -1,7 +1,8 @@
 """Datasets: what each is to the models (`DatasetSpec`), loading, stateless batching.
 
-A dataset is named as tensorflow-datasets names it (`DATASETS`: mnist, fashion_mnist,
-cifar10). Two sources, same output:
+A dataset is named as tensorflow-datasets names it: `DATASETS` (mnist, fashion_mnist,
+cifar10) are known here; any other tfds image-classification dataset (cifar100,
+svhn_cropped, ...) is described by its tfds builder's info. Two sources, same output:
 
 * **IDX files** (offline, numpy only), for MNIST and Fashion-MNIST: the four standard files
   (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
@@ -55,13 +56,15 @@ __all__ = [
 class DatasetSpec:
     """What a dataset is to the models: its tensorflow-datasets name, a title for messages,
     the image shape (H, W, C) and the class names (as many as classes). `idx`: whether it
-    also comes as the four MNIST-layout IDX files."""
+    also comes as the four MNIST-layout IDX files; `tfds_keys`: its image and label features
+    in tensorflow-datasets."""
 
     name: str
     title: str
     image_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
     idx: bool = False
+    tfds_keys: tuple[str, str] = ("image", "label")
 
     @property
     def num_classes(self) -> int:
@@ -83,8 +86,33 @@ SPLITS = ("train", "test")
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    """The spec of a dataset in DATASETS."""
-    return DATASETS[check_choice("dataset", name, tuple(DATASETS))]
+    """The spec of a dataset: one of DATASETS, else that of the tensorflow-datasets
+    image-classification dataset `name` (from its builder's info: nothing is downloaded)."""
+    if not isinstance(name, str) or name in DATASETS or not name.strip():
+        return DATASETS[check_choice("dataset", name, tuple(DATASETS))]
+    return _tfds_spec(name)
+
+
+@functools.cache
+def _tfds_spec(name: str) -> DatasetSpec:
+    accepted = f"{', '.join(DATASETS)} or a tensorflow-datasets image-classification dataset"
+    try:
+        import tensorflow_datasets as tfds  # lazy: optional extra
+
+        info = tfds.builder(name).info
+    except ImportError:
+        raise invalid("dataset", f"{name!r} (tensorflow-datasets is not installed)",
+                      f"{accepted} (pip install 'jaxguide[tfds]')") from None
+    except Exception as e:  # DatasetNotFoundError and others.
+        raise invalid("dataset", f"{name!r} ({type(e).__name__})", accepted) from None
+    image, label = info.supervised_keys or ("image", "label")
+    feats = info.features
+    shape = tuple(getattr(feats[image], "shape", ())) if image in feats.keys() else ()
+    names = getattr(feats[label], "names", None) if label in feats.keys() else None
+    if len(shape) != 3 or not all(isinstance(d, int) for d in shape) or not names:
+        raise invalid("dataset", f"{name!r} (features {image}: {shape}, {label}: {names})",
+                      f"{accepted}: fixed-size images (H, W, C) and class labels")
+    return DatasetSpec(name, info.full_name, shape, tuple(names), tfds_keys=(image, label))
 
 # split -> (images file, labels file), without the optional ".gz".
 _IDX_FILES = {
@@ -273,12 +301,12 @@ def _load_tfds_split(spec: DatasetSpec, split: str, tfds_data_dir: str | os.Path
     # (one PNG per record) dominates anyway.
     for i in range(n):
         rec = ds[i]
-        img = np.asarray(rec["image"])
+        img = np.asarray(rec[spec.tfds_keys[0]])
         if img.size != images[i].size or img.shape[:2] != spec.image_shape[:2]:
             raise DataError(f"{spec.title} (tfds {split}) record {i}: image shape {img.shape}, "
                             f"expected {spec.image_shape}")
         images[i] = img.reshape(spec.image_shape)
-        labels[i] = int(rec["label"])
+        labels[i] = int(rec[spec.tfds_keys[1]])
     _check_labels(spec, labels, f"tfds {spec.name} {split}")
     return images, labels
 

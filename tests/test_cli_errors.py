@@ -280,6 +280,7 @@ TRAIN_CASES = {
     "model-bogus": (["--model", "bogus"], ["--model", "'bogus'", "accepted unet, seed"]),
     "model-seed-for-classifier": (["classifier", "--model", "seed"],
                                   ["--model", "'seed'", "'classifier'", "accepted resnet, tutorial"]),
+    "dataset-unknown": (["--dataset", "no_such_set"], ["--dataset", "'no_such_set'", "accepted mnist"]),
     "data-dir-missing": ([], ["--data-dir", "does-not-exist", "not found"]),
     "data-dir-a-file": (["--data-dir", "{file}"], ["--data-dir", "a-file", "not a directory"]),
     "data-dir-corrupt-idx": (["--data-dir", "{corrupt_idx}"],

@@ -30,7 +30,7 @@ def test_numpy_scalars_and_dict_kwargs_are_accepted():
 
 test_bad_argument = raising_cases({
     "dataset-unknown": (lambda: config(dataset="svhn"), ValueError,
-                        r"dataset: got 'svhn', accepted mnist, fashion_mnist, cifar10"),
+                        r"dataset: got 'svhn'.*accepted mnist, fashion_mnist, cifar10"),
     "init_from-not-a-str": (lambda: config(init_from=3), TypeError,
                             r"init_from: got 3, accepted a model directory"),
     "init_from-blank": (lambda: config(init_from=" "), ValueError,

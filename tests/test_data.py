@@ -282,6 +282,23 @@ def test_tfds_mock():
     np.testing.assert_allclose(k, np.round(k), atol=1e-3)
 
 
+def test_any_tfds_image_classification_dataset_by_name():
+    """A name outside DATASETS is described by its tfds builder's info (offline) and read like
+    the others; a dataset that is not images with class labels is refused, naming it."""
+    tfds = pytest.importorskip(
+        "tensorflow_datasets", reason="tensorflow-datasets not installed (test extra)"
+    )
+    spec = data.get_dataset("cifar100")
+    assert (spec.image_shape, spec.num_classes) == ((32, 32, 3), 100)
+    with tfds.testing.mock_data(num_examples=4):
+        images, labels = data.load_dataset("cifar100", "test")
+    assert images.shape == (4, 32, 32, 3) and labels.max() < 100
+    with pytest.raises(ValueError, match=r"dataset: got 'imdb_reviews' .*accepted .*images"):
+        data.get_dataset("imdb_reviews")
+    with pytest.raises(ValueError, match=r"dataset: got 'no_such_set' \(DatasetNotFoundError\)"):
+        data.get_dataset("no_such_set")
+
+
 def test_tfds_not_prepared_message(tmp_path):
     pytest.importorskip(
         "tensorflow_datasets", reason="tensorflow-datasets not installed (test extra)"
@@ -465,7 +482,7 @@ def test_a_dataset_is_read_by_its_spec(tmp_path):
     assert x.shape[1:] == data.get_dataset("fashion_mnist").image_shape and x.dtype == np.float32
     x_m, y_m = load_mnist("test", tmp_path)  # The same files, read as MNIST.
     np.testing.assert_array_equal(x, x_m)
-    with pytest.raises(ValueError, match=r"dataset: got 'svhn', accepted mnist, fashion_mnist"):
+    with pytest.raises(ValueError, match=r"dataset: got 'svhn'.*accepted mnist, fashion_mnist"):
         data.load_dataset("svhn", "test", tmp_path)
     with pytest.raises(ValueError, match=r"data_dir: got .*, but CIFAR-10 has no IDX files"):
         data.load_dataset("cifar10", "test", tmp_path)
