@@ -365,10 +365,9 @@ def export(workdir: str | Path, step: int | None = None, out: str | Path | None 
         tx = make_optimizer(cfg)
         abstract = jax.eval_shape(lambda: create_state(cfg, model, tx, tuple(meta["image_shape"])))
         state = checkpoint.restore_train(mgr, step, checkpoint.abstract(abstract))
-    keep = ("task", "model", "model_kwargs", "config", "image_shape", "sde", "step",
-            "images_before", "metrics")
+    progress = {k: meta[k] for k in ("step", "images_before", "metrics") if k in meta}
     return checkpoint.save_model(out, eval_variables(state),
-                                 {k: meta[k] for k in keep if k in meta})
+                                 {**model_metadata(cfg, meta["image_shape"]), **progress})
 
 
 def _save_reference_stats(model_dir: Path, images, labels) -> None:

@@ -318,7 +318,9 @@ def test_export_of_a_training_checkpoint(ref, tmp_path):
     # The latest checkpoint exports the same variables as the end of training.
     _, variables, meta = checkpoint.load_model(training.export(workdir, out=tmp_path / "last"))
     assert_trees_equal(variables, training.eval_variables(state))
-    assert meta["step"] == 6 and meta["task"] == CFG.task
+    assert meta["step"] == 6
+    model_fields = training.model_metadata(CFG, meta["image_shape"])  # The dataset included.
+    assert {k: meta[k] for k in model_fields} == model_fields
     _, _, meta = checkpoint.load_model(training.export(workdir, 2, tmp_path / "early"))
     assert meta["step"] == 2
     with pytest.raises(training.TrainingError, match="no training checkpoint 5"):
