@@ -119,7 +119,8 @@ def parse_args(argv):
     p.add_argument("--scale", type=float, help="the chosen guidance's weight >= 0: s for "
                    "classifier, w for free and both (default: "
                    + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_SCALES.items())
-                   + "; not used by figures, which sweeps classifier scales 0-32)")
+                   + ", or the denoiser's tuned weights; not used by figures, which sweeps "
+                   "classifier scales 0-32)")
     p.add_argument("--classifier-scale", type=float, help="with --guidance both: the classifier "
                    f"scale s (default: {DEFAULT_SCALES['classifier']:g})")
     p.add_argument("--interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
@@ -160,8 +161,9 @@ def parse_args(argv):
     return args
 
 
-def set_guidance(args, conditional: bool) -> None:
-    """Fills in --guidance, --scale and --classifier-scale defaults once the denoiser is known."""
+def set_guidance(args, conditional: bool, scales=DEFAULT_SCALES) -> None:
+    """Fills in --guidance, --scale and --classifier-scale defaults once the denoiser is known
+    (`scales`: its guidance weights, `Pipeline.default_scales`)."""
     if args.guidance is None:
         args.guidance = "free" if conditional else "classifier"
     if args.guidance != "classifier" and not conditional:
@@ -171,9 +173,9 @@ def set_guidance(args, conditional: bool) -> None:
     if args.classifier_scale is not None and args.guidance != "both":
         raise ValueError("--classifier-scale: used only with --guidance both")
     if args.scale is None:
-        args.scale = DEFAULT_SCALES["classifier" if args.guidance == "classifier" else "free"]
+        args.scale = scales["classifier" if args.guidance == "classifier" else "free"]
     if args.guidance == "both" and args.classifier_scale is None:
-        args.classifier_scale = DEFAULT_SCALES["classifier"]
+        args.classifier_scale = scales["classifier"]
     steps, grid = DEFAULT_SAMPLING["classifier" if args.guidance == "classifier" else "free"]
     if args.steps is None:
         args.steps = steps
@@ -331,7 +333,7 @@ def run_sample(args, mesh):
     check_args(args)
     pipe = load_pipeline(args)
     classes = check_args(args, pipe.num_classes)
-    set_guidance(args, pipe.conditional)
+    set_guidance(args, pipe.conditional, pipe.default_scales)
     evaluator = load_evaluator(args, required=True) if args.evaluate else None
     reference = evaluator.reference(classes) if evaluator else None  # Read before sampling.
     names = ["grid.png"] + ([] if args.no_gif else ["trajectory.gif"]) + ["samples.npz"]

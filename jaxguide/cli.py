@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from jaxguide import parallel, runtime
+from jaxguide.checks import invalid
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.data import DataError
 
@@ -96,17 +97,16 @@ def check_path(flag: str, value: str | None) -> None:
         return
     shown = repr(value if len(value) <= 60 else value[:57] + "...")
     if not value.strip():
-        raise ValueError(f"{flag}: got {shown}, accepted a folder path")
+        raise invalid(flag, shown, "a folder path")
     try:
         value.encode("utf-8")
-        try:
-            os.stat(value)
-        except (FileNotFoundError, NotADirectoryError):  # Then made: each name must fit.
-            if any(len(os.fsencode(part)) > NAME_MAX for part in Path(value).parts):
-                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)) from None
-            # Else reported by whoever needs the path to exist, in their own words.
+        os.stat(value)
     except UnicodeEncodeError:
-        raise ValueError(f"{flag}: got {shown}, accepted a UTF-8 path") from None
+        raise invalid(flag, shown, "a UTF-8 path") from None
+    except (FileNotFoundError, NotADirectoryError):  # Else reported by whoever needs it to exist.
+        if any(len(os.fsencode(part)) > NAME_MAX for part in Path(value).parts):  # To be made.
+            raise ValueError(f"{flag}: got {shown}, an unusable path "
+                             f"({os.strerror(errno.ENAMETOOLONG)})") from None
     except OSError as e:
         raise ValueError(f"{flag}: got {shown}, an unusable path ({e.strerror or e})") from None
 
@@ -152,13 +152,13 @@ def init_devices(args) -> "parallel.Mesh":
     n, i, address = args.num_processes, args.process_id, args.coordinator_address
     match = _HOST_PORT.fullmatch(address) if address is not None else None
     if address is not None and not (match and 1 <= int(match[2]) <= 65535):
-        raise ValueError(f"--coordinator-address: got {address!r}, accepted host:port with a "
-                         "port in 1..65535 (e.g. 10.0.0.1:1234)")
+        raise invalid("--coordinator-address", repr(address),
+                      "host:port with a port in 1..65535 (e.g. 10.0.0.1:1234)")
     if n is not None and n < 1:
-        raise ValueError(f"--num-processes: got {n}, accepted an integer >= 1")
+        raise invalid("--num-processes", str(n), "an integer >= 1")
     if i is not None and not 0 <= i < (n or 1 << 31):
-        raise ValueError(f"--process-id: got {i}, accepted 0..{'N-1' if n is None else n - 1} "
-                         "(N = --num-processes)")
+        raise invalid("--process-id", str(i),
+                      f"0..{'N-1' if n is None else n - 1} (N = --num-processes)")
     if args.distributed or any(v is not None for v in (address, n, i)):
         try:
             parallel.initialize(address, n, i)

@@ -19,6 +19,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxguide.checks import invalid
+
 AXIS = "data"
 
 
@@ -40,15 +42,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def make_mesh(devices: int | None = None) -> Mesh:
     """A mesh ("data",) over the first `devices` devices (default: all, of all processes)."""
     available = jax.devices()
-    if devices is None:
-        devices = len(available)
-    if (isinstance(devices, bool) or not isinstance(devices, numbers.Integral)
-            or not 1 <= devices <= len(available)):
-        raise ValueError(f"devices: got {devices!r}, accepted 1..{len(available)} "
-                         f"(the {available[0].platform} devices visible to JAX)")
-    if jax.process_count() > 1 and devices != len(available):
-        raise ValueError(f"devices: got {devices}, a multi-process run uses all "
-                         f"{len(available)} devices")
+    n = len(available)
+    devices = n if devices is None else devices
+    if isinstance(devices, bool) or not (isinstance(devices, numbers.Integral)
+                                         and 1 <= devices <= n):
+        raise invalid("devices", repr(devices), f"1..{n} (the {available[0].platform} devices)")
+    if jax.process_count() > 1 and devices != n:
+        raise invalid("devices", str(devices), f"all {n} (a multi-process run uses all devices)")
     return Mesh(np.asarray(available[:devices]), (AXIS,))
 
 
@@ -64,8 +64,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_divisible(name: str, size: int, mesh: Mesh) -> None:
     """A batch of `size` must split evenly over the mesh."""
     if size % mesh.size:
-        raise ValueError(f"{name}: got {size}, accepted a multiple of the {mesh.size} devices "
-                         "(the batch is split evenly over them)")
+        raise invalid(name, str(size), f"a multiple of the {mesh.size} devices (split evenly)")
 
 
 def constrain_batch(x: jax.Array, mesh: Mesh | None, axis: int = 0) -> jax.Array:

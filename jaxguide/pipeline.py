@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from jaxguide import checkpoint
-from jaxguide.checks import check_choice, check_target_labels, invalid
+from jaxguide.checks import check_choice, check_target_labels, invalid, is_real
 from jaxguide.data import DATASETS, DatasetSpec, get_dataset
 from jaxguide.nets import apply_fn
 from jaxguide.samplers import evaluation_times, sample
@@ -44,7 +45,9 @@ class Pipeline:
     (B, num_classes); eps_fn(x, t, y) -> (B, H, W, C), the noise prediction of a
     class-conditional denoiser (y in 0..num_classes, num_classes the null class), else None.
     dataset: what the models were trained on (`data.DATASETS`; checkpoints that do not say
-    are MNIST's).
+    are MNIST's). default_scales: the guidance weights to sample at, per guidance
+    ("classifier", "free"): DEFAULT_SCALES, or those tuned for this denoiser (its metadata's
+    "guidance_scales").
     """
 
     sde: VPSDE
@@ -55,6 +58,8 @@ class Pipeline:
     metadata: dict[str, Any]
     eps_fn: Partial | None = None
     dataset: DatasetSpec = DATASETS["mnist"]
+    default_scales: dict[str, float] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_SCALES))
 
     @property
     def conditional(self) -> bool:
@@ -89,6 +94,11 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         dataset = get_dataset(den["dataset"])
     except ValueError as e:
         raise checkpoint.CheckpointError(f"{root}: {e}") from e
+    tuned = den_meta.get("guidance_scales", {})
+    if not (isinstance(tuned, dict) and set(tuned) <= set(DEFAULT_SCALES)
+            and all(is_real(v) and 0 <= v < math.inf for v in tuned.values())):
+        raise checkpoint.CheckpointError(f"{root / denoiser}: guidance_scales: got {tuned!r}; "
+                                         "accepted {'classifier': s, 'free': w}, numbers >= 0")
     sde = VPSDE(**den_meta["sde"])
     eps_fn = apply_fn(den_model, den_vars)
     return Pipeline(
@@ -100,6 +110,7 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         metadata={"denoiser": den_meta, "classifier": cls_meta},
         eps_fn=eps_fn if den_k is not None else None,
         dataset=dataset,
+        default_scales={**DEFAULT_SCALES, **{k: float(v) for k, v in tuned.items()}},
     )
 
 

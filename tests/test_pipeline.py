@@ -87,8 +87,9 @@ def test_network_evaluations_count_what_generate_computes():
     assert count(guidance="free", interval=(ts[2], ts[1]))["nfe"] == 6
 
 
-def _checkpoints_of(root, datasets):
-    """denoiser/ and classifier/ of the tiny presets, recorded as trained on `datasets`."""
+def _checkpoints_of(root, datasets, **denoiser_meta):
+    """denoiser/ and classifier/ of the tiny presets, recorded as trained on `datasets`
+    (the denoiser's metadata with `denoiser_meta` added)."""
     from jaxguide import checkpoint, training
     from jaxguide.configs import get_config
     from jaxguide.nets import make_model
@@ -97,8 +98,9 @@ def _checkpoints_of(root, datasets):
         cfg = get_config(task, preset="tiny").replace(dataset=dataset)
         model = make_model(cfg.model, cfg.kwargs)
         variables = jax.jit(model.init)(KEY, jnp.zeros((1, 28, 28, 1)), jnp.zeros(1))
+        extra = denoiser_meta if task == "denoiser" else {}
         checkpoint.save_model(root / task, variables,
-                              {**training.model_metadata(cfg, (28, 28, 1)), "step": 0})
+                              {**training.model_metadata(cfg, (28, 28, 1)), "step": 0, **extra})
     return root
 
 
@@ -109,6 +111,16 @@ def test_a_pipeline_knows_its_dataset(tiny_checkpoints, tmp_path):
     with pytest.raises(CheckpointError, match="the denoiser was trained with dataset 'mnist', "
                                               "the classifier with 'fashion_mnist'"):
         pipeline.load_pipeline(_checkpoints_of(tmp_path / "m", ["mnist", "fashion_mnist"]))
+
+
+def test_a_denoiser_carries_its_tuned_guidance_scales(tmp_path):
+    """metadata "guidance_scales" overrides DEFAULT_SCALES for that guidance only."""
+    pipe = pipeline.load_pipeline(_checkpoints_of(tmp_path / "t", ["mnist"] * 2,
+                                                  guidance_scales={"free": 3}))
+    assert pipe.default_scales == {**pipeline.DEFAULT_SCALES, "free": 3.0}
+    with pytest.raises(CheckpointError, match=r"guidance_scales: got \{'free': -1\}; accepted"):
+        pipeline.load_pipeline(_checkpoints_of(tmp_path / "b", ["mnist"] * 2,
+                                               guidance_scales={"free": -1}))
 
 
 def test_sample_cli_takes_the_dataset_of_its_checkpoints(tmp_path):

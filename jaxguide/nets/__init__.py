@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from jaxguide.checks import check_choice, invalid
 from jaxguide.configs import OLD_MODEL_NAMES
 from jaxguide.nets.classifier import Evaluator, NoisyClassifier, ResNetClassifier
 from jaxguide.nets.seed_unet import SeedUNet, load_torch_state_dict
@@ -27,9 +28,9 @@ class _Apply:
         try:
             return self.model.apply(variables, x, t, *labels)
         except _MISFITS as e:
-            raise ValueError(f"variables: do not fit the {type(self.model).__name__} "
-                             f"({str(e).splitlines()[0]}); accepted this model's variables "
-                             "(model.init, load_model)") from None
+            reason = str(e).splitlines()[0]
+            raise ValueError(f"variables: do not fit the {type(self.model).__name__} ({reason}); "
+                             "accepted this model's variables (model.init, load_model)") from None
 
 
 _MISFITS = (flax.errors.ScopeParamNotFoundError, flax.errors.ScopeParamShapeError,
@@ -43,17 +44,17 @@ def apply_fn(model: nn.Module, variables) -> Partial:
     variables: a dict of collections ({"params": ..., ...}) of this model.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: got {type(model).__name__}, accepted a Flax module "
-                        "(make_model, load_model)")
+        raise invalid("model", type(model).__name__, "a Flax module (make_model, load_model)",
+                      TypeError)
     if not isinstance(variables, Mapping):
-        raise TypeError(f"variables: got {reprlib.repr(variables)}, accepted a dict of "
-                        "collections such as {'params': ...} (model.init, load_model)")
+        raise invalid("variables", reprlib.repr(variables), "a dict of collections such as "
+                      "{'params': ...} (model.init, load_model)", TypeError)
     for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             what = f"a {type(leaf).__name__}" if dtype is None else f"dtype {dtype}"
-            raise ValueError(f"variables: got {what} at {jax.tree_util.keystr(path)}, accepted "
-                             "floating arrays (model.init, load_model)")
+            raise invalid("variables", f"{what} at {jax.tree_util.keystr(path)}",
+                          "floating arrays (model.init, load_model)")
     return Partial(_Apply(model), variables)
 
 
@@ -70,19 +71,16 @@ def make_model(name: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     or kwargs of the wrong type.
     """
     if not isinstance(name, str):
-        raise TypeError(f"model: got {name!r}, accepted a name: {', '.join(MODELS)}")
-    name = OLD_MODEL_NAMES.get(name, name)
-    if name not in MODELS:
-        raise ValueError(f"model: got {name!r}, accepted {', '.join(MODELS)}")
+        raise invalid("model", repr(name), f"a name: {', '.join(MODELS)}", TypeError)
+    name = check_choice("model", OLD_MODEL_NAMES.get(name, name), tuple(MODELS))
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, Mapping):
-        raise TypeError(f"model_kwargs: got {kwargs!r}, accepted a dict of keyword arguments")
+        raise invalid("model_kwargs", repr(kwargs), "a dict of keyword arguments", TypeError)
     module = MODELS[name]
     fields = [f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name")]
-    unknown = [k for k in kwargs if k not in fields]
-    if unknown:
-        raise ValueError(f"model_kwargs for {name!r}: got unknown {', '.join(map(repr, unknown))}, "
-                         f"accepted {', '.join(fields)}")
+    if unknown := [k for k in kwargs if k not in fields]:
+        raise invalid(f"model_kwargs for {name!r}", f"unknown {', '.join(map(repr, unknown))}",
+                      ", ".join(fields))
     try:
         return module(**kwargs)
     except (TypeError, ValueError) as e:

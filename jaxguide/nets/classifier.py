@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxguide.checks import check_int, check_number
+from jaxguide.checks import check_choice, check_int, check_number
 from jaxguide.data import DATASETS
 from jaxguide.nets.conv import Conv
 from jaxguide.nets.unet import (TimeEmbedding, check_images, check_times, check_widths,
@@ -56,9 +56,7 @@ class NoisyClassifier(nn.Module):
 
     def __post_init__(self):
         check_head(self.num_classes, self.dropout)
-        if self.time_embed not in TIME_EMBEDDINGS:
-            raise ValueError(f"time_embed: got {self.time_embed!r}, "
-                             f"accepted {', '.join(TIME_EMBEDDINGS)}")
+        check_choice("time_embed", self.time_embed, TIME_EMBEDDINGS)
         check_int("width", self.width, 1)
         super().__post_init__()
 

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxguide.checks import check_choice
+
 NHWC = ("NHWC", "HWIO", "NHWC")
 IMPLS = ("auto", "xla", "gemm")
 _IMPL = contextvars.ContextVar("jaxguide_conv_impl", default="auto")
@@ -49,9 +51,7 @@ def conv_impl(name: str):
     * "gemm": `gemm_conv` (im2col GEMMs, `depthwise_conv`) everywhere.
     Convolutions `gemm_conv` does not cover (dilations, other groupings) always use XLA's.
     """
-    if name not in IMPLS:
-        raise ValueError(f"conv_impl: got {name!r}, accepted {', '.join(IMPLS)}")
-    token = _IMPL.set(name)
+    token = _IMPL.set(check_choice("conv_impl", name, IMPLS))
     try:
         yield
     finally:
@@ -195,15 +195,14 @@ def batch_minor_conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), featur
     strides = tuple(strides)
     padding = tuple(tuple(p) for p in padding)
     kh, kw, c_in, c_out = kernel.shape
-    if x.ndim != 4 or x.shape[0] != c_in * feature_group_count:
-        raise ValueError(f"batch_minor_conv: x of shape {x.shape} and a kernel of shape "
-                         f"{kernel.shape} with {feature_group_count} groups; accepted x "
-                         f"(C, H, W, B) with C = {c_in * feature_group_count}")
-    if c_in == 1 and feature_group_count == c_out > 1:
+    c, groups = c_in * feature_group_count, feature_group_count
+    if x.ndim != 4 or x.shape[0] != c:
+        raise ValueError(f"batch_minor_conv: x of shape {x.shape} for a kernel {kernel.shape} in "
+                         f"{groups} groups; accepted x (C, H, W, B) with C = {c}")
+    if c_in == 1 and groups == c_out > 1:
         return _shifted_adds(x, kernel, strides, padding, batch_minor=True)
-    if feature_group_count != 1:
-        raise NotImplementedError(f"batch_minor_conv: {feature_group_count} groups of {c_in} "
-                                  "channels")
+    if groups != 1:
+        raise NotImplementedError(f"batch_minor_conv: {groups} groups of {c_in} channels")
     patches = _patches(x, (kh, kw), strides, padding, 0)
     return jnp.einsum("ko,khwb->ohwb", kernel.reshape(kh * kw * c_in, c_out), patches)
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxguide.checks import check_int, check_ints, check_number
+from jaxguide.checks import check_choice, check_int, check_ints, check_number, invalid
 from jaxguide.nets.conv import (NHWC, batch_minor_conv, conv_general_dilated,
                                  prefers_batch_minor)
 from jaxguide.nets.unet import check_images, check_times
@@ -265,15 +265,13 @@ class SeedUNet(nn.Module):
         check_number("base_dim", self.base_dim, "an even integer >= 4",
                      lambda v: v >= 4 and v % 2 == 0, integer=True)
         object.__setattr__(self, "dim_mults", check_ints("dim_mults", self.dim_mults, 1))
-        if any(self.base_dim * m % 4 for m in self.dim_mults):
-            raise ValueError(f"dim_mults: got {self.dim_mults} for base_dim={self.base_dim}, "
-                             "accepted multipliers m with base_dim * m a multiple of 4 "
-                             "(the shuffle units halve even channel counts)")
+        if any(self.base_dim * m % 4 for m in self.dim_mults):  # Shuffle units halve even widths.
+            raise invalid("dim_mults", f"{self.dim_mults} for base_dim={self.base_dim}",
+                          "multipliers m with base_dim * m a multiple of 4")
         check_number("temp", self.temp, "a finite number > 0", lambda v: 0 < v < math.inf)
         if not isinstance(self.layout, str):
-            raise TypeError(f"layout: got {self.layout!r}, accepted {', '.join(LAYOUTS)}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout: got {self.layout!r}, accepted {', '.join(LAYOUTS)}")
+            raise invalid("layout", repr(self.layout), ", ".join(LAYOUTS), TypeError)
+        check_choice("layout", self.layout, LAYOUTS)
         super().__post_init__()
 
     @nn.compact
@@ -359,8 +357,8 @@ def load_torch_state_dict(arrays: Mapping[str, np.ndarray]) -> dict:
     (k + 0.5) / 100. Raises ValueError naming every missing, unexpected or mis-shaped entry.
     """
     if not isinstance(arrays, Mapping) or not all(isinstance(k, str) for k in arrays):
-        raise TypeError(f"arrays: got {type(arrays).__name__}, accepted a dict of name -> array "
-                        "(a PyTorch state_dict as numpy arrays)")
+        raise invalid("arrays", type(arrays).__name__,
+                      "a dict of name -> array (a PyTorch state_dict as numpy arrays)", TypeError)
     flat, missing, bad_shapes, known = {}, [], [], {"centers"}
     for path, leaf in _expected_variables().items():
         name = _torch_name(path)
@@ -372,13 +370,13 @@ def load_torch_state_dict(arrays: Mapping[str, np.ndarray]) -> dict:
         known.add(name)
         raw = np.asarray(arrays[name])
         if raw.dtype.kind not in "iuf":
-            raise ValueError(f"{name}: got dtype {raw.dtype}, accepted real numbers")
+            raise invalid(name, f"dtype {raw.dtype}", "real numbers")
         with np.errstate(over="ignore"):
             value = raw.astype(np.float32)
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{name}: contains NaN or inf (in float32), accepted finite values")
         if name.endswith(".running_var") and value.min() < 0:
-            raise ValueError(f"{name}: got a negative variance {value.min():g}, accepted >= 0")
+            raise invalid(name, f"a negative variance {value.min():g}", ">= 0")
         want = _torch_shape(leaf.shape)
         if value.shape != want:
             bad_shapes.append(f"{name}: got {value.shape}, expected {want}")

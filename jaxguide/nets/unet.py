@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxguide.checks import check_int, check_ints, is_concrete
+from jaxguide.checks import check_array, check_int, check_ints, invalid, is_concrete
 from jaxguide.checks import check_times as check_time_values
 from jaxguide.nets.conv import Conv
 
@@ -33,23 +33,20 @@ def check_images(x, *, channels: int | None, multiple: int = 1,
     """
     hw = "H, W" if size is None else "%d, %d" % size
     accepted = f"(B, {hw}, {channels or 'C'}) with B >= 1"
-    if multiple > 1:
-        accepted += f" and H and W positive multiples of {multiple}"
+    accepted += f" and H and W positive multiples of {multiple}" if multiple > 1 else ""
     if fitted and channels:
         accepted += f" (C = {channels}: what the variables were made for)"
-    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-        raise TypeError(f"x: got a {type(x).__name__}, accepted an array of shape {accepted}")
+    check_array("x", x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x: got dtype {x.dtype}, accepted a floating array scaled to [-1, 1]")
-    shape = tuple(x.shape)
-    if (len(shape) != 4 or shape[0] < 1 or shape[3] != (channels or shape[3])
-            or shape[1:3] != (size or shape[1:3])
-            or any(d < multiple or d % multiple for d in shape[1:3])):
-        raise ValueError(f"x: got shape {shape}, accepted {accepted}")
+        raise invalid("x", f"dtype {x.dtype}", "a floating array scaled to [-1, 1]")
+    b, h, w, c = tuple(x.shape) if len(x.shape) == 4 else (0,) * 4
+    if (0 in (b, h, w) or h % multiple or w % multiple or c != (channels or c)
+            or (h, w) != (size or (h, w))):
+        raise invalid("x", f"shape {tuple(x.shape)}", accepted)
     if (is_concrete(x) and getattr(x, "is_fully_addressable", True)  # Not a multi-host array.
             and not np.all(np.isfinite(np.asarray(x)))):
         raise ValueError("x: contains NaN or inf, accepted finite images")
-    return shape[0]
+    return b
 
 
 def check_times(t, batch: int) -> jax.Array:
@@ -57,22 +54,25 @@ def check_times(t, batch: int) -> jax.Array:
     finite and >= 0 when concrete); returns them as float32 (batch,)."""
     check_time_values(t)
     if jnp.shape(t) not in ((), (batch,)):
-        raise ValueError(f"t: got shape {jnp.shape(t)} for a batch of {batch} images, "
-                         f"accepted () or ({batch},)")
+        raise invalid("t", f"shape {jnp.shape(t)} for a batch of {batch} images",
+                      f"() or ({batch},)")
     return jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
 
 
-def check_class_labels(y, batch: int, num_classes: int) -> jax.Array:
-    """A conditional network's labels: None (the null class K = num_classes for every image)
-    or integers (batch,) in 0..K, checked when concrete; returns int32 (batch,)."""
+def check_class_labels(y, batch: int, num_classes: int | None) -> jax.Array | None:
+    """A network's labels y: None (for a conditional network of K = num_classes classes, the
+    null class K for every image), or a conditional network's integers (batch,) in 0..K,
+    checked when concrete; returns int32 (batch,), or None for an unconditional network."""
     if y is None:
-        return jnp.full((batch,), num_classes, jnp.int32)
-    if not (hasattr(y, "shape") and hasattr(y, "dtype")) or y.shape != (batch,) \
-            or not jnp.issubdtype(y.dtype, jnp.integer):
-        raise ValueError(f"y: got {getattr(y, 'shape', y)!r}, accepted integer labels of shape "
-                         f"({batch},) in 0..{num_classes} ({num_classes}: the null class)")
+        return None if num_classes is None else jnp.full((batch,), num_classes, jnp.int32)
+    if num_classes is None:
+        raise invalid("y", "class labels for an unconditional network", "None (num_classes=None)")
+    accepted = f"integer labels of shape ({batch},) in 0..{num_classes} ({num_classes}: null class)"
+    if (getattr(y, "shape", None) != (batch,)
+            or not jnp.issubdtype(getattr(y, "dtype", object), jnp.integer)):
+        raise invalid("y", repr(getattr(y, "shape", y)), accepted)
     if is_concrete(y) and not np.all((np.asarray(y) >= 0) & (np.asarray(y) <= num_classes)):
-        raise ValueError(f"y: got labels outside 0..{num_classes} ({num_classes}: the null class)")
+        raise invalid("y", f"labels outside 0..{num_classes}", accepted)
     return jnp.asarray(y, jnp.int32)
 
 
@@ -82,10 +82,9 @@ def check_widths(channels, emb_dim: int, groups: int) -> tuple[int, ...]:
     width)."""
     channels = check_ints("channels", channels, 1)
     if check_int("emb_dim", emb_dim, 2) % 2:
-        raise ValueError(f"emb_dim: got {emb_dim}, accepted an even integer >= 2")
+        raise invalid("emb_dim", str(emb_dim), "an even integer >= 2")
     if any(c % check_int("groups", groups, 1) for c in channels):
-        raise ValueError(f"groups: got {groups!r}, accepted a divisor of every width "
-                         f"in channels={channels}")
+        raise invalid("groups", repr(groups), f"a divisor of every width in channels={channels}")
     return channels
 
 
@@ -207,8 +206,8 @@ class UNet(nn.Module):
         check_int("blocks", self.blocks, 0)
         check_int("patch", self.patch, 1)
         if check_int("heads", self.heads, 1) and self.channels[-1] % self.heads:
-            raise ValueError(f"heads: got {self.heads!r}, accepted a divisor of the lowest "
-                             f"resolution's width {self.channels[-1]}")
+            raise invalid("heads", repr(self.heads),
+                          f"a divisor of the lowest resolution's width {self.channels[-1]}")
         if self.num_classes is not None:
             check_int("num_classes", self.num_classes, 2)
         super().__post_init__()
@@ -217,17 +216,12 @@ class UNet(nn.Module):
     def __call__(self, x, t, y=None, train: bool = False):
         del train  # No dropout or batch statistics.
         batch = check_images(x, channels=fitted_channels(self, "Conv_0", self.patch**2),
-                             fitted=True,
-                             multiple=self.patch * 2 ** (len(self.channels) - 1))
-        t = check_times(t, batch)
+                             fitted=True, multiple=self.patch * 2 ** (len(self.channels) - 1))
+        t, y = check_times(t, batch), check_class_labels(y, batch, self.num_classes)
         out_channels = x.shape[-1]
         emb = TimeEmbedding(self.emb_dim)(t)
-        if self.num_classes is not None:
-            y = check_class_labels(y, batch, self.num_classes)
+        if y is not None:
             emb = emb + nn.Embed(self.num_classes + 1, self.emb_dim)(y)
-        elif y is not None:
-            raise ValueError("y: got class labels for an unconditional UNet (num_classes=None); "
-                             "accepted None")
         h = Conv(self.channels[0], (3, 3))(space_to_depth(x, self.patch))
         lowest = len(self.channels) - 1
 
