@@ -78,7 +78,11 @@ def check_init_from(cfg: TrainConfig) -> dict:
     saved = (meta["task"], configs.OLD_MODEL_NAMES.get(meta["model"], meta["model"]),
              meta["model_kwargs"])
     wanted = (cfg.task, cfg.model, cfg.to_dict()["model_kwargs"])
-    if saved != wanted:
+    try:  # The same model: kwargs equal up to defaults spelled out (TrainConfig.differences).
+        same = saved[:2] == wanted[:2] and not cfg.replace(model_kwargs=saved[2]).differences(cfg)
+    except (TypeError, ValueError):  # Kwargs this model does not take.
+        same = False
+    if not same:
         raise ValueError(f"init_from: {cfg.init_from} holds the {saved[0]} {saved[1]!r} with "
                          f"{saved[2]}; accepted a model of this run's: the {wanted[0]} "
                          f"{wanted[1]!r} with {wanted[2]}")

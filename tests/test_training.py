@@ -7,6 +7,7 @@ persistent compilation cache in a temporary directory is shared with the subproc
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
 import io
@@ -922,6 +923,13 @@ def test_warm_start_from_another_model_is_refused(ref, tmp_path):
                         init_from=str(ref[0] / "model"))
     with pytest.raises(ValueError, match=r"^init_from: .* accepted a model of this run's"):
         training.train(other, tmp_path / "w", dataset=synthetic_data(), progress=False)
+    # The same model with a default spelled out (as presets now give num_classes) is this run's.
+    model = make_model(CFG.model, CFG.kwargs)
+    name, value = next((f.name, getattr(model, f.name)) for f in dataclasses.fields(model)
+                       if f.name not in CFG.kwargs and f.name not in ("parent", "name")
+                       and isinstance(getattr(model, f.name), (int, float)))
+    spelled = CFG.replace(model_kwargs={**CFG.kwargs, name: value}, init_from=str(ref[0] / "model"))
+    assert training.check_init_from(spelled)["task"] == CFG.task
 
 
 test_export_bad_argument = raising_cases({
