@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -87,17 +89,25 @@ def test_network_evaluations_count_what_generate_computes():
     assert count(guidance="free", interval=(ts[2], ts[1]))["nfe"] == 6
 
 
+@functools.cache
+def _tiny_variables(task):
+    """Variables of the tiny preset's model for `task`, made once."""
+    from jaxguide.configs import get_config
+    from jaxguide.nets import make_model
+
+    cfg = get_config(task, preset="tiny")
+    return make_model(cfg.model, cfg.kwargs).init(KEY, jnp.zeros((1, 28, 28, 1)), jnp.zeros(1))
+
+
 def _checkpoints_of(root, datasets, **denoiser_meta):
     """denoiser/ and classifier/ of the tiny presets, recorded as trained on `datasets`
     (the denoiser's metadata with `denoiser_meta` added)."""
     from jaxguide import checkpoint, training
     from jaxguide.configs import get_config
-    from jaxguide.nets import make_model
 
     for task, dataset in zip(("denoiser", "classifier"), datasets):
         cfg = get_config(task, preset="tiny").replace(dataset=dataset)
-        model = make_model(cfg.model, cfg.kwargs)
-        variables = jax.jit(model.init)(KEY, jnp.zeros((1, 28, 28, 1)), jnp.zeros(1))
+        variables = _tiny_variables(task)
         extra = denoiser_meta if task == "denoiser" else {}
         checkpoint.save_model(root / task, variables,
                               {**training.model_metadata(cfg, (28, 28, 1)), "step": 0, **extra})
