@@ -376,9 +376,9 @@ def run_sample(args, mesh):
     if evaluator is not None:
         res = metrics.evaluate_samples(evaluator, images, labels, reference)
         real = " (real digits 0.009)" if pipe.dataset.name == "mnist" else ""
-        print(f"evaluator accuracy {res['accuracy']:.4f} on {res['n']} samples; FD {res['fd']:.2f}, "
-              f"class-FD {res['class_fd']:.2f} (few samples per class inflate FDs); background "
-              f"noise {res['background_noise']:.3f}{real}", file=console)
+        print(f"evaluator accuracy {res['accuracy']:.4f} on {res['n']} samples; FD "
+              f"{res['fd']:.2f}, class-FD {res['class_fd']:.2f} (few samples per class inflate "
+              f"FDs); background noise {res['background_noise']:.3f}{real}", file=console)
 
 
 def run_figures(args, mesh):

@@ -265,7 +265,8 @@ def check_schedule(beta_min: float, beta_max: float, T: float) -> None:
     if beta_max < beta_min:
         raise invalid("VPSDE: beta_max", f"{beta_max} < beta_min={beta_min}", ">= beta_min")
     total = beta_min * T + 0.5 * T * T * (beta_max - beta_min)
-    if total > MAX_INTEGRAL_BETA:  # m(T) is 0 in float32 from ∫β ≈ 207; beyond 1e4 it overflows.
+    # m(T) is 0 in float32 from ∫β ≈ 207; beyond MAX_INTEGRAL_BETA the samplers overflow.
+    if total > MAX_INTEGRAL_BETA:
         raise invalid("VPSDE: the schedule's integral of beta over [0, T]", f"{total:.6g}",
                       f"<= {MAX_INTEGRAL_BETA:g} (beta_min, beta_max, T = {beta_min:g}, "
                       f"{beta_max:g}, {T:g})")

@@ -105,10 +105,14 @@ def check_path(flag: str, value: str | None) -> None:
         raise invalid(flag, shown, "a UTF-8 path") from None
     except (FileNotFoundError, NotADirectoryError):  # Else reported by whoever needs it to exist.
         if any(len(os.fsencode(part)) > NAME_MAX for part in Path(value).parts):  # To be made.
-            raise ValueError(f"{flag}: got {shown}, an unusable path "
-                             f"({os.strerror(errno.ENAMETOOLONG)})") from None
+            raise _unusable(flag, shown, os.strerror(errno.ENAMETOOLONG)) from None
     except OSError as e:
-        raise ValueError(f"{flag}: got {shown}, an unusable path ({e.strerror or e})") from None
+        raise _unusable(flag, shown, e.strerror or e) from None
+
+
+def _unusable(flag: str, shown: str, why) -> ValueError:
+    """The error, to raise, for a path the OS cannot use."""
+    return ValueError(f"{flag}: got {shown}, an unusable path ({why})")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:

@@ -29,8 +29,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxguide import parallel
-from jaxguide.checks import (INT32_MAX, check_bool, check_choice, check_int, check_key, check_number,
-                             check_output, check_shape, invalid, is_concrete)
+from jaxguide.checks import (INT32_MAX, check_bool, check_choice, check_int, check_key,
+                             check_number, check_output, check_shape, invalid, is_concrete)
 from jaxguide.compiler import jit
 from jaxguide.scores import as_partial
 from jaxguide.sde import VPSDE, check_sde

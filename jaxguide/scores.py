@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxguide.checks import (F32_TINY, check_batch, check_float_array, check_interval, check_num_classes,
-                             check_number, check_output, check_scale, check_target_labels, invalid)
+from jaxguide.checks import (F32_TINY, check_batch, check_float_array, check_interval,
+                             check_num_classes, check_number, check_output, check_scale,
+                             check_target_labels, invalid)
 from jaxguide.sde import VPSDE, check_sde, per_example
 
 

@@ -140,7 +140,8 @@ def test_sample_cli_takes_the_dataset_of_its_checkpoints(tmp_path):
     r = run_cli("sample.py", "--dataset", "mnist", "--checkpoint-dir", str(ck), "--steps", "2")
     assert r.returncode == 2 and "--dataset: got mnist, but --checkpoint-dir" in r.stderr
     r = run_cli("sample.py", "--dataset", "cifar10")
-    assert r.returncode == 2 and "--dataset: got cifar10, which has no bundled checkpoints" in r.stderr
+    assert r.returncode == 2
+    assert "--dataset: got cifar10, which has no bundled checkpoints" in r.stderr
 
 
 @pytest.mark.slow  # About a minute on 2 cores: three models compile for a new shape.
