@@ -34,7 +34,7 @@ from pathlib import Path
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
-from jaxguide import cli, runtime  # noqa: E402
+from jaxguide import cli, pipeline, runtime  # noqa: E402
 from jaxguide.checks import SEED_MAX, check_int  # noqa: E402
 from jaxguide.data import DATASETS  # noqa: E402
 from jaxguide.pipeline import (DEFAULT_SAMPLING, DEFAULT_SCALES, DEFAULT_STEPS,  # noqa: E402
@@ -110,8 +110,8 @@ def parse_args(argv):
                    "classifier's classes; not used by figures, which uses all)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class (default: "
                    "%(default)s; figures: in its accuracy-vs-scale sweep, with an evaluator)")
-    p.add_argument("--steps", type=int, help="reverse-SDE steps (default: " + ", ".join(
-        f"{k} {v[0]}" for k, v in DEFAULT_SAMPLING.items()) + f"; figures {DEFAULT_STEPS})")
+    p.add_argument("--steps", type=int, help="reverse-SDE steps (default: the --sampler "
+                   f"default's for the guidance, else {DEFAULT_STEPS})")
     p.add_argument("--guidance", choices=GUIDANCE, help="classifier: the unconditional score "
                    "plus s * grad log q(y|x,t); free: classifier-free guidance of a conditional "
                    "denoiser with weight w; both: the two together (default: free when the "
@@ -125,14 +125,12 @@ def parse_args(argv):
                    f"scale s (default: {DEFAULT_SCALES['classifier']:g})")
     p.add_argument("--interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                    help="guide only for T_LO <= t <= T_HI, 0 <= T_LO <= T_HI (default: every t)")
-    p.add_argument("--sampler", default="euler_maruyama",
-                   help="euler_maruyama, predictor_corrector, heun, dpm_solver_2m or "
-                   "dpm_solver_2m_sde (default: %(default)s)")
+    p.add_argument("--sampler", help=", ".join(METHODS) + " (default, with its steps and grid: "
+                   + "; ".join(f"{k} guidance {m}, {n} steps, {g}"
+                               for k, (m, n, g) in DEFAULT_SAMPLING.items()) + ")")
     p.add_argument("--grid", choices=GRIDS, help="the time grid: uniform in t, quadratic "
-                   "(denser near t = 0) or uniform in log-SNR (default: euler_maruyama's for the "
-                   "guidance, " + ", ".join(f"{k} {v[1]}" for k, v in DEFAULT_SAMPLING.items())
-                   + "; other samplers' " + ", ".join(
-                       f"{m} {g}" for m, g in DEFAULT_GRID.items() if m != "euler_maruyama") + ")")
+                   "(denser near t = 0) or uniform in log-SNR (default: the sampler's, "
+                   + ", ".join(f"{m} {g}" for m, g in DEFAULT_GRID.items()) + ")")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise "
                    "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=40, help="images per jitted call, rounded "
@@ -176,11 +174,8 @@ def set_guidance(args, conditional: bool, scales=DEFAULT_SCALES) -> None:
         args.scale = scales["classifier" if args.guidance == "classifier" else "free"]
     if args.guidance == "both" and args.classifier_scale is None:
         args.classifier_scale = scales["classifier"]
-    steps, grid = DEFAULT_SAMPLING["classifier" if args.guidance == "classifier" else "free"]
-    if args.steps is None:
-        args.steps = steps
-    if args.grid is None and args.sampler == "euler_maruyama":
-        args.grid = grid
+    args.sampler, args.steps, args.grid = pipeline.sampling(args.guidance, args.sampler,
+                                                            args.steps, args.grid)
 
 
 def check_args(args, num_classes: int | None = None) -> list[int]:
@@ -236,14 +231,14 @@ def check_args(args, num_classes: int | None = None) -> list[int]:
     if Path(args.checkpoint_dir).is_file():
         raise ValueError(f"--checkpoint-dir {args.checkpoint_dir}: is a file, accepted a "
                          "folder holding denoiser/ and classifier/")
-    if args.sampler not in METHODS:
+    if args.sampler is not None and args.sampler not in METHODS:
         raise ValueError(f"--sampler: got {args.sampler!r}, accepted {', '.join(METHODS)}")
     return classes
 
 
 def load_pipeline(args):
     """The pipeline of --checkpoint-dir; its errors name the argument."""
-    from jaxguide import checkpoint, pipeline
+    from jaxguide import checkpoint
 
     try:
         pipe = pipeline.load_pipeline(args.checkpoint_dir)
@@ -266,7 +261,7 @@ def generate_all(pipe, labels, scale, args, mesh, record_every=None, desc="sampl
     import numpy as np
     from tqdm.auto import tqdm
 
-    from jaxguide import parallel, pipeline
+    from jaxguide import parallel
 
     key = jax.random.key(args.seed)
     n = len(labels)
@@ -328,7 +323,7 @@ def run_sample(args, mesh):
     import jax
     import numpy as np
 
-    from jaxguide import checkpoint, metrics, pipeline, viz
+    from jaxguide import checkpoint, metrics, viz
 
     check_args(args)
     pipe = load_pipeline(args)
@@ -351,7 +346,7 @@ def run_sample(args, mesh):
                 **({"classifier_scale": args.classifier_scale} if args.guidance == "both" else {}),
                 **({"interval": args.interval} if args.interval else {}),
                 "steps": args.steps, "sampler": args.sampler,
-                "grid": args.grid or DEFAULT_GRID[args.sampler],
+                "grid": args.grid,
                 **pipeline.network_evaluations(pipe, args.scale, guidance=args.guidance,
                                                interval=args.interval, n_steps=args.steps,
                                                method=args.sampler, grid=args.grid),
@@ -359,8 +354,8 @@ def run_sample(args, mesh):
         ncol = min(args.per_class, 16)
         weights = (f"w {args.scale:g}, s {args.classifier_scale:g}" if args.guidance == "both"
                    else f"{'s' if args.guidance == 'classifier' else 'w'} {args.scale:g}")
-        title = (f"{args.guidance} guidance, {weights}, {args.steps} {args.sampler} steps"
-                 + (f" ({args.grid} grid)" if args.grid else ""))
+        title = (f"{args.guidance} guidance, {weights}, {args.steps} {args.sampler} steps "
+                 f"({args.grid} grid)")
         with runtime.writing_to(out, "--out", [n for n in SAMPLE_OUTPUTS if n not in names],
                                 prefix=".sample.") as stage:
             viz.save_grid(images, labels, stage("grid.png"), ncol=ncol, title=title,
@@ -391,8 +386,9 @@ def run_figures(args, mesh):
     check_args(args)
     pipe = load_pipeline(args)
     check_args(args, pipe.num_classes)
-    if args.steps is None:  # Figures guide with the classifier: generate's default.
-        args.steps = DEFAULT_STEPS
+    # Figures guide with the classifier.
+    args.sampler, args.steps, args.grid = pipeline.sampling("classifier", args.sampler,
+                                                            args.steps, args.grid)
     evaluator = load_evaluator(args)  # Its errors before any figure.
     x_test = None
     name = pipe.dataset.name

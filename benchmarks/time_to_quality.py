@@ -34,7 +34,7 @@ from jaxguide.samplers import NFE_PER_STEP  # noqa: E402
 
 LADDER = (8, 10, 15, 20, 30, 50)
 SAMPLERS = ("euler_maruyama:uniform", "euler_maruyama:quadratic", "dpm_solver_2m_sde:logsnr",
-            "predictor_corrector:quadratic")
+            "dpm_solver_3m_sde:logsnr")
 METRICS = ("fd", "class_fd", "background_noise")
 KEY = ("guidance", "scale", "method", "grid", "steps", "seed", "n")
 

@@ -25,15 +25,16 @@ from jaxguide import checkpoint
 from jaxguide.checks import check_choice, check_target_labels, invalid, is_real
 from jaxguide.data import DATASETS, DatasetSpec, get_dataset
 from jaxguide.nets import apply_fn
-from jaxguide.samplers import evaluation_times, sample
+from jaxguide.samplers import DEFAULT_GRID, evaluation_times, sample
 from jaxguide.scores import classifier_free_guidance, classifier_guidance, score_from_eps
 from jaxguide.sde import VPSDE
 
-DEFAULT_STEPS = 50  # Reverse-SDE steps of `generate`.
-# sample.py's defaults per guidance ("both" takes "free"'s), the measured best
-# (docs/results.md): the weight, and the steps and time grid of Euler–Maruyama.
+DEFAULT_STEPS = 50  # Reverse-SDE steps of a sampler chosen without its steps.
+# The defaults per guidance ("both" takes "free"'s), the measured best (docs/results.md,
+# docs/performance.md): the weight, and the sampler, its steps and its time grid.
 DEFAULT_SCALES = {"classifier": 4.0, "free": 0.75}
-DEFAULT_SAMPLING = {"classifier": (50, "uniform"), "free": (25, "quadratic")}
+DEFAULT_SAMPLING = {"classifier": ("euler_maruyama", 50, "uniform"),
+                    "free": ("dpm_solver_3m_sde", 10, "logsnr")}
 GUIDANCE = ("classifier", "free", "both")
 
 
@@ -133,15 +134,27 @@ def guided_score(pipe: Pipeline, labels, scale, guidance: str = "classifier",
     return score_fn
 
 
+def sampling(guidance: str, method: str | None = None, n_steps: int | None = None,
+             grid: str | None = None) -> tuple[str, int, str]:
+    """(method, n_steps, grid) with the Nones filled in: no method, the guidance's
+    DEFAULT_SAMPLING (its steps and grid where those are None); a method given, DEFAULT_STEPS
+    and the method's DEFAULT_GRID."""
+    if method is None:
+        method, steps, default_grid = DEFAULT_SAMPLING["classifier" if guidance == "classifier"
+                                                       else "free"]
+    else:
+        steps, default_grid = DEFAULT_STEPS, DEFAULT_GRID.get(method) if isinstance(method, str) else None
+    return method, steps if n_steps is None else n_steps, default_grid if grid is None else grid
+
+
 def network_evaluations(pipe: Pipeline, scale: float, *, guidance: str = "classifier",
-                        interval=None,
-                        n_steps: int = DEFAULT_STEPS, method: str = "euler_maruyama",
-                        **sampler_kwargs) -> dict[str, int]:
+                        interval=None, n_steps: int | None = None, method: str | None = None,
+                        grid: str | None = None, t_min: float = 1e-3) -> dict[str, int]:
     """What `generate` (same arguments, scalar scales) computes per image: {"nfe": denoiser
     evaluations (a guided classifier-free call counts 2), "classifier_nfe": classifier
     gradients}."""
-    ts = evaluation_times(pipe.sde, n_steps, method, sampler_kwargs.get("grid"),
-                          sampler_kwargs.get("t_min", 1e-3))
+    method, n_steps, grid = sampling(guidance, method, n_steps, grid)
+    ts = evaluation_times(pipe.sde, n_steps, method, grid, t_min)
     lo, hi = (0.0, np.inf) if interval is None else interval
     guided = (ts >= np.float32(lo)) & (ts <= np.float32(hi))
     nfe = ts.size
@@ -151,9 +164,9 @@ def network_evaluations(pipe: Pipeline, scale: float, *, guidance: str = "classi
 
 
 def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "classifier",
-             classifier_scale=None, interval=None, n_steps: int = DEFAULT_STEPS,
-             method: str = "euler_maruyama", indices=None, record_every: int | None = None,
-             **sampler_kwargs):
+             classifier_scale=None, interval=None, method: str | None = None,
+             n_steps: int | None = None, grid: str | None = None, indices=None,
+             record_every: int | None = None, **sampler_kwargs):
     """Class-guided samples, clipped to [−1, 1].
 
     Args:
@@ -167,7 +180,8 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
       interval: (t_lo, t_hi): guidance only there; outside, the unguided score
         ("classifier") or the conditional denoiser alone ("free" and "both", whose two
         terms are both off there).
-      n_steps: reverse-SDE steps (default DEFAULT_STEPS, 50, as sample.py's --steps).
+      method, n_steps, grid: the sampler (`samplers.METHODS`), its steps and time grid;
+        None: the guidance's DEFAULT_SAMPLING, as sample.py's (see `sampling`).
       indices: (B,) global sample indices (noise of image i depends only on key and i).
       sampler_kwargs: the rest of `sample`'s options, e.g. `mesh=make_mesh()` to split the
         batch over devices.
@@ -177,8 +191,10 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
     """
     labels = _check_generate_args(pipe, labels, guidance, classifier_scale)
     score_fn = guided_score(pipe, labels, scale, guidance, classifier_scale, interval)
+    method, n_steps, grid = sampling(guidance, method, n_steps, grid)
     out = sample(key, score_fn, pipe.sde, (labels.shape[0],) + pipe.image_shape, n_steps=n_steps,
-                 method=method, indices=indices, record_every=record_every, **sampler_kwargs)
+                 method=method, grid=grid, indices=indices, record_every=record_every,
+                 **sampler_kwargs)
     if record_every:
         return jnp.clip(out[0], -1, 1), jnp.clip(out[1], -1, 1)
     return jnp.clip(out, -1, 1)

@@ -9,7 +9,9 @@ Methods (NFE = network evaluations per step):
   the probability-flow ODE in the data-prediction parameterisation;
 * "dpm_solver_2m_sde" (1): its stochastic form, SDE-DPM-Solver++(2M): the same multistep
   data prediction, integrated exactly along the reverse SDE's linear part, with fresh noise
-  every step (so, like Euler–Maruyama, it reaches the guided distribution).
+  every step (so, like Euler–Maruyama, it reaches the guided distribution);
+* "dpm_solver_3m_sde" (1): SDE-DPM-Solver++(3M), the same with the data prediction
+  extrapolated from the last three (3rd order, as k-diffusion's `sample_dpmpp_3m_sde`).
 All take any score_fn, guided ones included: a guided score is the score of the guided
 noise prediction ε̃ = ε̂ − s σ(t) ∇ₓ log q, which is what DPM-Solver integrates.
 
@@ -36,13 +38,13 @@ from jaxguide.scores import as_partial
 from jaxguide.sde import VPSDE, check_sde
 
 NFE_PER_STEP = {"euler_maruyama": 1, "predictor_corrector": 2, "heun": 2, "dpm_solver_2m": 1,
-                "dpm_solver_2m_sde": 1}
+                "dpm_solver_2m_sde": 1, "dpm_solver_3m_sde": 1}
 METHODS = tuple(NFE_PER_STEP)
 GRIDS = ("uniform", "quadratic", "logsnr")
 INITS = ("prior", "clipped")
 T_MIN_FRACTION = 1e-5  # the smallest t_min, as a fraction of T (see `sample`)
 DEFAULT_GRID = {"euler_maruyama": "uniform", "predictor_corrector": "uniform", "heun": "quadratic",
-                "dpm_solver_2m": "logsnr", "dpm_solver_2m_sde": "logsnr"}
+                "dpm_solver_2m": "logsnr", "dpm_solver_2m_sde": "logsnr", "dpm_solver_3m_sde": "logsnr"}
 
 
 def time_grid(sde: VPSDE, n_steps: int, t_min: float = 1e-3, kind: str = "uniform") -> jax.Array:
@@ -166,8 +168,41 @@ def _dpm_solver_2m_sde(score_fn, sde, x, state, t, t_next, noise, last, *, denoi
     return x, (x0, h)
 
 
+def _dpm_solver_3m_sde(score_fn, sde, x, state, t, t_next, noise, last, *, denoise_last, **_):
+    """In u = x / m(t), with h = λ(t') − λ(t) and k = 2h:
+    u' = e^{−k} u + (1 − e^{−k}) D₀ + φ₂ D₁ − φ₃ D₂ + e^{−λ(t')} √(1 − e^{−k}) z,
+    φ₂ = 1 − (1 − e^{−k}) / k, φ₃ = φ₂ / k − ½, where D₀ is the data prediction and D₁, D₂
+    its first and second differences over the last three steps (scaled by their h)."""
+    x0_1, x0_2, h_1, h_2 = state
+    alpha_next, sigma_next = sde.mean_coeff(t_next), sde.std(t_next)
+    h = sde.log_snr(t_next) - sde.log_snr(t)
+    x0 = _data_prediction(score_fn, sde, x, t)
+    decay = -jnp.expm1(-2.0 * h)  # 1 − e^{−k}
+    u = (1.0 - decay) * x / sde.mean_coeff(t) + decay * x0
+    phi2 = 1.0 - decay / (2.0 * h)
+    phi3 = phi2 / (2.0 * h) - 0.5
+    r0, r1 = jnp.where(h_1 > 0, h_1 / h, 1.0), jnp.where(h_2 > 0, h_2 / h, 1.0)
+    d1_0, d1_1 = (x0 - x0_1) / r0, (x0_1 - x0_2) / r1
+    third = phi2 * (d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)) - phi3 * (d1_0 - d1_1) / (r0 + r1)
+    # First order at the first and the last step, second order at the second.
+    u = u + jnp.where(last, 0.0, jnp.where(h_2 > 0, third, jnp.where(h_1 > 0, phi2 * d1_0, 0.0)))
+    z = noise(0)
+    if denoise_last:
+        z = jnp.where(last, 0.0, z)
+    return alpha_next * u + sigma_next * jnp.sqrt(decay) * z, (x0, x0_1, h, h_1)
+
+
+def _initial_state(method, x):
+    """The solver's memory before the first step: the last data predictions and their h."""
+    zero = jnp.float32(0.0)
+    if method == "dpm_solver_3m_sde":
+        return jnp.zeros_like(x), jnp.zeros_like(x), zero, zero
+    return (jnp.zeros_like(x), zero) if method.startswith("dpm_solver") else ()
+
+
 _STEPS = {"euler_maruyama": _euler_maruyama, "predictor_corrector": _predictor_corrector,
-          "heun": _heun, "dpm_solver_2m": _dpm_solver_2m, "dpm_solver_2m_sde": _dpm_solver_2m_sde}
+          "heun": _heun, "dpm_solver_2m": _dpm_solver_2m, "dpm_solver_2m_sde": _dpm_solver_2m_sde,
+          "dpm_solver_3m_sde": _dpm_solver_3m_sde}
 
 
 _STATIC_ARGNAMES = ("shape", "n_steps", "method", "init", "clip", "denoise_last", "snr",
@@ -184,7 +219,7 @@ def _sample(key, score_fn, sde, indices, ts, *, shape, n_steps, method, init, cl
         x = jnp.clip(x, -1.0, 1.0)
     score_fn = functools.partial(_checked_score, score_fn)
     step_fn = functools.partial(_STEPS[method], denoise_last=denoise_last, snr=snr)
-    state = (jnp.zeros_like(x), jnp.float32(0.0)) if method.startswith("dpm_solver") else ()
+    state = _initial_state(method, x)
     n_slots = -(-n_steps // record_every) + 1 if record_every else 0
     traj = jnp.zeros((n_slots,) + shape, x.dtype).at[0].set(x) if record_every else None
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import help_entries, load_script, run_cli
 from jaxguide import cli
+from jaxguide.pipeline import DEFAULT_SAMPLING
 
 ARGS = ["--steps", "3", "--per-class", "2", "--classes", "0,3,7"]
 LABELS = [0, 0, 3, 3, 7, 7]
@@ -49,7 +50,6 @@ def run_in_process(script, capsys, *argv):
 
 def test_subprocess_sample_writes_grid_gif_and_npz(subprocess_run):
     proc, out = subprocess_run
-    defaults = load_script("sample.py").parse_args([])
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     for name in ("grid.png", "trajectory.gif", "samples.npz"):
@@ -68,7 +68,7 @@ def test_subprocess_sample_writes_grid_gif_and_npz(subprocess_run):
     # The tiny denoiser is class-conditional: classifier-free guidance at its default weight.
     assert str(d["guidance"]) == "free"
     assert float(d["scale"]) == load_script("sample.py").DEFAULT_SCALES["free"]
-    assert str(d["sampler"]) == defaults.sampler and str(d["grid"]) == "quadratic"  # Free's.
+    assert (str(d["sampler"]), str(d["grid"])) == DEFAULT_SAMPLING["free"][::2]
     assert (int(d["nfe"]), int(d["classifier_nfe"])) == (2 * 3, 0)  # Guided: 2 per step.
     versions = json.loads(str(d["versions"]))
     assert {"python", "jax", "flax", "numpy", "jaxguide"} <= set(versions)
@@ -427,7 +427,9 @@ def test_help_shows_every_default(sample_script):
         text = f"{value:g}" if isinstance(value, float) else str(value)
         assert f"(default: {text}" in entries[key], (key, entries[key])
         shown += 1
-    assert shown >= 5
+    assert shown >= 4
+    assert "(default, with its steps and grid: classifier guidance euler_maruyama" in entries[
+        "--sampler"]
     assert "(default: all the classifier's classes" in entries["--classes"]
     assert "(default: free when the denoiser is class" in entries["--guidance"]
     assert "(default: classifier 4, free" in entries["--scale"]
@@ -516,12 +518,13 @@ def test_sigterm_while_sampling_leaves_nothing_and_exits_143(tiny_checkpoints, t
 
 
 @pytest.mark.parametrize("argv, conditional, expected", [
-    ([], True, ("free", 0.75, 25, "quadratic")),
-    ([], False, ("classifier", 4.0, 50, "uniform")),
-    (["--sampler", "heun"], True, ("free", 0.75, 25, None)),  # Heun's own grid.
-    (["--steps", "7", "--grid", "logsnr"], True, ("free", 0.75, 7, "logsnr")),
+    ([], True, ("free", 0.75, *DEFAULT_SAMPLING["free"])),
+    ([], False, ("classifier", 4.0, *DEFAULT_SAMPLING["classifier"])),
+    (["--sampler", "heun"], True, ("free", 0.75, "heun", 50, "quadratic")),  # Heun's own grid.
+    (["--steps", "7", "--grid", "uniform"], True,
+     ("free", 0.75, DEFAULT_SAMPLING["free"][0], 7, "uniform")),
 ])
 def test_sampling_defaults_follow_the_guidance(sample_script, argv, conditional, expected):
     args = sample_script.parse_args(argv)
     sample_script.set_guidance(args, conditional)
-    assert (args.guidance, args.scale, args.steps, args.grid) == expected
+    assert (args.guidance, args.scale, args.sampler, args.steps, args.grid) == expected

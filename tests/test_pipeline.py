@@ -10,7 +10,7 @@ import pytest
 from jax.tree_util import Partial
 
 from conftest import raising_cases
-from jaxguide import pipeline
+from jaxguide import pipeline, samplers
 from jaxguide.checkpoint import CheckpointError
 from jaxguide.samplers import evaluation_times
 from jaxguide.sde import VPSDE
@@ -62,29 +62,31 @@ def test_generate_checks_labels_before_sampling(tiny_checkpoints, monkeypatch):
         pipeline.generate(KEY, pipe, jnp.array([3]), -1.0, n_steps=2)
 
 
-def test_generate_defaults_to_sample_py_steps(monkeypatch):
-    """generate needs no n_steps: it takes DEFAULT_STEPS, sample.py's --steps default."""
-    seen = {}
-
-    def recording_sample(key, score_fn, sde, shape, *, n_steps, **kwargs):
-        seen["n_steps"] = n_steps
-        return jnp.zeros(shape)
-
-    monkeypatch.setattr(pipeline, "sample", recording_sample)
+def test_generate_defaults_to_sample_py_sampling(monkeypatch):
+    """generate needs no sampler: it takes the guidance's DEFAULT_SAMPLING (sample.py's);
+    a sampler named without steps or grid gets DEFAULT_STEPS and its own grid."""
+    seen = []
+    monkeypatch.setattr(pipeline, "sample", lambda key, score_fn, sde, shape, **kw:
+                        seen.append((kw["method"], kw["n_steps"], kw["grid"])) or jnp.zeros(shape))
     pipeline.generate(KEY, PIPE, [0, 2], 1.0)
-    assert seen["n_steps"] == pipeline.DEFAULT_STEPS == 50
-    assert pipeline.DEFAULT_SAMPLING["classifier"] == (pipeline.DEFAULT_STEPS, "uniform")
+    pipeline.generate(KEY, PIPE, [0, 2], 1.0, method="heun")
+    assert seen == [pipeline.DEFAULT_SAMPLING["classifier"],
+                    ("heun", pipeline.DEFAULT_STEPS, samplers.DEFAULT_GRID["heun"])]
+    free = pipeline.DEFAULT_SAMPLING["free"]
+    assert pipeline.sampling("free") == pipeline.sampling("both") == free
+    assert pipeline.sampling("free", n_steps=7, grid="uniform") == (free[0], 7, "uniform")
 
 
 def test_network_evaluations_count_what_generate_computes():
-    count = lambda **kw: pipeline.network_evaluations(PIPE, 1.0, n_steps=4, **kw)
+    em = dict(n_steps=4, method="euler_maruyama")
+    count = lambda **kw: pipeline.network_evaluations(PIPE, 1.0, **{**em, **kw})
     assert count(guidance="classifier") == {"nfe": 4, "classifier_nfe": 4}
     assert count(guidance="free") == {"nfe": 8, "classifier_nfe": 0}
     # Uniform grid from T = 1 to t_min = 1e-3: the steps start at t = 1, 0.75025, 0.5005, 0.25075.
     assert count(guidance="free", interval=(0.5, 1.0)) == {"nfe": 7, "classifier_nfe": 0}
     assert count(guidance="both", interval=(0.0, 0.3)) == {"nfe": 5, "classifier_nfe": 1}
     assert count(guidance="classifier", method="heun") == {"nfe": 8, "classifier_nfe": 8}
-    assert pipeline.network_evaluations(PIPE, 0.0, guidance="free", n_steps=4)["nfe"] == 4
+    assert pipeline.network_evaluations(PIPE, 0.0, guidance="free", **em)["nfe"] == 4
     ts = evaluation_times(SDE, 4)  # An interval's ends are in it, to the float32 bit.
     assert count(guidance="free", interval=(ts[2], ts[1]))["nfe"] == 6
 

@@ -105,7 +105,7 @@ def _component_stats(x, comp, k):
 
 # Steps per method: enough for each to be accurate on the mixture (NFE = steps · NFE/step).
 METHOD_STEPS = {"euler_maruyama": N_STEPS, "predictor_corrector": 200, "heun": 25,
-                "dpm_solver_2m": 25, "dpm_solver_2m_sde": 20}
+                "dpm_solver_2m": 25, "dpm_solver_2m_sde": 20, "dpm_solver_3m_sde": 15}
 
 
 @pytest.mark.parametrize("method", list(METHOD_STEPS))
