@@ -159,9 +159,11 @@ def parse_args(argv):
     return args
 
 
-def set_guidance(args, conditional: bool, scales=DEFAULT_SCALES) -> None:
-    """Fills in --guidance, --scale and --classifier-scale defaults once the denoiser is known
-    (`scales`: its guidance weights, `Pipeline.default_scales`)."""
+def set_guidance(args, conditional: bool, scales=DEFAULT_SCALES,
+                 sampling=DEFAULT_SAMPLING) -> None:
+    """Fills in --guidance, --scale, --classifier-scale, --sampler, --steps and --grid
+    defaults once the denoiser is known (`scales` and `sampling`: its tuned ones,
+    `Pipeline.default_scales` and `Pipeline.default_sampling`)."""
     if args.guidance is None:
         args.guidance = "free" if conditional else "classifier"
     if args.guidance != "classifier" and not conditional:
@@ -175,7 +177,7 @@ def set_guidance(args, conditional: bool, scales=DEFAULT_SCALES) -> None:
     if args.guidance == "both" and args.classifier_scale is None:
         args.classifier_scale = scales["classifier"]
     args.sampler, args.steps, args.grid = pipeline.sampling(args.guidance, args.sampler,
-                                                            args.steps, args.grid)
+                                                            args.steps, args.grid, sampling)
 
 
 def check_args(args, num_classes: int | None = None) -> list[int]:
@@ -328,7 +330,7 @@ def run_sample(args, mesh):
     check_args(args)
     pipe = load_pipeline(args)
     classes = check_args(args, pipe.num_classes)
-    set_guidance(args, pipe.conditional, pipe.default_scales)
+    set_guidance(args, pipe.conditional, pipe.default_scales, pipe.default_sampling)
     evaluator = load_evaluator(args, required=True) if args.evaluate else None
     reference = evaluator.reference(classes) if evaluator else None  # Read before sampling.
     names = ["grid.png"] + ([] if args.no_gif else ["trajectory.gif"]) + ["samples.npz"]

@@ -25,7 +25,7 @@ from jaxguide import checkpoint
 from jaxguide.checks import check_choice, check_target_labels, invalid, is_real
 from jaxguide.data import DATASETS, DatasetSpec, get_dataset
 from jaxguide.nets import apply_fn
-from jaxguide.samplers import DEFAULT_GRID, evaluation_times, sample
+from jaxguide.samplers import DEFAULT_GRID, GRIDS, METHODS, evaluation_times, sample
 from jaxguide.scores import classifier_free_guidance, classifier_guidance, score_from_eps
 from jaxguide.sde import VPSDE
 
@@ -46,9 +46,10 @@ class Pipeline:
     (B, num_classes); eps_fn(x, t, y) -> (B, H, W, C), the noise prediction of a
     class-conditional denoiser (y in 0..num_classes, num_classes the null class), else None.
     dataset: what the models were trained on (`data.DATASETS`; checkpoints that do not say
-    are MNIST's). default_scales: the guidance weights to sample at, per guidance
-    ("classifier", "free"): DEFAULT_SCALES, or those tuned for this denoiser (its metadata's
-    "guidance_scales").
+    are MNIST's). default_scales and default_sampling: the guidance weights and the
+    (sampler, steps, grid) to sample with, per guidance ("classifier", "free"):
+    DEFAULT_SCALES and DEFAULT_SAMPLING, or those tuned for this denoiser (its metadata's
+    "guidance_scales" and "sampling").
     """
 
     sde: VPSDE
@@ -61,6 +62,8 @@ class Pipeline:
     dataset: DatasetSpec = DATASETS["mnist"]
     default_scales: dict[str, float] = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_SCALES))
+    default_sampling: dict[str, tuple[str, int, str]] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_SAMPLING))
 
     @property
     def conditional(self) -> bool:
@@ -100,6 +103,12 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
             and all(is_real(v) and 0 <= v < math.inf for v in tuned.values())):
         raise checkpoint.CheckpointError(f"{root / denoiser}: guidance_scales: got {tuned!r}; "
                                          "accepted {'classifier': s, 'free': w}, numbers >= 0")
+    tuned_sampling = den_meta.get("sampling", {})
+    if not (isinstance(tuned_sampling, dict) and set(tuned_sampling) <= set(DEFAULT_SAMPLING)
+            and all(_is_sampling(v) for v in tuned_sampling.values())):
+        raise checkpoint.CheckpointError(
+            f"{root / denoiser}: sampling: got {tuned_sampling!r}; accepted {{'classifier' or "
+            "'free': [sampler, steps >= 1, grid]}")
     sde = VPSDE(**den_meta["sde"])
     eps_fn = apply_fn(den_model, den_vars)
     return Pipeline(
@@ -112,7 +121,15 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         eps_fn=eps_fn if den_k is not None else None,
         dataset=dataset,
         default_scales={**DEFAULT_SCALES, **{k: float(v) for k, v in tuned.items()}},
+        default_sampling={**DEFAULT_SAMPLING, **{k: tuple(v) for k, v in tuned_sampling.items()}},
     )
+
+
+def _is_sampling(value) -> bool:
+    """[sampler, steps, grid], as a denoiser's metadata may name its tuned sampling."""
+    return (isinstance(value, (list, tuple)) and len(value) == 3 and value[0] in METHODS
+            and isinstance(value[1], int) and not isinstance(value[1], bool) and value[1] >= 1
+            and value[2] in GRIDS)
 
 
 def _trained_for(meta: dict, num_classes: int) -> dict:
@@ -135,13 +152,13 @@ def guided_score(pipe: Pipeline, labels, scale, guidance: str = "classifier",
 
 
 def sampling(guidance: str, method: str | None = None, n_steps: int | None = None,
-             grid: str | None = None) -> tuple[str, int, str]:
-    """(method, n_steps, grid) with the Nones filled in: no method, the guidance's
-    DEFAULT_SAMPLING (its steps and grid where those are None); a method given, DEFAULT_STEPS
-    and the method's DEFAULT_GRID."""
+             grid: str | None = None, defaults=DEFAULT_SAMPLING) -> tuple[str, int, str]:
+    """(method, n_steps, grid) with the Nones filled in: no method, the guidance's `defaults`
+    (a pipeline's `default_sampling`; its steps and grid where those are None); a method
+    given, DEFAULT_STEPS and the method's DEFAULT_GRID."""
     if method is None:
-        method, steps, default_grid = DEFAULT_SAMPLING["classifier" if guidance == "classifier"
-                                                       else "free"]
+        method, steps, default_grid = defaults["classifier" if guidance == "classifier"
+                                               else "free"]
     else:
         steps, default_grid = DEFAULT_STEPS, DEFAULT_GRID.get(method) if isinstance(method, str) else None
     return method, steps if n_steps is None else n_steps, default_grid if grid is None else grid
@@ -153,7 +170,7 @@ def network_evaluations(pipe: Pipeline, scale: float, *, guidance: str = "classi
     """What `generate` (same arguments, scalar scales) computes per image: {"nfe": denoiser
     evaluations (a guided classifier-free call counts 2), "classifier_nfe": classifier
     gradients}."""
-    method, n_steps, grid = sampling(guidance, method, n_steps, grid)
+    method, n_steps, grid = sampling(guidance, method, n_steps, grid, pipe.default_sampling)
     ts = evaluation_times(pipe.sde, n_steps, method, grid, t_min)
     lo, hi = (0.0, np.inf) if interval is None else interval
     guided = (ts >= np.float32(lo)) & (ts <= np.float32(hi))
@@ -181,7 +198,7 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
         ("classifier") or the conditional denoiser alone ("free" and "both", whose two
         terms are both off there).
       method, n_steps, grid: the sampler (`samplers.METHODS`), its steps and time grid;
-        None: the guidance's DEFAULT_SAMPLING, as sample.py's (see `sampling`).
+        None: the guidance's `pipe.default_sampling`, as sample.py's (see `sampling`).
       indices: (B,) global sample indices (noise of image i depends only on key and i).
       sampler_kwargs: the rest of `sample`'s options, e.g. `mesh=make_mesh()` to split the
         batch over devices.
@@ -191,7 +208,7 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
     """
     labels = _check_generate_args(pipe, labels, guidance, classifier_scale)
     score_fn = guided_score(pipe, labels, scale, guidance, classifier_scale, interval)
-    method, n_steps, grid = sampling(guidance, method, n_steps, grid)
+    method, n_steps, grid = sampling(guidance, method, n_steps, grid, pipe.default_sampling)
     out = sample(key, score_fn, pipe.sde, (labels.shape[0],) + pipe.image_shape, n_steps=n_steps,
                  method=method, grid=grid, indices=indices, record_every=record_every,
                  **sampler_kwargs)

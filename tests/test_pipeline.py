@@ -125,14 +125,26 @@ def test_a_pipeline_knows_its_dataset(tiny_checkpoints, tmp_path):
         pipeline.load_pipeline(_checkpoints_of(tmp_path / "m", ["mnist", "fashion_mnist"]))
 
 
-def test_a_denoiser_carries_its_tuned_guidance_scales(tmp_path):
-    """metadata "guidance_scales" overrides DEFAULT_SCALES for that guidance only."""
-    pipe = pipeline.load_pipeline(_checkpoints_of(tmp_path / "t", ["mnist"] * 2,
-                                                  guidance_scales={"free": 3}))
+def test_a_denoiser_carries_its_tuned_guidance_scales_and_sampling(tmp_path, monkeypatch):
+    """metadata "guidance_scales" and "sampling" override DEFAULT_SCALES and DEFAULT_SAMPLING
+    for that guidance only, in generate and network_evaluations alike."""
+    pipe = pipeline.load_pipeline(_checkpoints_of(
+        tmp_path / "t", ["mnist"] * 2, guidance_scales={"free": 3},
+        sampling={"free": ["euler_maruyama", 7, "quadratic"]}))
     assert pipe.default_scales == {**pipeline.DEFAULT_SCALES, "free": 3.0}
-    with pytest.raises(CheckpointError, match=r"guidance_scales: got \{'free': -1\}; accepted"):
-        pipeline.load_pipeline(_checkpoints_of(tmp_path / "b", ["mnist"] * 2,
-                                               guidance_scales={"free": -1}))
+    assert pipe.default_sampling == {**pipeline.DEFAULT_SAMPLING,
+                                     "free": ("euler_maruyama", 7, "quadratic")}
+    seen = []
+    monkeypatch.setattr(pipeline, "sample", lambda key, score_fn, sde, shape, **kw:
+                        seen.append((kw["method"], kw["n_steps"], kw["grid"])) or jnp.zeros(shape))
+    pipeline.generate(KEY, pipe, [0], 1.0, guidance="free")
+    assert seen == [("euler_maruyama", 7, "quadratic")]
+    assert pipeline.network_evaluations(pipe, 1.0, guidance="free")["nfe"] == 14
+    for bad in (dict(guidance_scales={"free": -1}),
+                dict(sampling={"free": ["euler_maruyama", 0, "quadratic"]})):
+        name = next(iter(bad))
+        with pytest.raises(CheckpointError, match=f"{name}: got .*; accepted"):
+            pipeline.load_pipeline(_checkpoints_of(tmp_path / "b", ["mnist"] * 2, **bad))
 
 
 def test_sample_cli_takes_the_dataset_of_its_checkpoints(tmp_path):
