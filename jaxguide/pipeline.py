@@ -201,7 +201,7 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
         None: the guidance's `pipe.default_sampling`, as sample.py's (see `sampling`).
       indices: (B,) global sample indices (noise of image i depends only on key and i).
       sampler_kwargs: the rest of `sample`'s options, e.g. `mesh=make_mesh()` to split the
-        batch over devices.
+        batch over devices; `x0_clip` defaults to 1 here (images lie in [−1, 1]).
 
     Returns:
       images (B, H, W, C), or (images, trajectory (F, B, H, W, C)) with `record_every`.
@@ -211,7 +211,7 @@ def generate(key: jax.Array, pipe: Pipeline, labels, scale, *, guidance: str = "
     method, n_steps, grid = sampling(guidance, method, n_steps, grid, pipe.default_sampling)
     out = sample(key, score_fn, pipe.sde, (labels.shape[0],) + pipe.image_shape, n_steps=n_steps,
                  method=method, grid=grid, indices=indices, record_every=record_every,
-                 **sampler_kwargs)
+                 **{"x0_clip": 1.0, **sampler_kwargs})
     if record_every:
         return jnp.clip(out[0], -1, 1), jnp.clip(out[1], -1, 1)
     return jnp.clip(out, -1, 1)

@@ -44,7 +44,8 @@ GRIDS = ("uniform", "quadratic", "logsnr")
 INITS = ("prior", "clipped")
 T_MIN_FRACTION = 1e-5  # the smallest t_min, as a fraction of T (see `sample`)
 DEFAULT_GRID = {"euler_maruyama": "uniform", "predictor_corrector": "uniform", "heun": "quadratic",
-                "dpm_solver_2m": "logsnr", "dpm_solver_2m_sde": "logsnr", "dpm_solver_3m_sde": "logsnr"}
+                "dpm_solver_2m": "logsnr", "dpm_solver_2m_sde": "logsnr",
+                "dpm_solver_3m_sde": "logsnr"}
 
 
 def time_grid(sde: VPSDE, n_steps: int, t_min: float = 1e-3, kind: str = "uniform") -> jax.Array:
@@ -132,16 +133,18 @@ def _heun(score_fn, sde, x, state, t, t_next, noise, last, **_):
     return x + 0.5 * h * (v + _ode_velocity(score_fn, sde, x_euler, t_next)), state
 
 
-def _data_prediction(score_fn, sde, x, t):
-    """x̂₀ = (x + σ(t)² ∇log p_t(x)) / m(t) (Tweedie): what the DPM-Solver++ steps integrate."""
-    return (x + sde.std(t) ** 2 * score_fn(x, _batch_t(t, x))) / sde.mean_coeff(t)
+def _data_prediction(score_fn, sde, x, t, x0_clip):
+    """x̂₀ = (x + σ(t)² ∇log p_t(x)) / m(t) (Tweedie): what the DPM-Solver++ steps integrate;
+    clipped to [−x0_clip, x0_clip] unless x0_clip is None."""
+    x0 = (x + sde.std(t) ** 2 * score_fn(x, _batch_t(t, x))) / sde.mean_coeff(t)
+    return x0 if x0_clip is None else jnp.clip(x0, -x0_clip, x0_clip)
 
 
-def _dpm_solver_2m(score_fn, sde, x, state, t, t_next, noise, last, **_):
+def _dpm_solver_2m(score_fn, sde, x, state, t, t_next, noise, last, *, x0_clip, **_):
     x0_prev, h_prev = state
     sigma, alpha_next, sigma_next = sde.std(t), sde.mean_coeff(t_next), sde.std(t_next)
     h = sde.log_snr(t_next) - sde.log_snr(t)
-    x0 = _data_prediction(score_fn, sde, x, t)
+    x0 = _data_prediction(score_fn, sde, x, t, x0_clip)
     r = h_prev / h
     x0_2nd = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
     # First order at the first step (no history) and at the last step (more stable).
@@ -150,13 +153,14 @@ def _dpm_solver_2m(score_fn, sde, x, state, t, t_next, noise, last, **_):
     return x, (x0, h)
 
 
-def _dpm_solver_2m_sde(score_fn, sde, x, state, t, t_next, noise, last, *, denoise_last, **_):
+def _dpm_solver_2m_sde(score_fn, sde, x, state, t, t_next, noise, last, *, denoise_last,
+                       x0_clip, **_):
     """x_next = (σ'/σ) e^{−h} x + m' (1 − e^{−2h}) (D₀ + ½ D₁) + σ' √(1 − e^{−2h}) z, with
     h = λ(t') − λ(t), D₀ the data prediction and D₁ = (D₀ − D₀_prev) / r its change."""
     x0_prev, h_prev = state
     sigma, alpha_next, sigma_next = sde.std(t), sde.mean_coeff(t_next), sde.std(t_next)
     h = sde.log_snr(t_next) - sde.log_snr(t)
-    x0 = _data_prediction(score_fn, sde, x, t)
+    x0 = _data_prediction(score_fn, sde, x, t, x0_clip)
     r = h_prev / h
     d1 = jnp.where((h_prev > 0) & ~last, (x0 - x0_prev) / r, 0.0)  # First order at both ends.
     z = noise(0)
@@ -168,7 +172,8 @@ def _dpm_solver_2m_sde(score_fn, sde, x, state, t, t_next, noise, last, *, denoi
     return x, (x0, h)
 
 
-def _dpm_solver_3m_sde(score_fn, sde, x, state, t, t_next, noise, last, *, denoise_last, **_):
+def _dpm_solver_3m_sde(score_fn, sde, x, state, t, t_next, noise, last, *, denoise_last,
+                       x0_clip, **_):
     """In u = x / m(t), with h = λ(t') − λ(t) and k = 2h:
     u' = e^{−k} u + (1 − e^{−k}) D₀ + φ₂ D₁ − φ₃ D₂ + e^{−λ(t')} √(1 − e^{−k}) z,
     φ₂ = 1 − (1 − e^{−k}) / k, φ₃ = φ₂ / k − ½, where D₀ is the data prediction and D₁, D₂
@@ -176,7 +181,7 @@ def _dpm_solver_3m_sde(score_fn, sde, x, state, t, t_next, noise, last, *, denoi
     x0_1, x0_2, h_1, h_2 = state
     alpha_next, sigma_next = sde.mean_coeff(t_next), sde.std(t_next)
     h = sde.log_snr(t_next) - sde.log_snr(t)
-    x0 = _data_prediction(score_fn, sde, x, t)
+    x0 = _data_prediction(score_fn, sde, x, t, x0_clip)
     decay = -jnp.expm1(-2.0 * h)  # 1 − e^{−k}
     u = (1.0 - decay) * x / sde.mean_coeff(t) + decay * x0
     phi2 = 1.0 - decay / (2.0 * h)
@@ -205,12 +210,12 @@ _STEPS = {"euler_maruyama": _euler_maruyama, "predictor_corrector": _predictor_c
           "dpm_solver_3m_sde": _dpm_solver_3m_sde}
 
 
-_STATIC_ARGNAMES = ("shape", "n_steps", "method", "init", "clip", "denoise_last", "snr",
-                    "record_every", "mesh")
+_STATIC_ARGNAMES = ("shape", "n_steps", "method", "init", "clip", "x0_clip", "denoise_last",
+                    "snr", "record_every", "mesh")
 
 
 @functools.partial(jit, static_argnames=_STATIC_ARGNAMES)
-def _sample(key, score_fn, sde, indices, ts, *, shape, n_steps, method, init, clip,
+def _sample(key, score_fn, sde, indices, ts, *, shape, n_steps, method, init, clip, x0_clip,
             denoise_last, snr, record_every, mesh):
     tail = shape[1:]
     sample_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, indices)
@@ -218,7 +223,8 @@ def _sample(key, score_fn, sde, indices, ts, *, shape, n_steps, method, init, cl
     if init == "clipped":
         x = jnp.clip(x, -1.0, 1.0)
     score_fn = functools.partial(_checked_score, score_fn)
-    step_fn = functools.partial(_STEPS[method], denoise_last=denoise_last, snr=snr)
+    step_fn = functools.partial(_STEPS[method], denoise_last=denoise_last, snr=snr,
+                                x0_clip=x0_clip)
     state = _initial_state(method, x)
     n_slots = -(-n_steps // record_every) + 1 if record_every else 0
     traj = jnp.zeros((n_slots,) + shape, x.dtype).at[0].set(x) if record_every else None
@@ -242,9 +248,9 @@ def _sample(key, score_fn, sde, indices, ts, *, shape, n_steps, method, init, cl
 
 def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
            method: str = "euler_maruyama", grid: str | None = None, init: str = "prior",
-           clip: float | None = 10.0, t_min: float = 1e-3, denoise_last: bool = True,
-           snr: float = 0.16, record_every: int | None = None, indices=None,
-           mesh: Mesh | None = None):
+           clip: float | None = 10.0, x0_clip: float | None = None, t_min: float = 1e-3,
+           denoise_last: bool = True, snr: float = 0.16, record_every: int | None = None,
+           indices=None, mesh: Mesh | None = None):
     """Draws samples by integrating the reverse-time SDE (or its probability-flow ODE).
 
     Args:
@@ -259,6 +265,9 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
       init: "prior" (x_T ~ N(0, I)) or "clipped" (the tutorial's clip(N(0, I), −1, 1)).
       clip: clip each state to [−clip, clip] (the tutorial uses 10), or None; clip >= 1,
         so that the data range [−1, 1] is kept.
+      x0_clip: the data-prediction solvers ("dpm_solver_*") clip their prediction x̂₀ to
+        [−x0_clip, x0_clip] (the data's range: static thresholding), or not (None). Under
+        strong guidance, few steps extrapolate an unclipped x̂₀ far out of range.
       t_min: the last time of the grid, in [1e-5·T, T). Far below, float32 cannot resolve
         the uniform grid's end T + (t_min − T): it is 0.3% off at 1e-5·T, 0 under 3e-8·T.
       denoise_last: stochastic methods take the last step without noise.
@@ -274,21 +283,21 @@ def sample(key: jax.Array, score_fn, sde: VPSDE, shape, *, n_steps: int,
     Returns:
       x (B, ...) at t_min, or (x, trajectory) when `record_every` is given.
     """
-    score_fn, shape, n_steps, grid, clip, t_min, denoise_last, snr, record_every, indices = (
-        _check_sample_args(key, score_fn, sde, shape, n_steps, method, grid, init, clip, t_min,
-                           denoise_last, snr, record_every, indices, mesh))
+    (score_fn, shape, n_steps, grid, clip, x0_clip, t_min, denoise_last, snr, record_every,
+     indices) = _check_sample_args(key, score_fn, sde, shape, n_steps, method, grid, init, clip,
+                                   x0_clip, t_min, denoise_last, snr, record_every, indices, mesh)
     # The grid is made here, outside jit, so that it is bitwise `evaluation_times`'s.
     ts = time_grid(sde, n_steps, t_min, grid)
     if mesh is not None:
         key, score_fn, ts = parallel.replicate(mesh, (key, score_fn, ts))
         indices = parallel.shard_batch(mesh, indices)
     return _sample(key, score_fn, sde, indices, ts, shape=shape, n_steps=n_steps, method=method,
-                   init=init, clip=clip, denoise_last=denoise_last, snr=snr,
+                   init=init, clip=clip, x0_clip=x0_clip, denoise_last=denoise_last, snr=snr,
                    record_every=record_every, mesh=mesh)
 
 
-def _check_sample_args(key, score_fn, sde, shape, n_steps, method, grid, init, clip, t_min,
-                       denoise_last, snr, record_every, indices, mesh):
+def _check_sample_args(key, score_fn, sde, shape, n_steps, method, grid, init, clip, x0_clip,
+                       t_min, denoise_last, snr, record_every, indices, mesh):
     """`sample`'s arguments checked, as the values `_sample` takes (static ones as Python
     numbers, grid resolved, indices as an int32 array)."""
     check_key(key)
@@ -301,6 +310,8 @@ def _check_sample_args(key, score_fn, sde, shape, n_steps, method, grid, init, c
     check_choice("init", init, INITS)
     if clip is not None:  # States span at least the data range [-1, 1].
         clip = check_number("clip", clip, "a number >= 1 or None", lambda v: v >= 1)
+    if x0_clip is not None:
+        x0_clip = check_number("x0_clip", x0_clip, "a number > 0 or None", lambda v: v > 0)
     t_min = _check_t_min(sde, t_min)
     denoise_last = check_bool("denoise_last", denoise_last)
     snr = check_number("snr", snr, "a number in (0, 1]", lambda v: 0 < v <= 1)
@@ -311,7 +322,8 @@ def _check_sample_args(key, score_fn, sde, shape, n_steps, method, grid, init, c
         raise invalid("mesh", type(mesh).__name__, "a jax.sharding.Mesh (make_mesh)", TypeError)
     if mesh is not None:
         parallel.check_divisible("batch size (shape[0])", shape[0], mesh)
-    return score_fn, shape, n_steps, grid, clip, t_min, denoise_last, snr, record_every, indices
+    return (score_fn, shape, n_steps, grid, clip, x0_clip, t_min, denoise_last, snr, record_every,
+            indices)
 
 
 def _check_indices(indices, batch: int) -> jax.Array:

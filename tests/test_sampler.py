@@ -254,11 +254,27 @@ def test_score_from_eps():
 # ------------------------------------------------------------------ validation
 
 
+@pytest.mark.parametrize("method", ["dpm_solver_2m", "dpm_solver_2m_sde", "dpm_solver_3m_sde"])
+def test_x0_clip_keeps_the_data_prediction_in_range(method):
+    """Data N(3, 0.1²) lies outside [−1, 1]: unclipped, the data-prediction solvers reach it;
+    with x0_clip=1 their data predictions stay within [−1, 1], and the samples within 2 %."""
+    def score(x, t):  # exact score of N(m·3, m²·0.01 + σ²)
+        m, s2 = SDE.mean_coeff(t)[:, None], SDE.std(t)[:, None] ** 2
+        return -(x - 3.0 * m) / (0.01 * m**2 + s2)
+
+    run = lambda **kw: np.asarray(sample(jax.random.key(0), Partial(score), SDE, (500, D),
+                                         n_steps=15, method=method, clip=None, **kw))
+    assert abs(run().mean() - 3.0) < 0.05
+    clipped = run(x0_clip=1.0)
+    assert np.all(np.abs(clipped) <= 1.02) and clipped.mean() > 0.9
+
+
 @pytest.mark.parametrize("kwargs, name, exc", [  # The rules test_bad_argument does not cover.
     (dict(n_steps=True), "n_steps", TypeError),  # A bool is not a count.
     (dict(grid="cosine"), "grid", ValueError),
     (dict(init="zeros"), "init", ValueError),
     (dict(record_every=0), "record_every", ValueError),
+    (dict(x0_clip=0.0), "x0_clip", ValueError),
 ])
 def test_sample_validation(kwargs, name, exc):
     args = dict(key=jax.random.key(0), score_fn=Partial(gmm_score), sde=SDE, shape=(4, D), n_steps=5)
