@@ -17,7 +17,8 @@ from jaxguide.nets import (Evaluator, NoisyClassifier, ResNetClassifier, SeedUNe
                            make_model)
 from jaxguide.nets.conv import batch_minor_conv
 from jaxguide.nets.seed_unet import shuffle_concat
-from jaxguide.nets.unet import SelfAttention, check_times
+from jaxguide.nets.inputs import check_times
+from jaxguide.nets.unet import SelfAttention
 
 KEY = jax.random.key(0)
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 from jaxguide.checks import check_choice, check_int, check_number
 from jaxguide.data import DATASETS
 from jaxguide.nets.conv import Conv
-from jaxguide.nets.unet import (TimeEmbedding, check_images, check_times, check_widths,
-                                fitted_channels, fourier_features, space_to_depth)
+from jaxguide.nets.inputs import check_images, check_times, check_widths, fitted_channels
+from jaxguide.nets.unet import TimeEmbedding, fourier_features, space_to_depth
 
 # The tutorial's classifier flattens MNIST's features: its parameters fix the image size.
 IMAGE_SIZE = DATASETS["mnist"].image_shape[:2]

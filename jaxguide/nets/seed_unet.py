@@ -24,7 +24,7 @@ from flax import traverse_util
 from jaxguide.checks import check_choice, check_int, check_ints, check_number, invalid
 from jaxguide.nets.conv import (NHWC, batch_minor_conv, conv_general_dilated,
                                  prefers_batch_minor)
-from jaxguide.nets.unet import check_images, check_times
+from jaxguide.nets.inputs import check_images, check_times
 
 
 def _channel_axis(batch_minor: bool) -> int:
