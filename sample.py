@@ -127,7 +127,8 @@ def parse_args(argv):
                    help="guide only for T_LO <= t <= T_HI, 0 <= T_LO <= T_HI (default: every t)")
     p.add_argument("--sampler", help=", ".join(METHODS) + " (default, with its steps and grid: "
                    + "; ".join(f"{k} guidance {m}, {n} steps, {g}"
-                               for k, (m, n, g) in DEFAULT_SAMPLING.items()) + ")")
+                               for k, (m, n, g) in DEFAULT_SAMPLING.items())
+                   + "; or the denoiser's tuned sampling)")
     p.add_argument("--grid", choices=GRIDS, help="the time grid: uniform in t, quadratic "
                    "(denser near t = 0) or uniform in log-SNR (default: the sampler's, "
                    + ", ".join(f"{m} {g}" for m, g in DEFAULT_GRID.items()) + ")")
