@@ -121,7 +121,8 @@ def load_pipeline(checkpoint_dir: str | Path, denoiser: str = "denoiser",
         eps_fn=eps_fn if den_k is not None else None,
         dataset=dataset,
         default_scales={**DEFAULT_SCALES, **{k: float(v) for k, v in tuned.items()}},
-        default_sampling={**DEFAULT_SAMPLING, **{k: tuple(v) for k, v in tuned_sampling.items()}},
+        default_sampling={**DEFAULT_SAMPLING,
+                          **{k: tuple(v) for k, v in tuned_sampling.items()}},
     )
 
 
@@ -159,8 +160,9 @@ def sampling(guidance: str, method: str | None = None, n_steps: int | None = Non
     if method is None:
         method, steps, default_grid = defaults["classifier" if guidance == "classifier"
                                                else "free"]
-    else:
-        steps, default_grid = DEFAULT_STEPS, DEFAULT_GRID.get(method) if isinstance(method, str) else None
+    else:  # A bad method is left for `sample` to name.
+        steps, default_grid = DEFAULT_STEPS, DEFAULT_GRID.get(method if isinstance(method, str)
+                                                              else None)
     return method, steps if n_steps is None else n_steps, default_grid if grid is None else grid
 
 
