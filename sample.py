@@ -391,7 +391,8 @@ def run_figures(args, mesh):
     check_args(args, pipe.num_classes)
     # Figures guide with the classifier.
     args.sampler, args.steps, args.grid = pipeline.sampling("classifier", args.sampler,
-                                                            args.steps, args.grid)
+                                                            args.steps, args.grid,
+                                                            pipe.default_sampling)
     evaluator = load_evaluator(args)  # Its errors before any figure.
     x_test = None
     name = pipe.dataset.name

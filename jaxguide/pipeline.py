@@ -168,12 +168,12 @@ def sampling(guidance: str, method: str | None = None, n_steps: int | None = Non
 
 def network_evaluations(pipe: Pipeline, scale: float, *, guidance: str = "classifier",
                         interval=None, n_steps: int | None = None, method: str | None = None,
-                        grid: str | None = None, t_min: float = 1e-3) -> dict[str, int]:
+                        grid: str | None = None, **sampler_kwargs) -> dict[str, int]:
     """What `generate` (same arguments, scalar scales) computes per image: {"nfe": denoiser
     evaluations (a guided classifier-free call counts 2), "classifier_nfe": classifier
     gradients}."""
     method, n_steps, grid = sampling(guidance, method, n_steps, grid, pipe.default_sampling)
-    ts = evaluation_times(pipe.sde, n_steps, method, grid, t_min)
+    ts = evaluation_times(pipe.sde, n_steps, method, grid, sampler_kwargs.get("t_min", 1e-3))
     lo, hi = (0.0, np.inf) if interval is None else interval
     guided = (ts >= np.float32(lo)) & (ts <= np.float32(hi))
     nfe = ts.size
