@@ -89,7 +89,7 @@ def main():
     pipe = pipeline.load_pipeline(args.checkpoint_dir)
     args.guidance = args.guidance or ("free" if pipe.conditional else "classifier")
     if args.scale is None:
-        args.scale = pipeline.DEFAULT_SCALES["classifier" if args.guidance == "classifier" else "free"]
+        args.scale = pipe.default_scales["classifier" if args.guidance == "classifier" else "free"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     evaluator = metrics.Evaluator(Path(args.checkpoint_dir) / "evaluator")
