@@ -49,6 +49,8 @@ def parse_args(argv):
                    "start from instead of a fresh initialisation; same task, model and kwargs")
     p.add_argument("--warmup-frac", type=float,
                    help=f"fraction of the steps spent warming the learning rate up {preset}")
+    p.add_argument("--label-dropout", type=float, help="denoiser: fraction of images trained "
+                   f"as the null class, the unconditional model {preset}")
     p.add_argument("--ckpt-every", type=int, help=f"steps between checkpoints {preset}")
     p.add_argument("--eval-every", type=int, help=f"steps between held-out evaluations {preset}")
     p.add_argument("--keep", type=int, help=f"training checkpoints kept, the latest {preset}")
@@ -74,7 +76,8 @@ def main(argv):
     overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                        steps=args.steps, ckpt_every=args.ckpt_every, keep=args.keep,
                                        eval_every=args.eval_every, init_from=args.init_from,
-                                       warmup_frac=args.warmup_frac).items() if v is not None}
+                                       warmup_frac=args.warmup_frac,
+                                       label_dropout=args.label_dropout).items() if v is not None}
     try:
         cfg = cfg.replace(**overrides)
     except ValueError as e:

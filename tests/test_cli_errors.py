@@ -262,6 +262,7 @@ TRAIN_CASES = {
                                 ["--init-from", "holds the classifier", "accepted a model of"]),
     "init-from-empty": (["--init-from", ""], ["--init-from", "got ''"]),
     "warmup-frac-1": (["--warmup-frac", "1"], ["--warmup-frac", "got 1.0", "accepted a number in [0, 1)"]),
+    "label-dropout-1": (["--label-dropout", "1"], ["--label-dropout", "got 1.0", "accepted a number in [0, 1)"]),
     "batch-size-0": (["--batch-size", "0"], ["--batch-size", "got 0", ">= 1"]),
     "lr-0": (["--lr", "0"], ["--lr", "got 0.0", "accepted a number in [1.2e-38, 1)"]),
     "seed-negative": (["--seed", "-1"], ["--seed", "got -1", ">= 0"]),

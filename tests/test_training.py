@@ -858,7 +858,8 @@ def test_cli_help_shows_defaults():
 
     entries = help_entries(load_script("train.py"))
     assert "(default: default)" in entries["--config"]
-    for flag in ("--steps", "--batch-size", "--lr", "--seed", "--ckpt-every", "--eval-every"):
+    for flag in ("--steps", "--batch-size", "--lr", "--seed", "--label-dropout", "--ckpt-every",
+                 "--eval-every"):
         assert "(default: the --config preset's)" in entries[flag], entries[flag]
 
 
